@@ -35,9 +35,9 @@ enum class GgmlType : uint32_t {
 
 struct GgmlTypeTraits {
   std::string_view name;
-  int64_t block_size;    // elements per block (1 for plain types)
-  int64_t type_size;     // bytes per block
-  bool can_dequantize;   // Dequantize() (dequant.h) supports it
+  int64_t block_size;   // elements per block (1 for plain types)
+  int64_t type_size;    // bytes per block
+  bool can_dequantize;  // Dequantize() (dequant.h) supports it
 };
 
 // Traits of a raw type id read from a file; nullopt for ids this build does not know.

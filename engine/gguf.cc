@@ -22,6 +22,10 @@ constexpr uint64_t kMaxTensors = 1u << 20;
 constexpr uint64_t kMaxKv = 1u << 20;
 constexpr int64_t kMaxElements = int64_t{1} << 42;
 
+// Debian 12's abseil is built with its own absl::string_view (ABSL_OPTION_USE_STD_STRING_VIEW
+// is 0), which does not convert from std::string_view, so StrCat needs this explicit bridge.
+absl::string_view Sv(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+
 // Bounds-checked little-endian cursor over the file bytes.
 class Cursor {
  public:
@@ -40,9 +44,9 @@ class Cursor {
     uint64_t len = 0;
     if (auto s = Read(&len, what); !s.ok()) return s;
     if (len > remaining()) {
-      return absl::InvalidArgumentError(absl::StrCat("GGUF: ", what, " at byte ", pos_,
-                                                     " has length ", len, " but only ",
-                                                     remaining(), " bytes remain"));
+      return absl::InvalidArgumentError(absl::StrCat("GGUF: ", Sv(what), " at byte ", pos_,
+                                                     " has length ", len, " but only ", remaining(),
+                                                     " bytes remain"));
     }
     out->assign(reinterpret_cast<const char*>(data_ + pos_), len);
     pos_ += len;
@@ -50,7 +54,7 @@ class Cursor {
   }
   absl::Status Truncated(std::string_view what) const {
     return absl::InvalidArgumentError(
-        absl::StrCat("GGUF: file truncated while reading ", what, " at byte ", pos_));
+        absl::StrCat("GGUF: file truncated while reading ", Sv(what), " at byte ", pos_));
   }
 
  private:
@@ -64,16 +68,21 @@ size_t ScalarSize(GgufValueType t) {
   switch (t) {
     case GgufValueType::kUint8:
     case GgufValueType::kInt8:
-    case GgufValueType::kBool: return 1;
+    case GgufValueType::kBool:
+      return 1;
     case GgufValueType::kUint16:
-    case GgufValueType::kInt16: return 2;
+    case GgufValueType::kInt16:
+      return 2;
     case GgufValueType::kUint32:
     case GgufValueType::kInt32:
-    case GgufValueType::kFloat32: return 4;
+    case GgufValueType::kFloat32:
+      return 4;
     case GgufValueType::kUint64:
     case GgufValueType::kInt64:
-    case GgufValueType::kFloat64: return 8;
-    default: return 0;
+    case GgufValueType::kFloat64:
+      return 8;
+    default:
+      return 0;
   }
 }
 
@@ -83,43 +92,89 @@ absl::Status ReadValue(Cursor& c, GgufValueType type, int depth, GgufValue* v,
                        std::string_view key) {
   v->type = type;
   switch (type) {
-    case GgufValueType::kUint8: { uint8_t x; auto s = c.Read(&x, key); v->i = x; return s; }
-    case GgufValueType::kInt8: { int8_t x; auto s = c.Read(&x, key); v->i = x; return s; }
-    case GgufValueType::kUint16: { uint16_t x; auto s = c.Read(&x, key); v->i = x; return s; }
-    case GgufValueType::kInt16: { int16_t x; auto s = c.Read(&x, key); v->i = x; return s; }
-    case GgufValueType::kUint32: { uint32_t x; auto s = c.Read(&x, key); v->i = x; return s; }
-    case GgufValueType::kInt32: { int32_t x; auto s = c.Read(&x, key); v->i = x; return s; }
+    case GgufValueType::kUint8: {
+      uint8_t x{};
+      auto s = c.Read(&x, key);
+      v->i = x;
+      return s;
+    }
+    case GgufValueType::kInt8: {
+      int8_t x{};
+      auto s = c.Read(&x, key);
+      v->i = x;
+      return s;
+    }
+    case GgufValueType::kUint16: {
+      uint16_t x{};
+      auto s = c.Read(&x, key);
+      v->i = x;
+      return s;
+    }
+    case GgufValueType::kInt16: {
+      int16_t x{};
+      auto s = c.Read(&x, key);
+      v->i = x;
+      return s;
+    }
+    case GgufValueType::kUint32: {
+      uint32_t x{};
+      auto s = c.Read(&x, key);
+      v->i = x;
+      return s;
+    }
+    case GgufValueType::kInt32: {
+      int32_t x{};
+      auto s = c.Read(&x, key);
+      v->i = x;
+      return s;
+    }
     case GgufValueType::kUint64: {
-      uint64_t x;
+      uint64_t x = 0;
       auto s = c.Read(&x, key);
       v->i = static_cast<int64_t>(x);
       return s;
     }
-    case GgufValueType::kInt64: { int64_t x; auto s = c.Read(&x, key); v->i = x; return s; }
-    case GgufValueType::kFloat32: { float x; auto s = c.Read(&x, key); v->f = x; return s; }
-    case GgufValueType::kFloat64: { double x; auto s = c.Read(&x, key); v->f = x; return s; }
+    case GgufValueType::kInt64: {
+      int64_t x{};
+      auto s = c.Read(&x, key);
+      v->i = x;
+      return s;
+    }
+    case GgufValueType::kFloat32: {
+      float x{};
+      auto s = c.Read(&x, key);
+      v->f = x;
+      return s;
+    }
+    case GgufValueType::kFloat64: {
+      double x{};
+      auto s = c.Read(&x, key);
+      v->f = x;
+      return s;
+    }
     case GgufValueType::kBool: {
-      uint8_t x;
+      uint8_t x = 0;
       if (auto s = c.Read(&x, key); !s.ok()) return s;
       if (x > 1) {
         return absl::InvalidArgumentError(
-            absl::StrCat("GGUF: metadata '", key, "' has bool value ", x, " (must be 0 or 1)"));
+            absl::StrCat("GGUF: metadata '", Sv(key), "' has bool value ", x, " (must be 0 or 1)"));
       }
       v->i = x;
       return absl::OkStatus();
     }
-    case GgufValueType::kString: return c.ReadString(&v->s, key);
+    case GgufValueType::kString:
+      return c.ReadString(&v->s, key);
     case GgufValueType::kArray: {
       if (depth >= kMaxArrayDepth) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("GGUF: metadata '", key, "' nests arrays deeper than ", kMaxArrayDepth));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "GGUF: metadata '", Sv(key), "' nests arrays deeper than ", kMaxArrayDepth));
       }
       uint32_t et = 0;
       uint64_t n = 0;
       if (auto s = c.Read(&et, key); !s.ok()) return s;
       if (!KnownType(et)) {
         return absl::InvalidArgumentError(
-            absl::StrCat("GGUF: metadata '", key, "' has unknown array element type ", et));
+            absl::StrCat("GGUF: metadata '", Sv(key), "' has unknown array element type ", et));
       }
       if (auto s = c.Read(&n, key); !s.ok()) return s;
       v->elem_type = static_cast<GgufValueType>(et);
@@ -128,9 +183,9 @@ absl::Status ReadValue(Cursor& c, GgufValueType type, int depth, GgufValue* v,
       size_t min_elem = ScalarSize(v->elem_type);
       if (min_elem == 0) min_elem = v->elem_type == GgufValueType::kString ? 8 : 12;
       if (n > c.remaining() / min_elem) {
-        return absl::InvalidArgumentError(absl::StrCat("GGUF: metadata '", key, "' claims ", n,
-                                                       " array elements but only ",
-                                                       c.remaining(), " bytes remain"));
+        return absl::InvalidArgumentError(absl::StrCat("GGUF: metadata '", Sv(key), "' claims ", n,
+                                                       " array elements but only ", c.remaining(),
+                                                       " bytes remain"));
       }
       v->arr.resize(n);
       for (uint64_t k = 0; k < n; ++k) {
@@ -139,8 +194,8 @@ absl::Status ReadValue(Cursor& c, GgufValueType type, int depth, GgufValue* v,
       return absl::OkStatus();
     }
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("GGUF: metadata '", key, "' has unknown value type ", static_cast<int>(type)));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "GGUF: metadata '", Sv(key), "' has unknown value type ", static_cast<int>(type)));
 }
 
 bool IsIntegerType(GgufValueType t) {
@@ -152,18 +207,20 @@ bool IsIntegerType(GgufValueType t) {
     case GgufValueType::kUint32:
     case GgufValueType::kInt32:
     case GgufValueType::kUint64:
-    case GgufValueType::kInt64: return true;
-    default: return false;
+    case GgufValueType::kInt64:
+      return true;
+    default:
+      return false;
   }
 }
 
 absl::StatusOr<int64_t> AsInt(const GgufValue& v, std::string_view key) {
   if (!IsIntegerType(v.type)) {
-    return absl::InvalidArgumentError(absl::StrCat("GGUF: metadata '", key, "' is ",
-                                                   GgufValueTypeName(v.type), ", not an integer"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "GGUF: metadata '", Sv(key), "' is ", Sv(GgufValueTypeName(v.type)), ", not an integer"));
   }
   if (v.type == GgufValueType::kUint64 && v.i < 0) {
-    return absl::OutOfRangeError(absl::StrCat("GGUF: metadata '", key, "' exceeds int64"));
+    return absl::OutOfRangeError(absl::StrCat("GGUF: metadata '", Sv(key), "' exceeds int64"));
   }
   return v.i;
 }
@@ -171,31 +228,44 @@ absl::StatusOr<int64_t> AsInt(const GgufValue& v, std::string_view key) {
 absl::StatusOr<double> AsFloat(const GgufValue& v, std::string_view key) {
   if (v.type == GgufValueType::kFloat32 || v.type == GgufValueType::kFloat64) return v.f;
   if (IsIntegerType(v.type)) return static_cast<double>(v.i);
-  return absl::InvalidArgumentError(absl::StrCat("GGUF: metadata '", key, "' is ",
-                                                 GgufValueTypeName(v.type), ", not a number"));
+  return absl::InvalidArgumentError(absl::StrCat("GGUF: metadata '", Sv(key), "' is ",
+                                                 Sv(GgufValueTypeName(v.type)), ", not a number"));
 }
 
 absl::Status NotFound(std::string_view key) {
-  return absl::NotFoundError(absl::StrCat("GGUF: metadata key '", key, "' is missing"));
+  return absl::NotFoundError(absl::StrCat("GGUF: metadata key '", Sv(key), "' is missing"));
 }
 
 }  // namespace
 
 std::string_view GgufValueTypeName(GgufValueType type) {
   switch (type) {
-    case GgufValueType::kUint8: return "uint8";
-    case GgufValueType::kInt8: return "int8";
-    case GgufValueType::kUint16: return "uint16";
-    case GgufValueType::kInt16: return "int16";
-    case GgufValueType::kUint32: return "uint32";
-    case GgufValueType::kInt32: return "int32";
-    case GgufValueType::kFloat32: return "float32";
-    case GgufValueType::kBool: return "bool";
-    case GgufValueType::kString: return "string";
-    case GgufValueType::kArray: return "array";
-    case GgufValueType::kUint64: return "uint64";
-    case GgufValueType::kInt64: return "int64";
-    case GgufValueType::kFloat64: return "float64";
+    case GgufValueType::kUint8:
+      return "uint8";
+    case GgufValueType::kInt8:
+      return "int8";
+    case GgufValueType::kUint16:
+      return "uint16";
+    case GgufValueType::kInt16:
+      return "int16";
+    case GgufValueType::kUint32:
+      return "uint32";
+    case GgufValueType::kInt32:
+      return "int32";
+    case GgufValueType::kFloat32:
+      return "float32";
+    case GgufValueType::kBool:
+      return "bool";
+    case GgufValueType::kString:
+      return "string";
+    case GgufValueType::kArray:
+      return "array";
+    case GgufValueType::kUint64:
+      return "uint64";
+    case GgufValueType::kInt64:
+      return "int64";
+    case GgufValueType::kFloat64:
+      return "float64";
   }
   return "unknown";
 }
@@ -265,8 +335,8 @@ absl::Status GgufFile::Parse() {
   if (auto s = c.Read(&n_tensors, "tensor count"); !s.ok()) return s;
   if (auto s = c.Read(&n_kv, "metadata count"); !s.ok()) return s;
   if (n_tensors > kMaxTensors || n_kv > kMaxKv) {
-    return absl::InvalidArgumentError(absl::StrCat("GGUF: absurd counts: ", n_tensors,
-                                                   " tensors, ", n_kv, " metadata entries"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("GGUF: absurd counts: ", n_tensors, " tensors, ", n_kv, " metadata entries"));
   }
   for (uint64_t k = 0; k < n_kv; ++k) {
     std::string key;
@@ -275,12 +345,13 @@ absl::Status GgufFile::Parse() {
     if (auto s = c.Read(&type, key); !s.ok()) return s;
     if (!KnownType(type)) {
       return absl::InvalidArgumentError(
-          absl::StrCat("GGUF: metadata '", key, "' has unknown value type ", type));
+          absl::StrCat("GGUF: metadata '", Sv(key), "' has unknown value type ", type));
     }
     GgufValue v;
     if (auto s = ReadValue(c, static_cast<GgufValueType>(type), 0, &v, key); !s.ok()) return s;
     if (!metadata_.emplace(key, std::move(v)).second) {
-      return absl::InvalidArgumentError(absl::StrCat("GGUF: duplicate metadata key '", key, "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("GGUF: duplicate metadata key '", Sv(key), "'"));
     }
   }
   if (const GgufValue* a = Find("general.alignment")) {
@@ -288,11 +359,19 @@ absl::Status GgufFile::Parse() {
     if (!al.ok()) return al.status();
     if (*al <= 0 || *al > (1 << 20) || (*al & (*al - 1)) != 0) {
       return absl::InvalidArgumentError(
-          absl::StrCat("GGUF: general.alignment ", *al, " is not a power of two"));
+          absl::StrCat("GGUF: general.alignment ", *al, " is not a power of two up to 2^20"));
     }
     alignment_ = static_cast<uint64_t>(*al);
   }
 
+  // A tensor info takes at least 32 bytes (name length, n_dims, one dim, type, offset): reject
+  // counts the rest of the file cannot hold before allocating for them.
+  constexpr uint64_t kMinTensorInfo = 8 + 4 + 8 + 4 + 8;
+  if (n_tensors > c.remaining() / kMinTensorInfo) {
+    return absl::InvalidArgumentError(absl::StrCat("GGUF: tensor count ", n_tensors,
+                                                   " cannot fit in the ", c.remaining(),
+                                                   " bytes left after the metadata"));
+  }
   tensors_.resize(n_tensors);
   for (uint64_t k = 0; k < n_tensors; ++k) {
     GgufTensor& t = tensors_[k];
@@ -326,16 +405,17 @@ absl::Status GgufFile::Parse() {
     }
     t.type = static_cast<GgmlType>(type);
     if (t.ne[0] % traits->block_size != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("GGUF: tensor '", t.name, "' row of ", t.ne[0], " elements is not a "
-                       "whole number of ", traits->name, " blocks of ", traits->block_size));
+      return absl::InvalidArgumentError(absl::StrCat("GGUF: tensor '", t.name, "' row of ", t.ne[0],
+                                                     " elements is not a "
+                                                     "whole number of ",
+                                                     Sv(traits->name), " blocks of ",
+                                                     traits->block_size));
     }
     t.n_bytes = n / traits->block_size * traits->type_size;
     if (auto s = c.Read(&t.offset, t.name); !s.ok()) return s;
     if (t.offset % alignment_ != 0) {
       return absl::InvalidArgumentError(absl::StrCat("GGUF: tensor '", t.name, "' offset ",
-                                                     t.offset, " is not aligned to ",
-                                                     alignment_));
+                                                     t.offset, " is not aligned to ", alignment_));
     }
     if (!tensor_index_.emplace(t.name, k).second) {
       return absl::InvalidArgumentError(absl::StrCat("GGUF: duplicate tensor '", t.name, "'"));
@@ -346,9 +426,9 @@ absl::Status GgufFile::Parse() {
   uint64_t data_size = n_tensors > 0 ? size_ - data_start : 0;
   for (GgufTensor& t : tensors_) {
     if (t.offset > data_size || static_cast<uint64_t>(t.n_bytes) > data_size - t.offset) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "GGUF: tensor '", t.name, "' data [", t.offset, ", ", t.offset + t.n_bytes,
-          ") lies outside the ", data_size, "-byte data section (truncated file?)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("GGUF: tensor '", t.name, "' data [", t.offset, ", ", t.offset + t.n_bytes,
+                       ") lies outside the ", data_size, "-byte data section (truncated file?)"));
     }
     t.data = base_ + data_start + t.offset;
   }
@@ -381,8 +461,8 @@ absl::StatusOr<bool> GgufFile::GetBool(std::string_view key) const {
   const GgufValue* v = Find(key);
   if (v == nullptr) return NotFound(key);
   if (v->type != GgufValueType::kBool) {
-    return absl::InvalidArgumentError(absl::StrCat("GGUF: metadata '", key, "' is ",
-                                                   GgufValueTypeName(v->type), ", not bool"));
+    return absl::InvalidArgumentError(absl::StrCat("GGUF: metadata '", Sv(key), "' is ",
+                                                   Sv(GgufValueTypeName(v->type)), ", not bool"));
   }
   return v->i != 0;
 }
@@ -391,8 +471,8 @@ absl::StatusOr<std::string> GgufFile::GetString(std::string_view key) const {
   const GgufValue* v = Find(key);
   if (v == nullptr) return NotFound(key);
   if (v->type != GgufValueType::kString) {
-    return absl::InvalidArgumentError(absl::StrCat("GGUF: metadata '", key, "' is ",
-                                                   GgufValueTypeName(v->type), ", not string"));
+    return absl::InvalidArgumentError(absl::StrCat("GGUF: metadata '", Sv(key), "' is ",
+                                                   Sv(GgufValueTypeName(v->type)), ", not string"));
   }
   return v->s;
 }
@@ -402,7 +482,7 @@ absl::StatusOr<std::vector<std::string>> GgufFile::GetStringArray(std::string_vi
   if (v == nullptr) return NotFound(key);
   if (v->type != GgufValueType::kArray || v->elem_type != GgufValueType::kString) {
     return absl::InvalidArgumentError(
-        absl::StrCat("GGUF: metadata '", key, "' is not an array of strings"));
+        absl::StrCat("GGUF: metadata '", Sv(key), "' is not an array of strings"));
   }
   std::vector<std::string> out;
   out.reserve(v->arr.size());
@@ -415,7 +495,7 @@ absl::StatusOr<std::vector<int64_t>> GgufFile::GetIntArray(std::string_view key)
   if (v == nullptr) return NotFound(key);
   if (v->type != GgufValueType::kArray || !IsIntegerType(v->elem_type)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("GGUF: metadata '", key, "' is not an array of integers"));
+        absl::StrCat("GGUF: metadata '", Sv(key), "' is not an array of integers"));
   }
   std::vector<int64_t> out;
   out.reserve(v->arr.size());
@@ -427,7 +507,8 @@ absl::StatusOr<std::vector<double>> GgufFile::GetFloatArray(std::string_view key
   const GgufValue* v = Find(key);
   if (v == nullptr) return NotFound(key);
   if (v->type != GgufValueType::kArray) {
-    return absl::InvalidArgumentError(absl::StrCat("GGUF: metadata '", key, "' is not an array"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("GGUF: metadata '", Sv(key), "' is not an array"));
   }
   std::vector<double> out;
   out.reserve(v->arr.size());

@@ -59,10 +59,10 @@ struct GgufValue {
 struct GgufTensor {
   std::string name;
   GgmlType type = GgmlType::kF32;
-  std::vector<int64_t> ne;   // dims, ne[0] fastest (row length); ggml order, reverse of numpy's
+  std::vector<int64_t> ne;  // dims, ne[0] fastest (row length); ggml order, reverse of numpy's
   int64_t n_elements = 0;
   int64_t n_bytes = 0;
-  uint64_t offset = 0;       // within the data section
+  uint64_t offset = 0;            // within the data section
   const uint8_t* data = nullptr;  // into the mapping; valid while the GgufFile lives
 };
 
@@ -106,8 +106,8 @@ class GgufFile {
   std::string path_;
   const uint8_t* base_ = nullptr;
   size_t size_ = 0;
-  void* mapping_ = nullptr;        // mmap'ed region (Open), or null
-  std::vector<uint8_t> owned_;     // copied bytes (FromBytes)
+  void* mapping_ = nullptr;     // mmap'ed region (Open), or null
+  std::vector<uint8_t> owned_;  // copied bytes (FromBytes)
   uint32_t version_ = 0;
   uint64_t alignment_ = 32;
   std::map<std::string, GgufValue> metadata_;

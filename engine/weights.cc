@@ -17,9 +17,8 @@ int64_t ModelWeights::ByteSize() const {
 }
 
 absl::Status ValidateWeights(const ModelConfig& c, const ModelWeights& w) {
-  auto check = [](const Matrix& m, int64_t rows, int64_t cols, std::string_view name) {
-    if (m.rows != rows || m.cols != cols ||
-        static_cast<int64_t>(m.data.size()) != rows * cols) {
+  auto check = [](const Matrix& m, int64_t rows, int64_t cols, const std::string& name) {
+    if (m.rows != rows || m.cols != cols || static_cast<int64_t>(m.data.size()) != rows * cols) {
       return absl::InvalidArgumentError(absl::StrCat("weights: ", name, " is [", m.rows, ", ",
                                                      m.cols, "], expected [", rows, ", ", cols,
                                                      "]"));

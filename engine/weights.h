@@ -23,22 +23,23 @@ struct Matrix {
 };
 
 struct LayerWeights {
-  Matrix attn_norm;  // [1, d_model]
-  Matrix wq;         // [n_heads * head_dim, d_model]
-  Matrix wk;         // [n_kv_heads * head_dim, d_model]
-  Matrix wv;         // [n_kv_heads * head_dim, d_model]
-  Matrix bq, bk, bv; // [1, out] each, qwen2 only (empty otherwise)
-  Matrix wo;         // [d_model, n_heads * head_dim]
-  Matrix ffn_norm;   // [1, d_model]
-  Matrix w_gate;     // [d_ff, d_model]
-  Matrix w_up;       // [d_ff, d_model]
-  Matrix w_down;     // [d_model, d_ff]
+  Matrix attn_norm;   // [1, d_model]
+  Matrix wq;          // [n_heads * head_dim, d_model]
+  Matrix wk;          // [n_kv_heads * head_dim, d_model]
+  Matrix wv;          // [n_kv_heads * head_dim, d_model]
+  Matrix bq, bk, bv;  // [1, out] each, qwen2 only (empty otherwise)
+  Matrix wo;          // [d_model, n_heads * head_dim]
+  Matrix ffn_norm;    // [1, d_model]
+  Matrix w_gate;      // [d_ff, d_model]
+  Matrix w_up;        // [d_ff, d_model]
+  Matrix w_down;      // [d_model, d_ff]
 };
 
 struct ModelWeights {
-  Matrix tok_embd;   // [vocab, d_model]
-  Matrix out_norm;   // [1, d_model]
-  Matrix lm_head;    // [vocab, d_model]; empty when config.tied_embeddings (use tok_embd)
+  Matrix tok_embd;    // [vocab, d_model]
+  Matrix out_norm;    // [1, d_model]
+  Matrix lm_head;     // [vocab, d_model]; empty when config.tied_embeddings (use tok_embd)
+  Matrix rope_freqs;  // [1, rope_dim / 2] divisors of RoPE frequencies (GGUF llama3.x), or empty
   std::vector<LayerWeights> layers;
 
   const Matrix& output() const { return lm_head.empty() ? tok_embd : lm_head; }

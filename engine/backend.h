@@ -1,0 +1,68 @@
+// The op-level compute interface. The forward pass (llama_forward.h) is written once against
+// it; CpuBackend (engine/cpu/) always exists, CudaBackend (engine/cuda/) when built with CUDA.
+//
+// Conventions (engine/README.md): row-major; activations float32; a token's heads are
+// contiguous ([n, heads, head_dim]); a linear weight is [out, in] so y = x W^T. Pointers are
+// in the backend's memory space (host for CpuBackend). Ops are synchronous from the caller's
+// view; they do not allocate except where noted. An op is thread-compatible, not thread-safe:
+// one request's forward pass uses a backend from one thread at a time (backends may run
+// their own worker threads inside an op).
+#ifndef SEMSHARE_ENGINE_BACKEND_H_
+#define SEMSHARE_ENGINE_BACKEND_H_
+
+#include <cstdint>
+#include <string_view>
+
+#include "engine/weights.h"
+
+namespace semshare::engine {
+
+// Rotary position embedding parameters shared by every layer.
+struct RopeParams {
+  RopeStyle style = RopeStyle::kAdjacent;
+  int64_t rope_dim = 0;             // rotated dims per head (pairs = rope_dim / 2)
+  const float* inv_freq = nullptr;  // [rope_dim / 2] angle per position for pair k
+};
+
+struct AttentionParams {
+  int64_t n_heads = 0;     // query heads
+  int64_t n_kv_heads = 0;  // key/value heads; query head h reads kv head h / (n_heads/n_kv)
+  int64_t head_dim = 0;
+  float scale = 1.0f;  // usually 1/sqrt(head_dim)
+  int64_t window = 0;  // sliding window in positions; 0 = unlimited
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string_view name() const = 0;
+
+  // y[n, w.rows] = x[n, w.cols] * w^T (+ bias[w.rows] when bias is non-empty).
+  virtual void MatMul(const float* x, int64_t n, const Matrix& w, const Matrix& bias, float* y) = 0;
+  // y[n, d] = x / rms(x) * gamma[d]; y may alias x.
+  virtual void RmsNorm(const float* x, const float* gamma, int64_t n, int64_t d, float eps,
+                       float* y) = 0;
+  // Rotates x[n, heads, head_dim] in place, token i at position pos[i].
+  virtual void Rope(float* x, const int32_t* pos, int64_t n, int64_t heads, int64_t head_dim,
+                    const RopeParams& rope) = 0;
+  // out[n, n_heads, head_dim] = softmax(q k^T * scale, masked) v for query i at q_pos[i] over
+  // kv rows j (k, v: [m, n_kv_heads, head_dim], positions k_pos[m], ascending) with
+  // k_pos[j] <= q_pos[i] (and q_pos[i] - k_pos[j] < window when window > 0). A query with no
+  // visible row gets zeros.
+  virtual void Attention(const float* q, const int32_t* q_pos, int64_t n, const float* k,
+                         const float* v, const int32_t* k_pos, int64_t m, const AttentionParams& p,
+                         float* out) = 0;
+  // out[i] = silu(gate[i]) * up[i] for i < count; out may alias gate.
+  virtual void SwiGlu(const float* gate, const float* up, int64_t count, float* out) = 0;
+  // out[n, table.cols] = table rows ids[n].
+  virtual void Embed(const Matrix& table, const int32_t* ids, int64_t n, float* out) = 0;
+  // dst[i, :] = src[idx[i], :] for i < n, rows of row_len floats.
+  virtual void GatherRows(const float* src, int64_t row_len, const int32_t* idx, int64_t n,
+                          float* dst) = 0;
+  // x[i] += y[i] for i < count.
+  virtual void Add(float* x, const float* y, int64_t count) = 0;
+};
+
+}  // namespace semshare::engine
+
+#endif  // SEMSHARE_ENGINE_BACKEND_H_

@@ -1,0 +1,184 @@
+#include "engine/cpu/cpu_backend.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "engine/cpu/thread_pool.h"
+
+namespace semshare::engine {
+namespace {
+
+// Query rows per attention block: large enough that each sgemm keeps both cores busy, small
+// enough that the [block, m] score matrix stays in L2/L3 for m of a few thousand.
+constexpr int64_t kAttnBlock = 256;
+
+}  // namespace
+
+void CpuBackend::MatMul(const float* x, int64_t n, const Matrix& w, const Matrix& bias, float* y) {
+  if (n == 0) return;
+  if (n == 1) {
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, w.rows, w.cols, 1.0f, w.data.data(), w.cols, x, 1,
+                0.0f, y, 1);
+  } else {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, w.rows, w.cols, 1.0f, x, w.cols,
+                w.data.data(), w.cols, 0.0f, y, w.rows);
+  }
+  if (!bias.empty()) {
+    const float* b = bias.data.data();
+    ThreadPool::Default().ParallelFor(n, 16, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        float* row = y + i * w.rows;
+        for (int64_t j = 0; j < w.rows; ++j) row[j] += b[j];
+      }
+    });
+  }
+}
+
+void CpuBackend::RmsNorm(const float* x, const float* gamma, int64_t n, int64_t d, float eps,
+                         float* y) {
+  ThreadPool::Default().ParallelFor(n, 16, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const float* xi = x + i * d;
+      float* yi = y + i * d;
+      float ss = 0.0f;
+      for (int64_t j = 0; j < d; ++j) ss += xi[j] * xi[j];
+      const float inv = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
+      for (int64_t j = 0; j < d; ++j) yi[j] = xi[j] * inv * gamma[j];
+    }
+  });
+}
+
+void CpuBackend::Rope(float* x, const int32_t* pos, int64_t n, int64_t heads, int64_t head_dim,
+                      const RopeParams& rope) {
+  const int64_t half = rope.rope_dim / 2;
+  ThreadPool::Default().ParallelFor(n, 4, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      // The angle in double: pos * inv_freq reaches thousands of radians, where float rounding
+      // alone would move cos/sin by ~1e-4.
+      float cs[512], sn[512];  // half <= 512 (head_dim <= 1024), checked by ModelConfig users
+      for (int64_t k = 0; k < half; ++k) {
+        const double a = static_cast<double>(pos[i]) * static_cast<double>(rope.inv_freq[k]);
+        cs[k] = static_cast<float>(std::cos(a));
+        sn[k] = static_cast<float>(std::sin(a));
+      }
+      for (int64_t h = 0; h < heads; ++h) {
+        float* v = x + (i * heads + h) * head_dim;
+        if (rope.style == RopeStyle::kAdjacent) {
+          for (int64_t k = 0; k < half; ++k) {
+            const float a = v[2 * k], b = v[2 * k + 1];
+            v[2 * k] = a * cs[k] - b * sn[k];
+            v[2 * k + 1] = a * sn[k] + b * cs[k];
+          }
+        } else {
+          for (int64_t k = 0; k < half; ++k) {
+            const float a = v[k], b = v[k + half];
+            v[k] = a * cs[k] - b * sn[k];
+            v[k + half] = a * sn[k] + b * cs[k];
+          }
+        }
+      }
+    }
+  });
+}
+
+void CpuBackend::Attention(const float* q, const int32_t* q_pos, int64_t n, const float* k,
+                           const float* v, const int32_t* k_pos, int64_t m,
+                           const AttentionParams& p, float* out) {
+  const int64_t hd = p.head_dim;
+  const int64_t q_stride = p.n_heads * hd;      // between tokens in q and out
+  const int64_t kv_stride = p.n_kv_heads * hd;  // between rows in k and v
+  const int64_t group = p.n_heads / p.n_kv_heads;
+  for (int64_t i0 = 0; i0 < n; i0 += kAttnBlock) {
+    const int64_t nb = std::min(kAttnBlock, n - i0);
+    int32_t pmin = q_pos[i0], pmax = q_pos[i0];
+    for (int64_t i = i0; i < i0 + nb; ++i) {
+      pmin = std::min(pmin, q_pos[i]);
+      pmax = std::max(pmax, q_pos[i]);
+    }
+    // Visible kv rows of this block: [j0, j1) (k_pos ascending).
+    const int64_t j1 = std::upper_bound(k_pos, k_pos + m, pmax) - k_pos;
+    int64_t j0 = 0;
+    if (p.window > 0) {
+      const int64_t lo = static_cast<int64_t>(pmin) - p.window + 1;
+      j0 = std::lower_bound(k_pos, k_pos + m, lo) - k_pos;
+    }
+    const int64_t mm = j1 - j0;
+    if (mm <= 0) {
+      for (int64_t i = i0; i < i0 + nb; ++i) std::memset(out + i * q_stride, 0, q_stride * 4);
+      continue;
+    }
+    scores_.resize(static_cast<size_t>(nb * mm));
+    float* s = scores_.data();
+    for (int64_t h = 0; h < p.n_heads; ++h) {
+      const int64_t g = h / group;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, mm, hd, p.scale,
+                  q + i0 * q_stride + h * hd, q_stride, k + j0 * kv_stride + g * hd, kv_stride,
+                  0.0f, s, mm);
+      // Masked softmax per query row.
+      ThreadPool::Default().ParallelFor(
+          nb, std::max<int64_t>(1, 8192 / mm), [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r) {
+              float* row = s + r * mm;
+              const int64_t qp = q_pos[i0 + r];
+              const int64_t lo =
+                  p.window > 0 ? qp - p.window + 1 : std::numeric_limits<int64_t>::min();
+              float mx = -std::numeric_limits<float>::infinity();
+              for (int64_t j = 0; j < mm; ++j) {
+                const int64_t kp = k_pos[j0 + j];
+                if (kp > qp || kp < lo) row[j] = -std::numeric_limits<float>::infinity();
+                mx = std::max(mx, row[j]);
+              }
+              if (mx == -std::numeric_limits<float>::infinity()) {
+                std::fill(row, row + mm, 0.0f);
+                continue;
+              }
+              float sum = 0.0f;
+              for (int64_t j = 0; j < mm; ++j) {
+                const float e = std::exp(row[j] - mx);
+                row[j] = e;
+                sum += e;
+              }
+              const float inv = 1.0f / sum;
+              for (int64_t j = 0; j < mm; ++j) row[j] *= inv;
+            }
+          });
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, hd, mm, 1.0f, s, mm,
+                  v + j0 * kv_stride + g * hd, kv_stride, 0.0f, out + i0 * q_stride + h * hd,
+                  q_stride);
+    }
+  }
+}
+
+void CpuBackend::SwiGlu(const float* gate, const float* up, int64_t count, float* out) {
+  ThreadPool::Default().ParallelFor(count, 16384, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const float g = gate[i];
+      out[i] = g / (1.0f + std::exp(-g)) * up[i];
+    }
+  });
+}
+
+void CpuBackend::Embed(const Matrix& table, const int32_t* ids, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    std::memcpy(out + i * table.cols, table.row(ids[i]), table.cols * sizeof(float));
+  }
+}
+
+void CpuBackend::GatherRows(const float* src, int64_t row_len, const int32_t* idx, int64_t n,
+                            float* dst) {
+  for (int64_t i = 0; i < n; ++i) {
+    std::memcpy(dst + i * row_len, src + idx[i] * row_len, row_len * sizeof(float));
+  }
+}
+
+void CpuBackend::Add(float* x, const float* y, int64_t count) {
+  ThreadPool::Default().ParallelFor(count, 16384, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) x[i] += y[i];
+  });
+}
+
+}  // namespace semshare::engine

@@ -1,0 +1,38 @@
+// CpuBackend: the portable reference backend. GEMMs (projections and the two attention
+// products) run on OpenBLAS sgemm, which threads them itself; element-wise ops and softmax are
+// parallelised with OpenMP outside any BLAS call (OpenBLAS must not be called from inside an
+// OpenMP region).
+#ifndef SEMSHARE_ENGINE_CPU_CPU_BACKEND_H_
+#define SEMSHARE_ENGINE_CPU_CPU_BACKEND_H_
+
+#include <vector>
+
+#include "engine/backend.h"
+
+namespace semshare::engine {
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend() = default;
+  std::string_view name() const override { return "cpu"; }
+
+  void MatMul(const float* x, int64_t n, const Matrix& w, const Matrix& bias, float* y) override;
+  void RmsNorm(const float* x, const float* gamma, int64_t n, int64_t d, float eps,
+               float* y) override;
+  void Rope(float* x, const int32_t* pos, int64_t n, int64_t heads, int64_t head_dim,
+            const RopeParams& rope) override;
+  void Attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, const float* v,
+                 const int32_t* k_pos, int64_t m, const AttentionParams& p, float* out) override;
+  void SwiGlu(const float* gate, const float* up, int64_t count, float* out) override;
+  void Embed(const Matrix& table, const int32_t* ids, int64_t n, float* out) override;
+  void GatherRows(const float* src, int64_t row_len, const int32_t* idx, int64_t n,
+                  float* dst) override;
+  void Add(float* x, const float* y, int64_t count) override;
+
+ private:
+  std::vector<float> scores_;  // attention scratch [block * heads_per_group, m]
+};
+
+}  // namespace semshare::engine
+
+#endif  // SEMSHARE_ENGINE_CPU_CPU_BACKEND_H_

@@ -1,0 +1,85 @@
+#include "engine/cpu/thread_pool.h"
+
+#include <algorithm>
+#include <memory>
+
+namespace semshare::engine {
+namespace {
+
+std::unique_ptr<ThreadPool>& DefaultSlot() {
+  static std::unique_ptr<ThreadPool> pool;
+  return pool;
+}
+
+}  // namespace
+
+ThreadPool::ThreadPool(int threads) {
+  for (int i = 1; i < std::max(threads, 1); ++i)
+    workers_.emplace_back([this, i] { WorkerLoop(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stop_ = true;
+  }
+  start_cv_.notify_all();
+  for (std::thread& t : workers_) t.join();
+}
+
+void ThreadPool::WorkerLoop(int index) {
+  uint64_t seen = 0;
+  while (true) {
+    std::unique_lock<std::mutex> l(mu_);
+    start_cv_.wait(l, [&] { return stop_ || generation_ != seen; });
+    if (stop_) return;
+    seen = generation_;
+    const int64_t begin = index * chunk_, end = std::min(n_, begin + chunk_);
+    const auto* fn = fn_;
+    l.unlock();
+    if (begin < end) (*fn)(begin, end);
+    l.lock();
+    if (--pending_ == 0) done_cv_.notify_one();
+  }
+}
+
+void ThreadPool::ParallelFor(int64_t n, int64_t min_chunk,
+                             const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  const int64_t parts =
+      std::min<int64_t>(size(), std::max<int64_t>(1, n / std::max<int64_t>(min_chunk, 1)));
+  if (parts <= 1) {
+    fn(0, n);
+    return;
+  }
+  std::lock_guard<std::mutex> job(job_mu_);
+  const int64_t chunk = (n + size() - 1) / size();
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    n_ = n;
+    chunk_ = chunk;
+    fn_ = &fn;
+    pending_ = static_cast<int>(workers_.size());
+    ++generation_;
+  }
+  start_cv_.notify_all();
+  fn(0, std::min(n, chunk));
+  std::unique_lock<std::mutex> l(mu_);
+  done_cv_.wait(l, [&] { return pending_ == 0; });
+}
+
+ThreadPool& ThreadPool::Default() {
+  auto& slot = DefaultSlot();
+  static std::once_flag once;
+  std::call_once(once, [&] {
+    if (!slot)
+      slot = std::make_unique<ThreadPool>(static_cast<int>(std::thread::hardware_concurrency()));
+  });
+  return *slot;
+}
+
+void ThreadPool::SetDefaultThreads(int threads) {
+  DefaultSlot() = std::make_unique<ThreadPool>(threads);
+}
+
+}  // namespace semshare::engine

@@ -1,0 +1,76 @@
+// Generator: prompt -> tokens -> prefill -> decode with sampling until a stop condition,
+// streaming text pieces that are whole UTF-8 characters and never part of a stop string.
+// One Generator per model+backend; Generate() is not thread-safe (it owns the forward pass'
+// scratch); the server runs one per worker.
+#ifndef SEMSHARE_ENGINE_GENERATOR_H_
+#define SEMSHARE_ENGINE_GENERATOR_H_
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
+#include "engine/chat_template.h"
+#include "engine/llama_forward.h"
+#include "engine/model.h"
+#include "engine/sampling.h"
+
+namespace semshare::engine {
+
+struct GenerateOptions {
+  int32_t max_tokens = 128;  // new tokens at most; >= 1
+  SamplingParams sampling;
+  std::vector<std::string> stop;  // stop strings; the text ends before the first match
+  bool stop_at_eog = true;        // stop at end-of-generation tokens (EOS, <|im_end|>, ...)
+};
+
+enum class FinishReason { kEndOfGeneration, kStopString, kLength, kCancelled };
+const char* FinishReasonName(FinishReason r);
+
+struct GenerateTimings {
+  double prefill_ms = 0;  // prompt through the model, logits of its last token
+  double ttft_ms = 0;     // Generate() start to the first token sampled
+  double decode_ms = 0;   // after the first token to the end
+  double total_ms = 0;
+};
+
+struct GenerateResult {
+  std::string text;
+  std::vector<int32_t> tokens;  // generated ids (the stop token excluded)
+  FinishReason finish = FinishReason::kLength;
+  int64_t prompt_tokens = 0;
+  GenerateTimings timings;
+};
+
+// Receives text as it becomes final; returning false cancels generation.
+using TextCallback = std::function<bool(std::string_view piece)>;
+
+class Generator {
+ public:
+  Generator(const Model& model, Backend& backend);
+
+  // Token ids of a plain prompt (special-token strings in it are parsed) with BOS when the
+  // model wants one.
+  std::vector<int32_t> TokenizePrompt(std::string_view prompt) const;
+  // Token ids of a conversation rendered with the model's chat template, ready for the
+  // assistant's reply.
+  absl::StatusOr<std::vector<int32_t>> TokenizeChat(std::span<const ChatMessage> messages) const;
+
+  absl::StatusOr<GenerateResult> Generate(std::span<const int32_t> prompt,
+                                          const GenerateOptions& options,
+                                          const TextCallback& on_text = nullptr);
+
+  const Model& model() const { return model_; }
+
+ private:
+  const Model& model_;
+  LlamaForward forward_;
+};
+
+}  // namespace semshare::engine
+
+#endif  // SEMSHARE_ENGINE_GENERATOR_H_

@@ -1,0 +1,84 @@
+// Shared helpers for the C++ tests: seeded random data and small random-weight models.
+#ifndef SEMSHARE_TESTS_TEST_UTIL_H_
+#define SEMSHARE_TESTS_TEST_UTIL_H_
+
+#include <cstdlib>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/model.h"
+
+namespace semshare::testing {
+
+inline std::vector<float> RandomVector(size_t n, uint64_t seed, float scale = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+inline engine::Matrix RandomMatrix(int64_t rows, int64_t cols, uint64_t seed, float scale) {
+  return engine::Matrix{rows, cols, RandomVector(static_cast<size_t>(rows * cols), seed, scale)};
+}
+
+// A small random-weight Llama-family model (no tokenizer) for forward-pass tests.
+inline std::unique_ptr<engine::Model> TinyModel(engine::Arch arch, engine::RopeStyle style,
+                                                uint64_t seed) {
+  auto m = std::make_unique<engine::Model>();
+  engine::ModelConfig& c = m->config;
+  c.arch = arch;
+  c.n_layers = 3;
+  c.d_model = 48;
+  c.n_heads = 6;
+  c.n_kv_heads = 2;
+  c.head_dim = 8;
+  c.d_ff = 80;
+  c.vocab_size = 97;
+  c.max_context = 4096;
+  c.rope_dim = 8;
+  c.rope_style = style;
+  c.rope_base = 10000.0f;
+  c.qkv_bias = arch == engine::Arch::kQwen2;
+  c.sliding_window = arch == engine::Arch::kMistral ? 7 : 0;
+  const float s = 0.2f;
+  engine::ModelWeights& w = m->weights;
+  w.tok_embd = RandomMatrix(c.vocab_size, c.d_model, seed++, 1.0f);
+  w.out_norm = RandomMatrix(1, c.d_model, seed++, 0.1f);
+  for (float& x : w.out_norm.data) x += 1.0f;
+  w.lm_head = RandomMatrix(c.vocab_size, c.d_model, seed++, s);
+  const int64_t qd = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    engine::LayerWeights lw;
+    lw.attn_norm = RandomMatrix(1, c.d_model, seed++, 0.1f);
+    lw.ffn_norm = RandomMatrix(1, c.d_model, seed++, 0.1f);
+    for (float& x : lw.attn_norm.data) x += 1.0f;
+    for (float& x : lw.ffn_norm.data) x += 1.0f;
+    lw.wq = RandomMatrix(qd, c.d_model, seed++, s);
+    lw.wk = RandomMatrix(kvd, c.d_model, seed++, s);
+    lw.wv = RandomMatrix(kvd, c.d_model, seed++, s);
+    lw.wo = RandomMatrix(c.d_model, qd, seed++, s);
+    lw.w_gate = RandomMatrix(c.d_ff, c.d_model, seed++, s);
+    lw.w_up = RandomMatrix(c.d_ff, c.d_model, seed++, s);
+    lw.w_down = RandomMatrix(c.d_model, c.d_ff, seed++, s);
+    if (c.qkv_bias) {
+      lw.bq = RandomMatrix(1, qd, seed++, s);
+      lw.bk = RandomMatrix(1, kvd, seed++, s);
+      lw.bv = RandomMatrix(1, kvd, seed++, s);
+    }
+    w.layers.push_back(std::move(lw));
+  }
+  return m;
+}
+
+// $SEMSHARE_MODEL, or "" (tests that need it fail with a message saying how to set it).
+inline std::string DefaultModelPath() {
+  const char* p = std::getenv("SEMSHARE_MODEL");
+  return p == nullptr ? "" : p;
+}
+
+}  // namespace semshare::testing
+
+#endif  // SEMSHARE_TESTS_TEST_UTIL_H_

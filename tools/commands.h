@@ -1,0 +1,26 @@
+// Subcommands of the `semshare` CLI. Each takes the arguments after its name and returns the
+// process exit code (0 ok, 1 runtime failure, 2 usage error).
+#ifndef SEMSHARE_TOOLS_COMMANDS_H_
+#define SEMSHARE_TOOLS_COMMANDS_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "engine/model.h"
+
+namespace semshare::tools {
+
+int GenerateCommand(int argc, char** argv);
+int ForwardCommand(int argc, char** argv);
+int BenchCommand(int argc, char** argv);
+
+// --model, else $SEMSHARE_MODEL; loads it and reports the load time on stderr.
+absl::StatusOr<std::unique_ptr<engine::Model>> LoadModelForCli(const std::string& flag_value,
+                                                               double* load_ms);
+// Sets the thread count of OpenBLAS and the CPU backend's pool (0 = leave the defaults).
+void SetThreads(int64_t threads);
+
+}  // namespace semshare::tools
+
+#endif  // SEMSHARE_TOOLS_COMMANDS_H_

@@ -1,0 +1,37 @@
+#include <cblas.h>
+
+#include <chrono>
+#include <cstdlib>
+
+#include "absl/strings/str_cat.h"
+#include "engine/cpu/thread_pool.h"
+#include "tools/commands.h"
+
+namespace semshare::tools {
+
+absl::StatusOr<std::unique_ptr<engine::Model>> LoadModelForCli(const std::string& flag_value,
+                                                               double* load_ms) {
+  std::string path = flag_value;
+  if (path.empty()) {
+    const char* env = std::getenv("SEMSHARE_MODEL");
+    if (env != nullptr) path = env;
+  }
+  if (path.empty()) {
+    return absl::InvalidArgumentError(
+        "no model: pass --model PATH (a .gguf file or a Hugging Face directory) or set "
+        "SEMSHARE_MODEL");
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  auto model = engine::LoadModel(path);
+  *load_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  return model;
+}
+
+void SetThreads(int64_t threads) {
+  if (threads <= 0) return;
+  openblas_set_num_threads(static_cast<int>(threads));
+  engine::ThreadPool::SetDefaultThreads(static_cast<int>(threads));
+}
+
+}  // namespace semshare::tools
