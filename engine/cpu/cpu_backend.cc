@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 
+#include "engine/cpu/fast_math.h"
 #include "engine/cpu/thread_pool.h"
 
 namespace semshare::engine {
@@ -123,27 +124,31 @@ void CpuBackend::Attention(const float* q, const int32_t* q_pos, int64_t n, cons
           nb, std::max<int64_t>(1, 8192 / mm), [&](int64_t r0, int64_t r1) {
             for (int64_t r = r0; r < r1; ++r) {
               float* row = s + r * mm;
-              const int64_t qp = q_pos[i0 + r];
+              // Visible rows form one range because positions ascend: k_pos <= q_pos is a prefix,
+              // the window cuts a prefix of that. Only that range is exponentiated.
+              const int32_t qp = q_pos[i0 + r];
+              const int32_t* kp = k_pos + j0;
+              const int64_t hi = std::upper_bound(kp, kp + mm, qp) - kp;
               const int64_t lo =
-                  p.window > 0 ? qp - p.window + 1 : std::numeric_limits<int64_t>::min();
-              float mx = -std::numeric_limits<float>::infinity();
-              for (int64_t j = 0; j < mm; ++j) {
-                const int64_t kp = k_pos[j0 + j];
-                if (kp > qp || kp < lo) row[j] = -std::numeric_limits<float>::infinity();
-                mx = std::max(mx, row[j]);
-              }
-              if (mx == -std::numeric_limits<float>::infinity()) {
+                  p.window > 0
+                      ? std::lower_bound(kp, kp + hi, static_cast<int64_t>(qp) - p.window + 1) - kp
+                      : 0;
+              if (hi <= lo) {
                 std::fill(row, row + mm, 0.0f);
                 continue;
               }
+              std::fill(row, row + lo, 0.0f);
+              std::fill(row + hi, row + mm, 0.0f);
+              float mx = row[lo];
+              for (int64_t j = lo; j < hi; ++j) mx = std::max(mx, row[j]);
               float sum = 0.0f;
-              for (int64_t j = 0; j < mm; ++j) {
-                const float e = std::exp(row[j] - mx);
+              for (int64_t j = lo; j < hi; ++j) {
+                const float e = FastExp(row[j] - mx);
                 row[j] = e;
                 sum += e;
               }
               const float inv = 1.0f / sum;
-              for (int64_t j = 0; j < mm; ++j) row[j] *= inv;
+              for (int64_t j = lo; j < hi; ++j) row[j] *= inv;
             }
           });
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, hd, mm, 1.0f, s, mm,
@@ -157,7 +162,7 @@ void CpuBackend::SwiGlu(const float* gate, const float* up, int64_t count, float
   ThreadPool::Default().ParallelFor(count, 16384, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const float g = gate[i];
-      out[i] = g / (1.0f + std::exp(-g)) * up[i];
+      out[i] = g / (1.0f + FastExp(-g)) * up[i];
     }
   });
 }
