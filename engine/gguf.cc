@@ -499,7 +499,11 @@ absl::StatusOr<std::vector<int64_t>> GgufFile::GetIntArray(std::string_view key)
   }
   std::vector<int64_t> out;
   out.reserve(v->arr.size());
-  for (const GgufValue& e : v->arr) out.push_back(e.i);
+  for (const GgufValue& e : v->arr) {
+    auto x = AsInt(e, key);  // rejects uint64 elements above INT64_MAX, as GetInt does
+    if (!x.ok()) return x.status();
+    out.push_back(*x);
+  }
   return out;
 }
 
