@@ -32,6 +32,10 @@ class Cursor {
   Cursor(const uint8_t* data, size_t size) : data_(data), size_(size) {}
   size_t pos() const { return pos_; }
   size_t remaining() const { return size_ - pos_; }
+  // Metadata array elements still allowed. Each becomes a GgufValue of ~90 bytes, so without
+  // a cap a crafted file could make the reader allocate ~90x its own size. Real vocabularies
+  // (tokens + types + merges) stay well under a million elements.
+  uint64_t elements_left = uint64_t{1} << 24;
 
   template <typename T>
   absl::Status Read(T* out, std::string_view what) {
@@ -187,6 +191,12 @@ absl::Status ReadValue(Cursor& c, GgufValueType type, int depth, GgufValue* v,
                                                        " array elements but only ", c.remaining(),
                                                        " bytes remain"));
       }
+      if (n > c.elements_left) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "GGUF: metadata '", Sv(key), "' exceeds the limit of ", uint64_t{1} << 24,
+            " array elements in all"));
+      }
+      c.elements_left -= n;
       v->arr.resize(n);
       for (uint64_t k = 0; k < n; ++k) {
         if (auto s = ReadValue(c, v->elem_type, depth + 1, &v->arr[k], key); !s.ok()) return s;
