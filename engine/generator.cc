@@ -61,6 +61,8 @@ absl::StatusOr<std::vector<int32_t>> Generator::TokenizeChat(
   if (!tmpl.ok()) return tmpl.status();
   auto text = tmpl->Render(messages, /*add_generation_prompt=*/true);
   if (!text.ok()) return text.status();
+  // A template that writes the BOS text itself (Llama-3) must not get a second BOS.
+  if (tmpl->emits_bos()) return model_.tokenizer->Encode(*text, /*parse_special=*/true);
   return TokenizePrompt(*text);
 }
 
