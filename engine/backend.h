@@ -61,6 +61,14 @@ class Backend {
                           float* dst) = 0;
   // x[i] += y[i] for i < count.
   virtual void Add(float* x, const float* y, int64_t count) = 0;
+
+  // Retention scores: mass[j] = sum over queries i < n and heads of the attention probability
+  // query i gives kv row j (same masking as Attention). mass: [m].
+  virtual void AttentionMass(const float* q, const int32_t* q_pos, int64_t n, const float* k,
+                             const int32_t* k_pos, int64_t m, const AttentionParams& p,
+                             float* mass) = 0;
+  // out[i] = ||a_i - b_i||_2 over rows of `dim` floats, i < n (KV deviation).
+  virtual void RowDistance(const float* a, const float* b, int64_t n, int64_t dim, float* out) = 0;
 };
 
 }  // namespace semshare::engine

@@ -1,5 +1,6 @@
 #include "engine/llama_forward.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -11,7 +12,12 @@ LlamaForward::LlamaForward(const Model& model, Backend& backend, int64_t max_chu
     : model_(model),
       backend_(backend),
       max_chunk_(max_chunk),
-      inv_freq_(RopeInvFreq(model.config, model.weights.rope_freqs)) {}
+      inv_freq_(RopeInvFreq(model.config, model.weights.rope_freqs)) {
+  const ModelConfig& c = model.config;
+  rope_ = RopeParams{c.rope_style, c.rope_dim, inv_freq_.data()};
+  attn_ = AttentionParams{c.n_heads, c.n_kv_heads, c.head_dim,
+                          1.0f / std::sqrt(static_cast<float>(c.head_dim)), c.sliding_window};
+}
 
 KvCache LlamaForward::NewCache() const {
   const ModelConfig& c = model_.config;
@@ -45,59 +51,88 @@ absl::Status LlamaForward::Forward(std::span<const int32_t> ids, std::span<const
   }
   if (logits != nullptr) {
     // x_ holds the last chunk's residual stream; its last row is the last token.
-    const int64_t last = (n - 1) % max_chunk_;
-    const float* xl = x_.data() + last * c.d_model;
-    std::vector<float> hl(c.d_model);
-    backend_.RmsNorm(xl, model_.weights.out_norm.data.data(), 1, c.d_model, c.rms_eps, hl.data());
-    backend_.MatMul(hl.data(), 1, model_.weights.output(), Matrix{}, logits);
+    Logits(x_.data() + ((n - 1) % max_chunk_) * c.d_model, logits);
   }
   return absl::OkStatus();
 }
 
-void LlamaForward::ForwardChunk(const int32_t* ids, const int32_t* pos, int64_t n, KvCache& cache) {
+void LlamaForward::Reserve(int64_t s) {
   const ModelConfig& c = model_.config;
-  const ModelWeights& w = model_.weights;
   const int64_t d = c.d_model, qd = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;
-  x_.resize(n * d);
-  h_.resize(n * d);
-  q_.resize(n * qd);
-  k_.resize(n * kvd);
-  v_.resize(n * kvd);
-  att_.resize(n * qd);
-  gate_.resize(n * c.d_ff);
-  up_.resize(n * c.d_ff);
+  h_.resize(s * d);
+  q_.resize(s * qd);
+  k_.resize(s * kvd);
+  v_.resize(s * kvd);
+  att_.resize(s * qd);
+  gate_.resize(s * c.d_ff);
+  up_.resize(s * c.d_ff);
+}
 
-  RopeParams rope{c.rope_style, c.rope_dim, inv_freq_.data()};
-  AttentionParams ap{c.n_heads, c.n_kv_heads, c.head_dim,
-                     1.0f / std::sqrt(static_cast<float>(c.head_dim)), c.sliding_window};
+void LlamaForward::Embed(const int32_t* ids, int64_t n, float* x) {
+  backend_.Embed(model_.weights.tok_embd, ids, n, x);
+}
 
-  backend_.Embed(w.tok_embd, ids, n, x_.data());
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    const LayerWeights& lw = w.layers[l];
-    backend_.RmsNorm(x_.data(), lw.attn_norm.data.data(), n, d, c.rms_eps, h_.data());
-    backend_.MatMul(h_.data(), n, lw.wq, lw.bq, q_.data());
-    backend_.MatMul(h_.data(), n, lw.wk, lw.bk, k_.data());
-    backend_.MatMul(h_.data(), n, lw.wv, lw.bv, v_.data());
-    backend_.Rope(q_.data(), pos, n, c.n_heads, c.head_dim, rope);
-    backend_.Rope(k_.data(), pos, n, c.n_kv_heads, c.head_dim, rope);
+void LlamaForward::Qkv(int64_t l, const float* x, const int32_t* pos, int64_t s) {
+  const ModelConfig& c = model_.config;
+  const LayerWeights& lw = model_.weights.layers[l];
+  Reserve(s);
+  backend_.RmsNorm(x, lw.attn_norm.data.data(), s, c.d_model, c.rms_eps, h_.data());
+  backend_.MatMul(h_.data(), s, lw.wq, lw.bq, q_.data());
+  backend_.MatMul(h_.data(), s, lw.wk, lw.bk, k_.data());
+  backend_.MatMul(h_.data(), s, lw.wv, lw.bv, v_.data());
+  backend_.Rope(q_.data(), pos, s, c.n_heads, c.head_dim, rope_);
+  backend_.Rope(k_.data(), pos, s, c.n_kv_heads, c.head_dim, rope_);
+}
 
-    LayerKv& kv = cache.layer(l);
-    kv.k.insert(kv.k.end(), k_.begin(), k_.begin() + n * kvd);
-    kv.v.insert(kv.v.end(), v_.begin(), v_.begin() + n * kvd);
-    kv.pos.insert(kv.pos.end(), pos, pos + n);
-
-    backend_.Attention(q_.data(), pos, n, kv.k.data(), kv.v.data(), kv.pos.data(), kv.rows(), ap,
-                       att_.data());
-    backend_.MatMul(att_.data(), n, lw.wo, Matrix{}, h_.data());
-    backend_.Add(x_.data(), h_.data(), n * d);
-
-    backend_.RmsNorm(x_.data(), lw.ffn_norm.data.data(), n, d, c.rms_eps, h_.data());
-    backend_.MatMul(h_.data(), n, lw.w_gate, Matrix{}, gate_.data());
-    backend_.MatMul(h_.data(), n, lw.w_up, Matrix{}, up_.data());
-    backend_.SwiGlu(gate_.data(), up_.data(), n * c.d_ff, gate_.data());
-    backend_.MatMul(gate_.data(), n, lw.w_down, Matrix{}, h_.data());
-    backend_.Add(x_.data(), h_.data(), n * d);
+void LlamaForward::StoreKv(LayerKv& kv, const int32_t* rows, const int32_t* pos, int64_t s) {
+  const int64_t kvd = model_.config.n_kv_heads * model_.config.head_dim;
+  if (rows == nullptr) {
+    kv.k.insert(kv.k.end(), k_.begin(), k_.begin() + s * kvd);
+    kv.v.insert(kv.v.end(), v_.begin(), v_.begin() + s * kvd);
+    kv.pos.insert(kv.pos.end(), pos, pos + s);
+    return;
+  }
+  for (int64_t i = 0; i < s; ++i) {
+    std::copy_n(k_.data() + i * kvd, kvd, kv.k.data() + rows[i] * kvd);
+    std::copy_n(v_.data() + i * kvd, kvd, kv.v.data() + rows[i] * kvd);
   }
 }
 
+void LlamaForward::Attend(int64_t l, float* x, const int32_t* pos, int64_t s, const LayerKv& kv) {
+  const LayerWeights& lw = model_.weights.layers[l];
+  backend_.Attention(q_.data(), pos, s, kv.k.data(), kv.v.data(), kv.pos.data(), kv.rows(), attn_,
+                     att_.data());
+  backend_.MatMul(att_.data(), s, lw.wo, Matrix{}, h_.data());
+  backend_.Add(x, h_.data(), s * model_.config.d_model);
+}
+
+void LlamaForward::Mlp(int64_t l, float* x, int64_t s) {
+  const ModelConfig& c = model_.config;
+  const LayerWeights& lw = model_.weights.layers[l];
+  Reserve(s);
+  backend_.RmsNorm(x, lw.ffn_norm.data.data(), s, c.d_model, c.rms_eps, h_.data());
+  backend_.MatMul(h_.data(), s, lw.w_gate, Matrix{}, gate_.data());
+  backend_.MatMul(h_.data(), s, lw.w_up, Matrix{}, up_.data());
+  backend_.SwiGlu(gate_.data(), up_.data(), s * c.d_ff, gate_.data());
+  backend_.MatMul(gate_.data(), s, lw.w_down, Matrix{}, h_.data());
+  backend_.Add(x, h_.data(), s * c.d_model);
+}
+
+void LlamaForward::Logits(const float* x_row, float* logits) {
+  const ModelConfig& c = model_.config;
+  std::vector<float> h(c.d_model);
+  backend_.RmsNorm(x_row, model_.weights.out_norm.data.data(), 1, c.d_model, c.rms_eps, h.data());
+  backend_.MatMul(h.data(), 1, model_.weights.output(), Matrix{}, logits);
+}
+
+void LlamaForward::ForwardChunk(const int32_t* ids, const int32_t* pos, int64_t n, KvCache& cache) {
+  x_.resize(n * model_.config.d_model);
+  Embed(ids, n, x_.data());
+  for (int64_t l = 0; l < model_.config.n_layers; ++l) {
+    Qkv(l, x_.data(), pos, n);
+    StoreKv(cache.layer(l), nullptr, pos, n);
+    Attend(l, x_.data(), pos, n, cache.layer(l));
+    Mlp(l, x_.data(), n);
+  }
+}
 }  // namespace semshare::engine

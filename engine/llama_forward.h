@@ -36,13 +36,40 @@ class LlamaForward {
   KvCache NewCache() const;
   const Model& model() const { return model_; }
 
+  // The steps of one layer, for prefill variants that compute a subset of tokens per layer
+  // (engine/reuse). `x` is the residual stream [s, d_model] of the s tokens at positions
+  // pos[s]; scratch is sized for s tokens by Qkv.
+  //
+  // Qkv: norm + Q/K/V projections + RoPE of layer l into q() [s, q_dim], k(), v() [s, kv_dim].
+  void Qkv(int64_t l, const float* x, const int32_t* pos, int64_t s);
+  const float* q() const { return q_.data(); }
+  const float* k() const { return k_.data(); }
+  const float* v() const { return v_.data(); }
+  // Writes k()/v() of the s tokens into `kv` at rows[s] (existing rows, overwritten), or
+  // appends them (with their positions) when rows is null.
+  void StoreKv(LayerKv& kv, const int32_t* rows, const int32_t* pos, int64_t s);
+  // Attention of q() over all rows of `kv`, output projection, residual add into x.
+  void Attend(int64_t l, float* x, const int32_t* pos, int64_t s, const LayerKv& kv);
+  // Norm + SwiGLU MLP + residual add into x.
+  void Mlp(int64_t l, float* x, int64_t s);
+  // Final norm of one residual row [d_model] and the output projection into logits[vocab].
+  void Logits(const float* x_row, float* logits);
+  // Embedding rows of ids into x [n, d_model].
+  void Embed(const int32_t* ids, int64_t n, float* x);
+  Backend& backend() { return backend_; }
+  const RopeParams& rope() const { return rope_; }
+  const AttentionParams& attention() const { return attn_; }
+
  private:
   void ForwardChunk(const int32_t* ids, const int32_t* pos, int64_t n, KvCache& cache);
+  void Reserve(int64_t s);
 
   const Model& model_;
   Backend& backend_;
   const int64_t max_chunk_;
   std::vector<float> inv_freq_;  // [rope_dim / 2]
+  RopeParams rope_;
+  AttentionParams attn_;
   // Scratch, sized for max_chunk tokens.
   std::vector<float> x_, h_, q_, k_, v_, att_, gate_, up_;
 };

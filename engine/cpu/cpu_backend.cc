@@ -119,42 +119,76 @@ void CpuBackend::Attention(const float* q, const int32_t* q_pos, int64_t n, cons
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, mm, hd, p.scale,
                   q + i0 * q_stride + h * hd, q_stride, k + j0 * kv_stride + g * hd, kv_stride,
                   0.0f, s, mm);
-      // Masked softmax per query row.
-      ThreadPool::Default().ParallelFor(
-          nb, std::max<int64_t>(1, 8192 / mm), [&](int64_t r0, int64_t r1) {
-            for (int64_t r = r0; r < r1; ++r) {
-              float* row = s + r * mm;
-              // Visible rows form one range because positions ascend: k_pos <= q_pos is a prefix,
-              // the window cuts a prefix of that. Only that range is exponentiated.
-              const int32_t qp = q_pos[i0 + r];
-              const int32_t* kp = k_pos + j0;
-              const int64_t hi = std::upper_bound(kp, kp + mm, qp) - kp;
-              const int64_t lo =
-                  p.window > 0
-                      ? std::lower_bound(kp, kp + hi, static_cast<int64_t>(qp) - p.window + 1) - kp
-                      : 0;
-              if (hi <= lo) {
-                std::fill(row, row + mm, 0.0f);
-                continue;
-              }
-              std::fill(row, row + lo, 0.0f);
-              std::fill(row + hi, row + mm, 0.0f);
-              float mx = row[lo];
-              for (int64_t j = lo; j < hi; ++j) mx = std::max(mx, row[j]);
-              float sum = 0.0f;
-              for (int64_t j = lo; j < hi; ++j) {
-                const float e = FastExp(row[j] - mx);
-                row[j] = e;
-                sum += e;
-              }
-              const float inv = 1.0f / sum;
-              for (int64_t j = lo; j < hi; ++j) row[j] *= inv;
-            }
-          });
+      SoftmaxRows(s, q_pos + i0, nb, k_pos + j0, mm, p.window);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, hd, mm, 1.0f, s, mm,
                   v + j0 * kv_stride + g * hd, kv_stride, 0.0f, out + i0 * q_stride + h * hd,
                   q_stride);
     }
+  }
+}
+
+void CpuBackend::SoftmaxRows(float* rows, const int32_t* q_pos, int64_t nb, const int32_t* k_pos,
+                             int64_t mm, int64_t window) {
+  ThreadPool::Default().ParallelFor(
+      nb, std::max<int64_t>(1, 8192 / mm), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          float* row = rows + r * mm;
+          // Visible rows form one range because positions ascend: k_pos <= q_pos is a prefix, the
+          // window cuts a prefix of that. Only that range is exponentiated.
+          const int32_t qp = q_pos[r];
+          const int64_t hi = std::upper_bound(k_pos, k_pos + mm, qp) - k_pos;
+          const int64_t lo = window > 0 ? std::lower_bound(k_pos, k_pos + hi,
+                                                           static_cast<int64_t>(qp) - window + 1) -
+                                              k_pos
+                                        : 0;
+          if (hi <= lo) {
+            std::fill(row, row + mm, 0.0f);
+            continue;
+          }
+          std::fill(row, row + lo, 0.0f);
+          std::fill(row + hi, row + mm, 0.0f);
+          float mx = row[lo];
+          for (int64_t j = lo; j < hi; ++j) mx = std::max(mx, row[j]);
+          float sum = 0.0f;
+          for (int64_t j = lo; j < hi; ++j) {
+            const float e = FastExp(row[j] - mx);
+            row[j] = e;
+            sum += e;
+          }
+          const float inv = 1.0f / sum;
+          for (int64_t j = lo; j < hi; ++j) row[j] *= inv;
+        }
+      });
+}
+
+void CpuBackend::AttentionMass(const float* q, const int32_t* q_pos, int64_t n, const float* k,
+                               const int32_t* k_pos, int64_t m, const AttentionParams& p,
+                               float* mass) {
+  std::fill(mass, mass + m, 0.0f);
+  if (n == 0 || m == 0) return;
+  const int64_t hd = p.head_dim, q_stride = p.n_heads * hd, kv_stride = p.n_kv_heads * hd;
+  const int64_t group = p.n_heads / p.n_kv_heads;
+  scores_.resize(static_cast<size_t>(n * m));
+  float* s = scores_.data();
+  for (int64_t h = 0; h < p.n_heads; ++h) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, m, hd, p.scale, q + h * hd, q_stride,
+                k + (h / group) * hd, kv_stride, 0.0f, s, m);
+    SoftmaxRows(s, q_pos, n, k_pos, m, p.window);
+    for (int64_t i = 0; i < n; ++i) {
+      const float* row = s + i * m;
+      for (int64_t j = 0; j < m; ++j) mass[j] += row[j];
+    }
+  }
+}
+
+void CpuBackend::RowDistance(const float* a, const float* b, int64_t n, int64_t dim, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    float ss = 0.0f;
+    for (int64_t j = 0; j < dim; ++j) {
+      const float d = a[i * dim + j] - b[i * dim + j];
+      ss += d * d;
+    }
+    out[i] = std::sqrt(ss);
   }
 }
 

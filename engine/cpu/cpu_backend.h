@@ -28,9 +28,18 @@ class CpuBackend final : public Backend {
   void GatherRows(const float* src, int64_t row_len, const int32_t* idx, int64_t n,
                   float* dst) override;
   void Add(float* x, const float* y, int64_t count) override;
+  void AttentionMass(const float* q, const int32_t* q_pos, int64_t n, const float* k,
+                     const int32_t* k_pos, int64_t m, const AttentionParams& p,
+                     float* mass) override;
+  void RowDistance(const float* a, const float* b, int64_t n, int64_t dim, float* out) override;
 
  private:
-  std::vector<float> scores_;  // attention scratch [block * heads_per_group, m]
+  // Masked softmax of one block's scores rows[nb, mm] in place (rows for queries q_pos[nb] over
+  // kv rows k_pos[mm], ascending); invisible entries become 0.
+  void SoftmaxRows(float* rows, const int32_t* q_pos, int64_t nb, const int32_t* k_pos, int64_t mm,
+                   int64_t window);
+
+  std::vector<float> scores_;  // attention scratch [block, m]
 };
 
 }  // namespace semshare::engine

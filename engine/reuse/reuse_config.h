@@ -1,0 +1,76 @@
+// Every knob of KV reuse (SemShareKV, arXiv 2509.24832; DESIGN.md section 4) in one struct.
+// Defaults are starting points that `semshare bench --suite reuse` tunes and justifies
+// (docs/benchmarks.md).
+#ifndef SEMSHARE_ENGINE_REUSE_REUSE_CONFIG_H_
+#define SEMSHARE_ENGINE_REUSE_REUSE_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace semshare::engine {
+
+// How a prompt is prefilled.
+enum class PrefillMode {
+  kFull,      // compute every token (the baseline)
+  kPrefix,    // reuse the exact longest common token prefix of a reference (vLLM/SGLang style)
+  kSnapKv,    // full prefill, then retention (KV eviction by last-window attention)
+  kSemShare,  // token-level LSH match + rearranged reference KV + selective recompute + retention
+};
+const char* PrefillModeName(PrefillMode m);
+absl::StatusOr<PrefillMode> ParsePrefillMode(const std::string& name);
+
+// How the per-layer KV budget changes with depth (retention ablations).
+enum class RetentionSchedule {
+  kNone,         // keep every row
+  kExponential,  // B_l = max(b_min, ceil(n * rho * gamma^l)): fewer rows deeper (the paper's)
+  kConstant,     // B_l = max(b_min, ceil(n * rho))
+  kIncreasing,   // B_l = max(b_min, ceil(n * rho * gamma^(L-1-l))): more rows deeper
+};
+const char* RetentionScheduleName(RetentionSchedule s);
+absl::StatusOr<RetentionSchedule> ParseRetentionSchedule(const std::string& name);
+
+struct ReuseConfig {
+  PrefillMode mode = PrefillMode::kSemShare;
+
+  // E-cache: input-embedding rows rotated by RoPE over the embedding dimension at each token's
+  // position. Off = the ablation that shows many tokens collapsing onto the first positions.
+  bool ecache_rope = true;
+  float ecache_rope_base = 10000.0f;
+
+  // Token-level SimHash LSH: `lsh_bands` tables, each keyed by `lsh_bits_per_band` sign bits of
+  // random hyperplane projections (seeded by lsh_seed, so codes are stable and storable).
+  int32_t lsh_bands = 8;
+  int32_t lsh_bits_per_band = 12;
+  uint64_t lsh_seed = 0x5e5a4e2025ull;
+  // Candidates examined per target token (the best by cosine wins); 0 = all in its buckets.
+  int32_t max_candidates = 32;
+
+  // Prompt similarity = mean matched cosine (unmatched = 0); a hit needs >= hit_threshold.
+  float hit_threshold = 0.8f;
+  // Prompts shorter than this skip lookup (matching costs more than it saves below it).
+  int32_t min_reuse_tokens = 64;
+
+  // Selective prefill: layer 0 computes all tokens; layer 1 recomputes the top
+  // `recompute_ratio` by KV deviation plus forced tokens; each deeper layer keeps the top
+  // ceil(alpha * |S|) of the previous set (forced tokens always kept).
+  float recompute_ratio = 0.4f;
+  float alpha = 0.8f;
+  int32_t window = 32;  // last tokens: always recomputed, and the queries that score retention
+  int32_t sink = 4;     // first tokens: always recomputed and never evicted
+
+  // Retention (semshare and snapkv modes).
+  RetentionSchedule retention = RetentionSchedule::kExponential;
+  float retention_rho = 0.9f;     // fraction of rows kept at layer 0
+  float retention_gamma = 0.98f;  // per-layer decay
+  int32_t retention_min_rows = 64;
+
+  // InvalidArgument naming the first knob out of range.
+  absl::Status Validate() const;
+};
+
+}  // namespace semshare::engine
+
+#endif  // SEMSHARE_ENGINE_REUSE_REUSE_CONFIG_H_

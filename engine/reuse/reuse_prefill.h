@@ -1,0 +1,93 @@
+// Prefill in one of the four modes (full, prefix, snapkv, semshare) against an optional
+// reference, so benchmarks compare like with like (DESIGN.md section 4).
+//
+// semshare: match target tokens to the reference (TokenMatcher), rearrange the reference's
+// per-layer KV to the target's order (keys re-rotated by the position delta; rotations
+// compose), compute layer 0 for every token and measure each token's KV deviation, then
+// recompute only a shrinking set of tokens in deeper layers, attending over the mixed KV; last,
+// retention trims each layer's rows to a depth-decaying budget.
+#ifndef SEMSHARE_ENGINE_REUSE_REUSE_PREFILL_H_
+#define SEMSHARE_ENGINE_REUSE_REUSE_PREFILL_H_
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
+#include "engine/kv_cache.h"
+#include "engine/llama_forward.h"
+#include "engine/model.h"
+#include "engine/reuse/reuse_config.h"
+#include "engine/reuse/token_matcher.h"
+
+namespace semshare::engine {
+
+// A prompt whose full, untrimmed KV is kept for reuse.
+struct Reference {
+  std::vector<int32_t> ids;  // [m]
+  KvCache kv;                // every layer holds rows for positions 0..m-1
+  TokenSketch sketch;        // E-cache + LSH codes of ids
+};
+
+struct PrefillStats {
+  PrefillMode mode = PrefillMode::kFull;
+  bool hit = false;         // a reference was used
+  float similarity = 0.0f;  // semshare: mean matched cosine; prefix: prefix fraction
+  int64_t prompt_tokens = 0;
+  int64_t reused_tokens = 0;            // tokens whose deeper-layer KV came from the reference
+  int64_t recomputed_tokens = 0;        // tokens computed beyond layer 0 (all of them for full)
+  std::vector<int64_t> layer_computed;  // [n_layers] tokens computed at each layer
+  std::vector<int64_t> layer_rows;      // [n_layers] KV rows kept after retention
+  int64_t kv_bytes = 0;                 // KV held after prefill (after retention)
+  int64_t kv_bytes_peak = 0;  // most KV held at once during prefill (incl. the rearranged copy)
+  // semshare hits: per target token, ||K - K~|| + ||V - V~|| at layer 0 (fresh vs rearranged
+  // reference KV); the rearrangement-quality ablation reads it. Empty otherwise.
+  std::vector<float> layer0_deviation;  // [n]
+  std::vector<int32_t> ref_index;       // [n] matched reference token, -1 unmatched (hits)
+  double match_ms = 0;                  // sketch + token matching
+  double prefill_ms = 0;                // everything, match included
+};
+
+class ReusePrefiller {
+ public:
+  // Borrows model and backend. Not thread-safe (scratch buffers), one per worker.
+  ReusePrefiller(const Model& model, Backend& backend, const ReuseConfig& config);
+
+  // Full prefill of ids at positions 0..m-1 into a Reference (its sketch included).
+  absl::StatusOr<Reference> MakeReference(std::span<const int32_t> ids);
+
+  // Prefills ids at positions 0..n-1 into `cache` (which must be empty and shaped for the
+  // model) in config.mode, using `reference` when the mode reuses one and it is given (null or
+  // a miss falls back to full prefill, plus retention for semshare/snapkv). Writes the last
+  // token's logits to logits[vocab].
+  absl::StatusOr<PrefillStats> Prefill(std::span<const int32_t> ids, const Reference* reference,
+                                       KvCache* cache, float* logits);
+
+  // The sketch/match step alone (what a lookup pays), for ranking candidates.
+  TokenSketch Sketch(std::span<const int32_t> ids) const { return matcher_.Sketch(ids); }
+  TokenMatch Match(const TokenSketch& target, const TokenSketch& reference) const {
+    return matcher_.Match(target, reference);
+  }
+
+  const ReuseConfig& config() const { return config_; }
+  LlamaForward& forward() { return forward_; }
+
+ private:
+  // snapkv and semshare: layer-by-layer prefill computing a shrinking token set when
+  // `reference` is given (a hit, with `match`), all tokens otherwise; retention per layer.
+  absl::Status SelectivePrefill(std::span<const int32_t> ids, const Reference* reference,
+                                const TokenMatch& match, KvCache* cache, float* logits,
+                                PrefillStats* stats);
+
+  const Model& model_;
+  Backend& backend_;
+  ReuseConfig config_;
+  TokenMatcher matcher_;
+  LlamaForward forward_;
+};
+
+}  // namespace semshare::engine
+
+#endif  // SEMSHARE_ENGINE_REUSE_REUSE_PREFILL_H_

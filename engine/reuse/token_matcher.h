@@ -1,0 +1,52 @@
+// Token-level matching of a target prompt against a reference prompt (DESIGN.md 4.1-4.3):
+// E-cache rows (input embeddings, RoPE-rotated over the embedding dimension at each token's
+// position), SimHash codes banded into tables, per-token best candidate by cosine, and the
+// prompt similarity. Cost O((n + m) * d * bits) for the codes plus O(n * candidates * d) for
+// the cosines; vectorised.
+#ifndef SEMSHARE_ENGINE_REUSE_TOKEN_MATCHER_H_
+#define SEMSHARE_ENGINE_REUSE_TOKEN_MATCHER_H_
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "engine/reuse/reuse_config.h"
+#include "engine/weights.h"
+
+namespace semshare::engine {
+
+// E-cache of a prompt plus its LSH codes. Computable from token ids alone, so a reference
+// stores only its ids (and, for speed, its codes).
+struct TokenSketch {
+  int64_t n = 0;                // tokens
+  int64_t dim = 0;              // embedding dimension
+  std::vector<float> ecache;    // [n, dim] rotated embeddings, each row L2-normalised
+  std::vector<uint32_t> codes;  // [n, lsh_bands] bucket key of each token in each band
+};
+
+struct TokenMatch {
+  std::vector<int32_t> ref_index;  // [n] matched reference token index, -1 if unmatched
+  std::vector<float> cosine;       // [n] cosine of the matched pair (0 if unmatched)
+  float similarity = 0.0f;         // mean of cosine over all n target tokens
+  int64_t matched = 0;             // tokens with a match
+};
+
+class TokenMatcher {
+ public:
+  // Borrows the token-embedding table [vocab, dim]; it must outlive the matcher. The random
+  // hyperplanes are drawn once from config.lsh_seed.
+  TokenMatcher(const Matrix& embeddings, const ReuseConfig& config);
+
+  TokenSketch Sketch(std::span<const int32_t> ids) const;
+  TokenMatch Match(const TokenSketch& target, const TokenSketch& reference) const;
+
+ private:
+  const Matrix& embeddings_;
+  ReuseConfig config_;
+  std::vector<float> hyperplanes_;  // [lsh_bands * lsh_bits_per_band, dim]
+  std::vector<float> inv_freq_;     // [dim / 2] E-cache RoPE frequencies
+};
+
+}  // namespace semshare::engine
+
+#endif  // SEMSHARE_ENGINE_REUSE_TOKEN_MATCHER_H_

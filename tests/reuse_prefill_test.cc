@@ -1,0 +1,250 @@
+// The SemShareKV prefill on the real default model ($SEMSHARE_MODEL) against the invariants of
+// DESIGN.md 4.8, plus rearrangement, retention budgets and KV-byte accounting.
+// Logit tolerance 2e-4 relative to the logit scale: the same float32 computation with the
+// token set processed in one pass instead of 512-token chunks (summation order only); a wrong
+// row, position or mask moves logits by O(1).
+#include "engine/reuse/reuse_prefill.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+
+#include "engine/cpu/cpu_backend.h"
+#include "engine/reuse/retention.h"
+#include "engine/sampling.h"
+#include "tests/test_util.h"
+
+namespace semshare::engine {
+namespace {
+
+class ReusePrefillTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const std::string path = semshare::testing::DefaultModelPath();
+    ASSERT_FALSE(path.empty()) << "set SEMSHARE_MODEL to the default model (scripts/test does)";
+    auto m = LoadModel(path);
+    ASSERT_TRUE(m.ok()) << m.status();
+    model_ = std::move(*m).release();
+  }
+
+  // Sentences of the MRPC corpus: column 3 (first) or 4 (second) of label-1 pairs.
+  static std::vector<std::string> Sentences(int column, size_t count, size_t skip = 0) {
+    const char* src = std::getenv("SEMSHARE_SOURCE_DIR");
+    std::ifstream in(std::string(src ? src : ".") +
+                     "/../shared/data/paraphrase/msr_paraphrase_train.txt");
+    EXPECT_TRUE(in.good()) << "paraphrase corpus not found";
+    std::vector<std::string> out;
+    std::string line;
+    std::getline(in, line);  // header
+    while (std::getline(in, line) && out.size() < count + skip) {
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      std::vector<std::string> cols;
+      size_t start = 0;
+      for (size_t tab; (tab = line.find('\t', start)) != std::string::npos; start = tab + 1) {
+        cols.push_back(line.substr(start, tab - start));
+      }
+      cols.push_back(line.substr(start));
+      if (cols.size() == 5 && cols[0] == "1") out.push_back(cols[column]);
+    }
+    out.erase(out.begin(), out.begin() + std::min(skip, out.size()));
+    return out;
+  }
+
+  static std::vector<int32_t> Tokens(const std::vector<std::string>& sentences) {
+    std::string text = "Summarize the following news sentences:\n";
+    for (const std::string& s : sentences) text += s + "\n";
+    text += "Summary:";
+    return model_->tokenizer->Encode(text, false);
+  }
+
+  static std::vector<float> FullLogits(const std::vector<int32_t>& ids) {
+    CpuBackend be;
+    LlamaForward f(*model_, be);
+    KvCache cache = f.NewCache();
+    std::vector<int32_t> pos(ids.size());
+    for (size_t i = 0; i < pos.size(); ++i) pos[i] = static_cast<int32_t>(i);
+    std::vector<float> logits(model_->config.vocab_size);
+    EXPECT_TRUE(f.Forward(ids, pos, cache, logits.data()).ok());
+    return logits;
+  }
+
+  static double MaxRelDiff(const std::vector<float>& a, const std::vector<float>& b) {
+    double scale = 1e-6, worst = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      scale = std::max(scale, static_cast<double>(std::abs(b[i])));
+      worst = std::max(worst, static_cast<double>(std::abs(a[i] - b[i])));
+    }
+    return worst / scale;
+  }
+
+  static Model* model_;
+};
+Model* ReusePrefillTest::model_ = nullptr;
+
+TEST_F(ReusePrefillTest, RecomputingEveryTokenWithoutRetentionEqualsFullPrefill) {
+  ASSERT_NE(model_, nullptr);
+  const std::vector<int32_t> ref_ids = Tokens(Sentences(3, 12));
+  const std::vector<int32_t> ids = Tokens(Sentences(4, 12));
+  ReuseConfig cfg;
+  cfg.hit_threshold = 0.0f;  // force a hit
+  cfg.recompute_ratio = 1.0f;
+  cfg.alpha = 1.0f;
+  cfg.retention = RetentionSchedule::kNone;
+  CpuBackend be;
+  ReusePrefiller p(*model_, be, cfg);
+  auto ref = p.MakeReference(ref_ids);
+  ASSERT_TRUE(ref.ok());
+  KvCache cache = p.forward().NewCache();
+  std::vector<float> logits(model_->config.vocab_size);
+  auto st = p.Prefill(ids, &*ref, &cache, logits.data());
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_TRUE(st->hit);
+  EXPECT_EQ(st->recomputed_tokens, static_cast<int64_t>(ids.size()));
+  EXPECT_LE(MaxRelDiff(logits, FullLogits(ids)), 2e-4);
+  EXPECT_EQ(cache.rows(), static_cast<int64_t>(ids.size()));
+}
+
+TEST_F(ReusePrefillTest, IdenticalPromptHitsWithNearZeroDeviationAndSameGreedyText) {
+  ASSERT_NE(model_, nullptr);
+  const std::vector<int32_t> ids = Tokens(Sentences(3, 20));
+  ReuseConfig cfg;  // defaults: semshare with retention
+  CpuBackend be;
+  ReusePrefiller p(*model_, be, cfg);
+  auto ref = p.MakeReference(ids);
+  ASSERT_TRUE(ref.ok());
+  KvCache cache = p.forward().NewCache();
+  std::vector<float> logits(model_->config.vocab_size);
+  auto st = p.Prefill(ids, &*ref, &cache, logits.data());
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_TRUE(st->hit);
+  EXPECT_GT(st->similarity, 0.99f);
+  EXPECT_GT(st->reused_tokens, static_cast<int64_t>(ids.size()) / 2);
+  ASSERT_EQ(st->layer0_deviation.size(), ids.size());
+  for (float d : st->layer0_deviation) EXPECT_LT(d, 1e-3f);
+  // Greedy continuation from the reused cache equals full prefill's.
+  auto greedy = [&](KvCache& c, std::vector<float> l, LlamaForward& f) {
+    std::vector<int32_t> out;
+    for (int i = 0; i < 16; ++i) {
+      const int32_t id = Argmax(l);
+      out.push_back(id);
+      const int32_t pos = c.next_position();
+      EXPECT_TRUE(f.Forward({&id, 1}, {&pos, 1}, c, l.data()).ok());
+    }
+    return out;
+  };
+  LlamaForward full(*model_, be);
+  KvCache full_cache = full.NewCache();
+  std::vector<int32_t> pos(ids.size());
+  for (size_t i = 0; i < pos.size(); ++i) pos[i] = static_cast<int32_t>(i);
+  std::vector<float> full_logits(model_->config.vocab_size);
+  ASSERT_TRUE(full.Forward(ids, pos, full_cache, full_logits.data()).ok());
+  EXPECT_EQ(greedy(cache, logits, p.forward()), greedy(full_cache, full_logits, full));
+}
+
+TEST_F(ReusePrefillTest, UnrelatedPromptMisses) {
+  ASSERT_NE(model_, nullptr);
+  const std::vector<int32_t> ref_ids = Tokens(Sentences(3, 15));
+  std::vector<int32_t> ids = model_->tokenizer->Encode(
+      "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n\n"
+      "for i in range(30):\n    print(i, fib(i), [x * x for x in range(i)])\n"
+      "import numpy as np\narr = np.zeros((128, 64), dtype=np.float32)\n",
+      false);
+  CpuBackend be;
+  ReusePrefiller p(*model_, be, ReuseConfig{});
+  auto ref = p.MakeReference(ref_ids);
+  ASSERT_TRUE(ref.ok());
+  KvCache cache = p.forward().NewCache();
+  std::vector<float> logits(model_->config.vocab_size);
+  auto st = p.Prefill(ids, &*ref, &cache, logits.data());
+  ASSERT_TRUE(st.ok());
+  EXPECT_FALSE(st->hit) << "similarity " << st->similarity;
+  EXPECT_LT(st->similarity, ReuseConfig{}.hit_threshold);
+  EXPECT_EQ(st->reused_tokens, 0);
+}
+
+// A passage moved to a later position: its rearranged layer-0 keys, re-rotated by the position
+// delta, equal the keys computed at the new positions (layer 0 sees only the token embedding,
+// so K differs only by RoPE and V not at all): the deviation is float noise.
+TEST_F(ReusePrefillTest, ReRotatedKeysEqualKeysAtTheNewPositions) {
+  ASSERT_NE(model_, nullptr);
+  const std::vector<int32_t> passage = Tokens(Sentences(3, 8));
+  std::vector<int32_t> ids = model_->tokenizer->Encode("Some unrelated preamble text. ", false);
+  const size_t shift = ids.size();
+  ids.insert(ids.end(), passage.begin(), passage.end());
+  ReuseConfig cfg;
+  cfg.hit_threshold = 0.0f;
+  // Without E-cache rotation every token finds a reference token with its own id (cosine 1),
+  // which isolates what this test checks, the key re-rotation, from matcher tuning.
+  cfg.ecache_rope = false;
+  CpuBackend be;
+  ReusePrefiller p(*model_, be, cfg);
+  auto ref = p.MakeReference(passage);
+  ASSERT_TRUE(ref.ok());
+  KvCache cache = p.forward().NewCache();
+  std::vector<float> logits(model_->config.vocab_size);
+  auto st = p.Prefill(ids, &*ref, &cache, logits.data());
+  ASSERT_TRUE(st.ok());
+  ASSERT_EQ(st->layer0_deviation.size(), ids.size());
+  ASSERT_EQ(st->ref_index.size(), ids.size());
+  // Every token matched to a reference token with the same id gets float-noise deviation
+  // (keys are O(10) in norm; rotation noise is ~1e-6 relative), whichever occurrence it took.
+  int same_id = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const int32_t r = st->ref_index[i];
+    if (r < 0 || ref->ids[r] != ids[i]) continue;
+    ++same_id;
+    EXPECT_LT(st->layer0_deviation[i], 1e-3f) << "token " << i << " matched reference " << r;
+  }
+  EXPECT_GT(same_id, static_cast<int>(0.9 * passage.size()));
+  // Tokens of the preamble have no true counterpart: far larger deviation.
+  float pre = 0;
+  for (size_t i = 0; i < shift; ++i) pre = std::max(pre, st->layer0_deviation[i]);
+  EXPECT_GT(pre, 0.1f);
+}
+
+TEST_F(ReusePrefillTest, BudgetsProtectedRowsAndKvBytesAreExact) {
+  ASSERT_NE(model_, nullptr);
+  ReuseConfig cfg;
+  cfg.retention_rho = 0.5f;
+  cfg.retention_gamma = 0.9f;
+  cfg.retention_min_rows = 16;
+  EXPECT_EQ(RetentionBudget(cfg, 1000, 0, 30), 500);
+  EXPECT_EQ(RetentionBudget(cfg, 1000, 2, 30), 405);
+  EXPECT_EQ(RetentionBudget(cfg, 10, 0, 30), 10);  // capped at n
+  cfg.retention = RetentionSchedule::kConstant;
+  EXPECT_EQ(RetentionBudget(cfg, 1000, 29, 30), 500);
+  cfg.retention = RetentionSchedule::kIncreasing;
+  EXPECT_EQ(RetentionBudget(cfg, 1000, 29, 30), 500);
+  EXPECT_EQ(RetentionBudget(cfg, 1000, 27, 30), 405);
+
+  cfg.retention = RetentionSchedule::kExponential;
+  cfg.mode = PrefillMode::kSnapKv;
+  const std::vector<int32_t> ids = Tokens(Sentences(3, 10));
+  const int64_t n = static_cast<int64_t>(ids.size());
+  CpuBackend be;
+  ReusePrefiller p(*model_, be, cfg);
+  KvCache cache = p.forward().NewCache();
+  std::vector<float> logits(model_->config.vocab_size);
+  auto st = p.Prefill(ids, nullptr, &cache, logits.data());
+  ASSERT_TRUE(st.ok());
+  int64_t rows = 0;
+  for (int64_t l = 0; l < model_->config.n_layers; ++l) {
+    const LayerKv& kv = cache.layer(l);
+    EXPECT_EQ(kv.rows(), std::max<int64_t>(RetentionBudget(cfg, n, l, model_->config.n_layers),
+                                           cfg.sink + cfg.window));
+    EXPECT_EQ(st->layer_rows[l], kv.rows());
+    EXPECT_TRUE(std::is_sorted(kv.pos.begin(), kv.pos.end()));
+    // Sinks and the window are never evicted.
+    for (int32_t q = 0; q < cfg.sink; ++q) EXPECT_EQ(kv.pos[q], q);
+    EXPECT_EQ(kv.pos.back(), n - 1);
+    EXPECT_EQ(kv.pos[kv.rows() - cfg.window], n - cfg.window);
+    rows += kv.rows();
+  }
+  EXPECT_EQ(st->kv_bytes, rows * 2 * cache.kv_dim() * static_cast<int64_t>(sizeof(float)));
+  EXPECT_EQ(st->kv_bytes, cache.ByteSize());
+  EXPECT_LT(st->kv_bytes, n * model_->config.n_layers * 2 * cache.kv_dim() * 4);
+}
+
+}  // namespace
+}  // namespace semshare::engine
