@@ -37,13 +37,18 @@ struct ReuseConfig {
 
   // E-cache: input-embedding rows rotated by RoPE over the embedding dimension at each token's
   // position. Off = the ablation that shows many tokens collapsing onto the first positions.
+  // The base is far above the model's 1e4: with 576 rotated dims at 1e4 the same token 30
+  // positions away already looks like another token (paraphrases scored 0.26, reordered
+  // passages kept their token for 16% of tokens); at 1e16 a few fast pairs still separate
+  // nearby occurrences while moved passages match (0.91 same-id) and paraphrases reach 0.81
+  // (tests/token_matcher_test.cc, docs/benchmarks.md).
   bool ecache_rope = true;
-  float ecache_rope_base = 10000.0f;
+  float ecache_rope_base = 1e16f;
 
   // Token-level SimHash LSH: `lsh_bands` tables, each keyed by `lsh_bits_per_band` sign bits of
   // random hyperplane projections (seeded by lsh_seed, so codes are stable and storable).
-  int32_t lsh_bands = 8;
-  int32_t lsh_bits_per_band = 12;
+  int32_t lsh_bands = 16;
+  int32_t lsh_bits_per_band = 8;
   uint64_t lsh_seed = 0x5e5a4e2025ull;
   // Candidates examined per target token (the best by cosine wins); 0 = all in its buckets.
   int32_t max_candidates = 32;

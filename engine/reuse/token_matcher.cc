@@ -1,0 +1,236 @@
+// E-cache, SimHash codes and token matching (DESIGN.md 4.1-4.3).
+//
+// E-cache rotation: pairs are adjacent dimensions (2k, 2k+1) rotated by pos * base^(-2k/dim),
+// the formula of the RoPE paper and of DESIGN.md 4.1. The E-cache never meets the model's
+// attention, so the pairing only has to agree between target and reference (both come from
+// Sketch); it is not the model's own RoPE convention. An odd last dimension is left unrotated.
+// Angles are advanced by a double-precision rotation recurrence (re-seeded from exact sincos
+// every kResync positions) instead of n * dim / 2 sincos calls, which would cost more than the
+// rest of Sketch.
+//
+// Codes: one GEMM (OpenBLAS) projects the [n, dim] E-cache onto [planes, dim] Gaussian
+// hyperplanes; bit j of band b is sign(plane[b * bits + j] . e_i). Cosine of two rows is the
+// probability of agreeing on a bit through 1 - angle/pi, so a band collides with probability
+// (1 - angle/pi)^bits and `bands` bands give the usual OR-of-ANDs LSH curve.
+//
+// Matching: per-band bucket tables of the reference (counting sort when 2^bits is small,
+// sorted keys otherwise), candidates counted across bands with a dense per-reference counter,
+// capped at max_candidates by band count, best by cosine. Ties in cosine go to the lower
+// reference index (identical rows, as with ecache_rope = false, collapse onto the earliest
+// occurrence, which is the attention-sink failure the rotation exists to avoid).
+#include "engine/reuse/token_matcher.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+namespace semshare::engine {
+namespace {
+
+constexpr int64_t kResync = 512;       // positions between exact sincos re-seeds
+constexpr int kDirectBucketBits = 16;  // up to 2^16 buckets: counting sort; above: sorted keys
+
+// Dot product written so that GCC vectorises it without -ffast-math: 16 independent
+// accumulators are an element-wise update, not a reduction across loop iterations.
+float Dot(const float* a, const float* b, int64_t n) {
+  float acc[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  float s = 0.0f;
+  for (; i < n; ++i) s += a[i] * b[i];
+  for (int j = 0; j < 16; ++j) s += acc[j];
+  return s;
+}
+
+// Bucket table of one band: reference indices grouped by key.
+struct BandTable {
+  // Direct form (bits <= kDirectBucketBits): members of key k are idx[start[k] .. start[k+1]).
+  std::vector<int32_t> start;
+  // Sorted form: (key, index) pairs ordered by key; equal_range finds a bucket.
+  std::vector<std::pair<uint32_t, int32_t>> sorted;
+  std::vector<int32_t> idx;
+};
+
+}  // namespace
+
+TokenMatcher::TokenMatcher(const Matrix& embeddings, const ReuseConfig& config)
+    : embeddings_(embeddings), config_(config) {
+  const int64_t dim = embeddings_.cols;
+  const int64_t planes =
+      static_cast<int64_t>(std::max(config_.lsh_bands, 0)) * std::max(config_.lsh_bits_per_band, 0);
+  hyperplanes_.resize(static_cast<size_t>(planes * dim));
+  std::mt19937_64 rng(config_.lsh_seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (float& x : hyperplanes_) x = normal(rng);
+  inv_freq_.resize(static_cast<size_t>(dim / 2));
+  for (int64_t k = 0; k < dim / 2; ++k) {
+    inv_freq_[k] = static_cast<float>(std::pow(static_cast<double>(config_.ecache_rope_base),
+                                               -2.0 * k / static_cast<double>(dim)));
+  }
+}
+
+TokenSketch TokenMatcher::Sketch(std::span<const int32_t> ids) const {
+  TokenSketch s;
+  s.n = static_cast<int64_t>(ids.size());
+  s.dim = embeddings_.cols;
+  const int64_t n = s.n, dim = s.dim, half = dim / 2;
+  const int bands = std::max(config_.lsh_bands, 0);
+  const int bits = std::clamp(config_.lsh_bits_per_band, 0, 32);
+  s.ecache.assign(static_cast<size_t>(n * dim), 0.0f);
+  s.codes.assign(static_cast<size_t>(n * bands), 0u);
+  if (n == 0 || dim == 0) return s;
+
+  // cos/sin of pos * inv_freq[k] for the current position, and of one step.
+  std::vector<double> c(half), sn(half), step_c(half), step_s(half);
+  for (int64_t k = 0; k < half; ++k) {
+    step_c[k] = std::cos(static_cast<double>(inv_freq_[k]));
+    step_s[k] = std::sin(static_cast<double>(inv_freq_[k]));
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    float* e = s.ecache.data() + i * dim;
+    // Out-of-range ids (bad input) leave a zero row: its cosine with anything is 0, unmatched.
+    if (ids[i] < 0 || ids[i] >= embeddings_.rows) continue;
+    std::copy_n(embeddings_.row(ids[i]), dim, e);
+    if (config_.ecache_rope) {
+      if (i % kResync == 0) {
+        for (int64_t k = 0; k < half; ++k) {
+          const double a = static_cast<double>(i) * static_cast<double>(inv_freq_[k]);
+          c[k] = std::cos(a);
+          sn[k] = std::sin(a);
+        }
+      }
+      for (int64_t k = 0; k < half; ++k) {
+        const double x0 = e[2 * k], x1 = e[2 * k + 1];
+        e[2 * k] = static_cast<float>(x0 * c[k] - x1 * sn[k]);
+        e[2 * k + 1] = static_cast<float>(x0 * sn[k] + x1 * c[k]);
+      }
+      for (int64_t k = 0; k < half; ++k) {  // advance to position i + 1
+        const double nc = c[k] * step_c[k] - sn[k] * step_s[k];
+        sn[k] = sn[k] * step_c[k] + c[k] * step_s[k];
+        c[k] = nc;
+      }
+    }
+    const float norm = std::sqrt(Dot(e, e, dim));
+    if (norm > 0.0f) {
+      const float inv = 1.0f / norm;
+      for (int64_t j = 0; j < dim; ++j) e[j] *= inv;
+    }
+  }
+
+  const int64_t planes = static_cast<int64_t>(bands) * bits;
+  if (planes == 0) return s;
+  // proj [n, planes] = ecache [n, dim] x hyperplanes [planes, dim]^T.
+  std::vector<float> proj(static_cast<size_t>(n * planes));
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n),
+              static_cast<int>(planes), static_cast<int>(dim), 1.0f, s.ecache.data(),
+              static_cast<int>(dim), hyperplanes_.data(), static_cast<int>(dim), 0.0f, proj.data(),
+              static_cast<int>(planes));
+  for (int64_t i = 0; i < n; ++i) {
+    const float* p = proj.data() + i * planes;
+    for (int b = 0; b < bands; ++b) {
+      uint32_t key = 0;
+      for (int j = 0; j < bits; ++j) key |= static_cast<uint32_t>(p[b * bits + j] > 0.0f) << j;
+      s.codes[i * bands + b] = key;
+    }
+  }
+  return s;
+}
+
+TokenMatch TokenMatcher::Match(const TokenSketch& target, const TokenSketch& reference) const {
+  TokenMatch out;
+  const int64_t n = std::max<int64_t>(target.n, 0), m = std::max<int64_t>(reference.n, 0);
+  out.ref_index.assign(static_cast<size_t>(n), -1);
+  out.cosine.assign(static_cast<size_t>(n), 0.0f);
+  const int bands = std::max(config_.lsh_bands, 0);
+  const int bits = std::clamp(config_.lsh_bits_per_band, 0, 32);
+  // Sketches from another matcher, model or config cannot be compared: everything unmatched.
+  const auto consistent = [&](const TokenSketch& s) {
+    return s.dim == embeddings_.cols &&
+           s.ecache.size() == static_cast<size_t>(std::max<int64_t>(s.n, 0) * s.dim) &&
+           s.codes.size() == static_cast<size_t>(std::max<int64_t>(s.n, 0) * bands);
+  };
+  if (n == 0 || m == 0 || bands == 0 || !consistent(target) || !consistent(reference)) {
+    return out;
+  }
+  const int64_t dim = target.dim;
+
+  // Per-band bucket tables of the reference.
+  const bool direct = bits <= kDirectBucketBits;
+  const size_t n_keys = direct ? (size_t{1} << bits) : 0;
+  std::vector<BandTable> tables(bands);
+  for (int b = 0; b < bands; ++b) {
+    BandTable& t = tables[b];
+    if (direct) {
+      t.start.assign(n_keys + 1, 0);
+      for (int64_t r = 0; r < m; ++r) ++t.start[reference.codes[r * bands + b] + 1];
+      for (size_t k = 0; k < n_keys; ++k) t.start[k + 1] += t.start[k];
+      t.idx.resize(static_cast<size_t>(m));
+      std::vector<int32_t> fill(t.start.begin(), t.start.end() - 1);
+      for (int64_t r = 0; r < m; ++r) {
+        t.idx[fill[reference.codes[r * bands + b]]++] = static_cast<int32_t>(r);
+      }
+    } else {
+      t.sorted.resize(static_cast<size_t>(m));
+      for (int64_t r = 0; r < m; ++r) {
+        t.sorted[r] = {reference.codes[r * bands + b], static_cast<int32_t>(r)};
+      }
+      std::sort(t.sorted.begin(), t.sorted.end());
+    }
+  }
+
+  std::vector<uint8_t> hits(static_cast<size_t>(m), 0);  // bands hitting each reference token
+  std::vector<int32_t> cand;
+  double total = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    cand.clear();
+    for (int b = 0; b < bands; ++b) {
+      const uint32_t key = target.codes[i * bands + b];
+      const auto add = [&](int32_t r) {
+        if (hits[r]++ == 0) cand.push_back(r);
+      };
+      const BandTable& t = tables[b];
+      if (direct) {
+        for (int32_t p = t.start[key]; p < t.start[key + 1]; ++p) add(t.idx[p]);
+      } else {
+        auto it = std::lower_bound(t.sorted.begin(), t.sorted.end(),
+                                   std::pair<uint32_t, int32_t>{key, INT32_MIN});
+        for (; it != t.sorted.end() && it->first == key; ++it) add(it->second);
+      }
+    }
+    const size_t cap =
+        config_.max_candidates > 0 ? static_cast<size_t>(config_.max_candidates) : cand.size();
+    if (cand.size() > cap) {
+      // Most bands first (closest in angle, by the LSH curve), then the lower index.
+      std::nth_element(cand.begin(), cand.begin() + cap, cand.end(), [&](int32_t a, int32_t b) {
+        return hits[a] != hits[b] ? hits[a] > hits[b] : a < b;
+      });
+      for (size_t k = cap; k < cand.size(); ++k) hits[cand[k]] = 0;
+      cand.resize(cap);
+    }
+    const float* e = target.ecache.data() + i * dim;
+    float best = 0.0f;
+    int32_t best_r = -1;
+    for (int32_t r : cand) {
+      hits[r] = 0;
+      const float cs = Dot(e, reference.ecache.data() + r * dim, dim);
+      if (cs > best || (cs == best && best_r >= 0 && r < best_r)) {
+        best = cs;
+        best_r = r;
+      }
+    }
+    if (best_r >= 0) {  // best > 0 by construction: a cosine <= 0 never replaces best = 0
+      out.ref_index[i] = best_r;
+      out.cosine[i] = std::min(best, 1.0f);  // rounding can give 1 + ulp for equal rows
+      total += out.cosine[i];
+      ++out.matched;
+    }
+  }
+  out.similarity = static_cast<float>(total / static_cast<double>(n));
+  return out;
+}
+
+}  // namespace semshare::engine
