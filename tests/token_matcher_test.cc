@@ -195,7 +195,8 @@ TEST_F(TokenMatcherTest, EcacheRowsAreRotatedNormalisedEmbeddings) {
       std::vector<double> e(Embd().row(ids[pos]), Embd().row(ids[pos]) + d);
       if (rope) {
         for (int64_t k = 0; k < d / 2; ++k) {
-          const float f = static_cast<float>(std::pow(1e4, -2.0 * k / static_cast<double>(d)));
+          const float f = static_cast<float>(std::pow(static_cast<double>(cfg.ecache_rope_base),
+                                                      -2.0 * k / static_cast<double>(d)));
           const double a = static_cast<double>(pos) * f, x0 = e[2 * k], x1 = e[2 * k + 1];
           e[2 * k] = x0 * std::cos(a) - x1 * std::sin(a);
           e[2 * k + 1] = x0 * std::sin(a) + x1 * std::cos(a);
