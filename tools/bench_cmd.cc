@@ -68,9 +68,15 @@ double DecodeFlops(const engine::ModelConfig& c, int64_t ctx) {
 }  // namespace
 
 int BenchCommand(int argc, char** argv) {
+  for (int i = 0; i < argc; ++i) {  // --suite reuse has its own flags (tools/bench_reuse.cc)
+    const std::string a = argv[i];
+    if (a == "--suite=reuse" ||
+        (a == "--suite" && i + 1 < argc && std::string(argv[i + 1]) == "reuse"))
+      return BenchReuseCommand(argc, argv);
+  }
   static const std::vector<FlagSpec> specs = {
       {"model", "a .gguf file or a Hugging Face model directory ($SEMSHARE_MODEL)"},
-      {"suite", "what to measure: forward", false, false, "forward"},
+      {"suite", "what to measure: forward, reuse", false, false, "forward"},
       {"lengths", "comma-separated prompt lengths", false, false, "512,2048,4096"},
       {"decode-tokens", "tokens to decode after a 512-token prefill", false, false, "64"},
       {"repeats", "runs per measurement (median reported)", false, false, "3"},
@@ -90,7 +96,8 @@ int BenchCommand(int argc, char** argv) {
         stdout);
     return 0;
   }
-  if (args->Str("suite") != "forward") return fail("unknown --suite (available: forward)", 2);
+  if (args->Str("suite") != "forward")
+    return fail("unknown --suite (available: forward, reuse)", 2);
   std::vector<int64_t> lengths;
   for (absl::string_view part : absl::StrSplit(args->Str("lengths"), ',')) {
     int64_t v = 0;

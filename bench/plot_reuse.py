@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Plots of `semshare bench --suite reuse --json FILE` (run by `--plots DIR`, or by hand).
+
+Writes into --out:
+  ttft_vs_length.png       median TTFT vs target length, one line per mode, one panel per kind
+  quality_vs_speedup.png   every (pair, mode): perplexity ratio and ROUGE-L vs speedup over full
+  ablation_retention.png   perplexity ratio vs retention ratio rho per schedule (if measured)
+  ablation_ecache.png      per-layer deviation of the rearranged KV, E-cache RoPE on vs off
+                           (if measured)
+Exit status 2 on an unreadable or malformed JSON file.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+MODES = ["full", "prefix", "snapkv", "semshare"]
+COLORS = {"full": "tab:gray", "prefix": "tab:blue", "snapkv": "tab:orange", "semshare": "tab:green"}
+MARKERS = {"paraphrase": "o", "reorder": "s", "user": "^"}
+
+
+def ttft_vs_length(data, out):
+    kinds = sorted({s["kind"] for s in data["summary"]})
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for mode in MODES:
+            rows = sorted((s["length"], s["ttft_ms"]) for s in data["summary"]
+                          if s["kind"] == kind and s["mode"] == mode)
+            if rows:
+                ax.plot([r[0] for r in rows], [r[1] for r in rows], marker="o", label=mode,
+                        color=COLORS[mode])
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("target tokens")
+        ax.set_ylabel("TTFT (ms, median over pairs)")
+        ax.set_title(f"TTFT vs length: {kind}")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = os.path.join(out, "ttft_vs_length.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def quality_vs_speedup(data, out):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for field, ax, label in (("ppl_ratio", axes[0], "perplexity of full's output / full's"),
+                             ("rouge_l", axes[1], "ROUGE-L F1 vs full's output")):
+        for mode in MODES:
+            for kind, marker in MARKERS.items():
+                pts = [(r["speedup"], r[field]) for r in data["records"]
+                       if r["mode"] == mode and r["kind"] == kind]
+                if pts:
+                    ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker,
+                               color=COLORS[mode], label=f"{mode} / {kind}", alpha=0.75)
+        ax.axvline(1.0, color="black", lw=0.5)
+        ax.set_xlabel("TTFT speedup vs full")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    axes[0].axhline(1.10, color="red", lw=0.8, ls="--", label="target 1.10")
+    axes[1].legend(fontsize=7)
+    fig.suptitle("quality vs speedup (every pair)")
+    fig.tight_layout()
+    path = os.path.join(out, "quality_vs_speedup.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def ablation_retention(data, out):
+    rows = data.get("ablation_retention") or []
+    if not rows:
+        return None
+    modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        for sched in ("constant", "increasing", "exponential"):
+            rhos = sorted({r["rho"] for r in rows if r["mode"] == mode and r["schedule"] == sched})
+            ys = [statistics.median(r["ppl_ratio"] for r in rows if r["mode"] == mode
+                                    and r["schedule"] == sched and r["rho"] == rho) for rho in rhos]
+            if rhos:
+                ax.plot(rhos, ys, marker="o", label=sched)
+        ax.set_xlabel("retention ratio rho")
+        ax.set_ylabel("perplexity ratio vs full (median)")
+        ax.set_title(f"retention schedules: {mode}")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = os.path.join(out, "ablation_retention.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def ablation_ecache(data, out):
+    rows = data.get("ablation_ecache") or []
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for rope in (True, False):
+        per = [r["deviation_per_layer"] for r in rows if r["ecache_rope"] == rope]
+        if not per:
+            continue
+        layers = range(len(per[0]))
+        ax.plot(list(layers), [statistics.median(p[l] for p in per) for l in layers], marker=".",
+                label=f"E-cache RoPE {'on' if rope else 'off'}")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("||K - K~|| + ||V - V~|| (median over pairs)")
+    ax.set_title("rearranged KV vs true KV")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = os.path.join(out, "ablation_ecache.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("json", help="output of semshare bench --suite reuse --json")
+    ap.add_argument("--out", required=True, help="directory for the PNG files")
+    a = ap.parse_args()
+    try:
+        with open(a.json, encoding="utf-8") as f:
+            data = json.load(f)
+        if data.get("suite") != "reuse" or "summary" not in data or "records" not in data:
+            raise ValueError("not the JSON of `semshare bench --suite reuse`")
+    except (OSError, ValueError) as e:
+        print(f"plot_reuse.py: {a.json}: {e}", file=sys.stderr)
+        return 2
+    os.makedirs(a.out, exist_ok=True)
+    for fn in (ttft_vs_length, quality_vs_speedup, ablation_retention, ablation_ecache):
+        path = fn(data, a.out)
+        if path:
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

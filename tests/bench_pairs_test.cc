@@ -1,0 +1,271 @@
+// Pair building for `semshare bench --suite reuse` (tools/bench_pairs.h) and token-level
+// ROUGE-L (tools/rouge.h), on hand-made inputs whose answers are derived by hand, plus the
+// real MRPC file's published counts.
+#include "tools/bench_pairs.h"
+
+#include <cstdlib>
+#include <filesystem>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
+#include "tools/rouge.h"
+
+namespace semshare::tools {
+namespace {
+
+// ---- ROUGE-L ----
+
+TEST(RougeTest, LcsOfTextbookExample) {
+  // CLRS: LCS("ABCBDAB", "BDCABA") = 4 ("BCBA").
+  const std::vector<int32_t> a = {'A', 'B', 'C', 'B', 'D', 'A', 'B'};
+  const std::vector<int32_t> b = {'B', 'D', 'C', 'A', 'B', 'A'};
+  EXPECT_EQ(LcsLength(a, b), 4);
+  EXPECT_EQ(LcsLength(b, a), 4);
+  EXPECT_EQ(LcsLength(a, {}), 0);
+}
+
+TEST(RougeTest, PrecisionRecallF1ByHand) {
+  // LCS of [1 2 3 4] and [1 3 4 5 6] is [1 3 4]: P = 3/4, R = 3/5, F1 = 2PR/(P+R) = 2/3.
+  const std::vector<int32_t> cand = {1, 2, 3, 4}, ref = {1, 3, 4, 5, 6};
+  const RougeL r = RougeLScore(cand, ref);
+  EXPECT_EQ(r.lcs, 3);
+  EXPECT_DOUBLE_EQ(r.precision, 0.75);
+  EXPECT_DOUBLE_EQ(r.recall, 0.6);
+  EXPECT_NEAR(r.f1, 2.0 / 3.0, 1e-12);  // one rounding in the harmonic mean
+}
+
+TEST(RougeTest, IdenticalDisjointAndEmpty) {
+  const std::vector<int32_t> a = {5, 6, 7, 5}, b = {8, 9};
+  EXPECT_DOUBLE_EQ(RougeLScore(a, a).f1, 1.0);
+  EXPECT_DOUBLE_EQ(RougeLScore(a, b).f1, 0.0);
+  EXPECT_DOUBLE_EQ(RougeLScore(a, {}).f1, 0.0);
+  EXPECT_DOUBLE_EQ(RougeLScore({}, {}).f1, 1.0);
+  // Order matters (a subsequence, not a bag): the reversed sequence shares only one token.
+  const std::vector<int32_t> up = {1, 2, 3, 4}, down = {4, 3, 2, 1};
+  EXPECT_EQ(RougeLScore(up, down).lcs, 1);
+}
+
+// ---- MRPC parsing ----
+
+TEST(MrpcTest, ParsesBomHeaderCrlfAndTabs) {
+  const std::string text =
+      "\xEF\xBB\xBFQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\r\n"
+      "1\t11\t12\tThe cat sat , he said .\tA cat was sitting .\r\n"
+      "0\t21\t22\tQuotes \"stay\" as they are\tOther\r\n"
+      "1\t31\t32\tLast line\tno newline";
+  auto pairs = ParseMrpc(text, "t.txt");
+  ASSERT_TRUE(pairs.ok()) << pairs.status();
+  ASSERT_EQ(pairs->size(), 3u);
+  EXPECT_EQ((*pairs)[0].label, 1);
+  EXPECT_EQ((*pairs)[0].sentence1, "The cat sat , he said .");
+  EXPECT_EQ((*pairs)[0].sentence2, "A cat was sitting .");
+  EXPECT_EQ((*pairs)[1].label, 0);
+  EXPECT_EQ((*pairs)[1].sentence1, "Quotes \"stay\" as they are");  // no CSV unquoting
+  EXPECT_EQ((*pairs)[2].sentence2, "no newline");
+}
+
+TEST(MrpcTest, MalformedLinesNameTheLine) {
+  auto bad_label = ParseMrpc("Quality\tx\ty\tz\tw\n1\ta\tb\tc\td\n2\ta\tb\tc\td\n", "f.txt");
+  ASSERT_FALSE(bad_label.ok());
+  EXPECT_NE(bad_label.status().message().find("f.txt line 3"), std::string::npos)
+      << bad_label.status();
+  auto few_fields = ParseMrpc("1\ta\tb\tonly one sentence\n", "g.txt");
+  ASSERT_FALSE(few_fields.ok());
+  EXPECT_NE(few_fields.status().message().find("g.txt line 1"), std::string::npos);
+  EXPECT_FALSE(ParseMrpc("", "e.txt").ok());
+  EXPECT_FALSE(ParseMrpc("\xEF\xBB\xBFQuality\theader only\r\n", "h.txt").ok());
+  EXPECT_EQ(LoadMrpc("/nonexistent/mrpc.txt").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(MrpcTest, RealCorpusHasThePublishedCounts) {
+  const char* src = std::getenv("SEMSHARE_SOURCE_DIR");
+  const std::string path =
+      absl::StrCat(src ? src : ".", "/../shared/data/paraphrase/msr_paraphrase_train.txt");
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << "no corpus at " << path;
+  auto pairs = LoadMrpc(path);
+  ASSERT_TRUE(pairs.ok()) << pairs.status();
+  int positives = 0;
+  for (const MrpcPair& p : *pairs) positives += p.label;
+  EXPECT_EQ(pairs->size(), 4076u);  // shared/data/paraphrase/README.md
+  EXPECT_EQ(positives, 2753);
+  // No field keeps a carriage return or a BOM.
+  for (const MrpcPair& p : *pairs) {
+    ASSERT_EQ(p.sentence2.find('\r'), std::string::npos);
+    ASSERT_EQ(p.sentence1.find("\xEF\xBB\xBF"), std::string::npos);
+  }
+}
+
+// ---- pair building ----
+
+// Words separated by spaces or newlines: a stand-in tokenizer whose counts are easy to derive.
+int64_t CountWords(std::string_view text) {
+  std::vector<absl::string_view> w = absl::StrSplit(absl::string_view(text.data(), text.size()),
+                                                    absl::ByAnyChar(" \n"), absl::SkipEmpty());
+  return static_cast<int64_t>(w.size());
+}
+
+// 200 label-1 pairs "a<i> b<i> c<i>" / "x<i> y<i>" (3 and 2 words) and label-0 decoys.
+std::vector<MrpcPair> ToyCorpus() {
+  std::vector<MrpcPair> c;
+  for (int i = 0; i < 200; ++i) {
+    c.push_back({1, absl::StrCat("a", i, " b", i, " c", i), absl::StrCat("x", i, " y", i)});
+    c.push_back({0, absl::StrCat("NEG", i), absl::StrCat("NEG", i)});
+  }
+  return c;
+}
+
+PairOptions ToyOptions(int64_t tokens, int64_t pairs, uint64_t seed) {
+  PairOptions o;
+  o.target_tokens = tokens;
+  o.pairs = pairs;
+  o.seed = seed;
+  o.instruction = "Summarize:\n";  // 1 word
+  o.question = "\nWhat now?";      // 2 words
+  o.passage_sentences = 3;
+  return o;
+}
+
+std::vector<std::string> BodyLines(const std::string& prompt, const PairOptions& o) {
+  EXPECT_EQ(prompt.rfind(o.instruction, 0), 0u) << prompt;
+  EXPECT_TRUE(absl::EndsWith(prompt, o.question)) << prompt;
+  const std::string body =
+      prompt.substr(o.instruction.size(), prompt.size() - o.instruction.size() - o.question.size());
+  return absl::StrSplit(body, '\n', absl::SkipEmpty());
+}
+
+TEST(PairsTest, ParaphraseTargetsAreTheSecondSentencesInOrderAtTheLength) {
+  const auto corpus = ToyCorpus();
+  const PairOptions o = ToyOptions(/*tokens=*/103, /*pairs=*/3, /*seed=*/7);
+  auto pairs = BuildParaphrasePairs(corpus, o, CountWords);
+  ASSERT_TRUE(pairs.ok()) << pairs.status();
+  ASSERT_EQ(pairs->size(), 3u);
+  std::set<std::string> seen;
+  for (const PromptPair& p : *pairs) {
+    EXPECT_EQ(p.kind, PairKind::kParaphrase);
+    EXPECT_EQ(p.length, 103);
+    // 3 wrapper words + 2 per sentence: 50 sentences make 103 words exactly.
+    EXPECT_EQ(CountWords(p.target), 103);
+    EXPECT_EQ(p.sentences, 50);
+    const auto ref = BodyLines(p.reference, o), tgt = BodyLines(p.target, o);
+    ASSERT_EQ(ref.size(), 50u);
+    ASSERT_EQ(tgt.size(), 50u);
+    for (size_t i = 0; i < ref.size(); ++i) {
+      // "a17 b17 c17" pairs with "x17 y17": same corpus pair, same place.
+      const std::string id = ref[i].substr(1, ref[i].find(' ') - 1);
+      EXPECT_EQ(tgt[i], absl::StrCat("x", id, " y", id));
+      EXPECT_TRUE(seen.insert(id).second) << "sentence " << id << " used twice";
+    }
+  }
+  // Not the corpus order: the walk is shuffled.
+  const auto first = BodyLines((*pairs)[0].reference, o);
+  EXPECT_FALSE(first[0] == "a0 b0 c0" && first[1] == "a1 b1 c1");
+}
+
+TEST(PairsTest, LengthNeverPassedAndMaximal) {
+  const auto corpus = ToyCorpus();
+  for (int64_t tokens : {5, 6, 50, 51, 333}) {
+    const PairOptions o = ToyOptions(tokens, 1, 3);
+    auto pairs = BuildParaphrasePairs(corpus, o, CountWords);
+    ASSERT_TRUE(pairs.ok()) << pairs.status();
+    const int64_t n = CountWords((*pairs)[0].target);
+    EXPECT_LE(n, tokens);
+    EXPECT_GT(n + 2, tokens) << "one more 2-word sentence would still have fit";
+  }
+}
+
+TEST(PairsTest, DeterministicBySeed) {
+  const auto corpus = ToyCorpus();
+  auto a = BuildParaphrasePairs(corpus, ToyOptions(60, 2, 11), CountWords);
+  auto b = BuildParaphrasePairs(corpus, ToyOptions(60, 2, 11), CountWords);
+  auto c = BuildParaphrasePairs(corpus, ToyOptions(60, 2, 12), CountWords);
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  EXPECT_EQ((*a)[1].target, (*b)[1].target);
+  EXPECT_NE((*a)[0].target, (*c)[0].target);
+}
+
+TEST(PairsTest, ReorderShufflesWholePassages) {
+  const auto corpus = ToyCorpus();
+  const PairOptions o = ToyOptions(/*tokens=*/96, /*pairs=*/2, /*seed=*/5);
+  auto pairs = BuildReorderPairs(corpus, o, CountWords);
+  ASSERT_TRUE(pairs.ok()) << pairs.status();
+  for (const PromptPair& p : *pairs) {
+    EXPECT_EQ(p.kind, PairKind::kReorder);
+    // Every sentence1 has 1 or 3 words; the fit stops at <= 96 words.
+    EXPECT_LE(CountWords(p.target), 96);
+    EXPECT_EQ(CountWords(p.target), CountWords(p.reference));
+    auto strip = [&](const std::string& s) {
+      return s.substr(o.instruction.size(), s.size() - o.instruction.size() - o.question.size());
+    };
+    std::vector<std::string> ref = absl::StrSplit(strip(p.reference), "\n\n");
+    std::vector<std::string> tgt = absl::StrSplit(strip(p.target), "\n\n");
+    ASSERT_EQ(static_cast<int64_t>(ref.size()), p.passages);
+    ASSERT_GT(ref.size(), 2u);
+    EXPECT_NE(ref, tgt) << "the passage order must change";
+    std::multiset<std::string> a(ref.begin(), ref.end()), b(tgt.begin(), tgt.end());
+    EXPECT_EQ(a, b) << "the same passages, moved whole";
+    for (size_t i = 0; i + 1 < ref.size(); ++i) {
+      EXPECT_EQ(std::vector<std::string>(absl::StrSplit(ref[i], '\n')).size(), 3u);
+    }
+  }
+}
+
+TEST(PairsTest, ImpossibleRequestsAreErrors) {
+  const auto corpus = ToyCorpus();
+  // The wrapper alone is 3 words; one sentence brings it to 5.
+  EXPECT_FALSE(BuildParaphrasePairs(corpus, ToyOptions(3, 1, 1), CountWords).ok());
+  EXPECT_FALSE(BuildParaphrasePairs(corpus, ToyOptions(4, 1, 1), CountWords).ok());
+  // 200 positives x 2 words cannot make 3 pairs of 200 words.
+  auto out = BuildParaphrasePairs(corpus, ToyOptions(200, 3, 1), CountWords);
+  ASSERT_FALSE(out.ok());
+  EXPECT_NE(out.status().message().find("ran out"), std::string::npos) << out.status();
+}
+
+// ---- user pairs ----
+
+TEST(UserPairsTest, ParsesJsonLines) {
+  auto p = ParseUserPairs(
+      "{\"reference\": \"r one\", \"target\": \"t one\", \"note\": 3}\n\n  \r\n"
+      "{\"target\": \"t two\", \"reference\": \"r \\u00e9\"}",
+      "u.jsonl");
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_EQ(p->size(), 2u);
+  EXPECT_EQ((*p)[0].reference, "r one");
+  EXPECT_EQ((*p)[1].target, "t two");
+  EXPECT_EQ((*p)[1].reference, "r \xC3\xA9");
+  EXPECT_EQ((*p)[1].index, 1);
+  EXPECT_EQ((*p)[1].kind, PairKind::kUser);
+}
+
+TEST(UserPairsTest, BadLinesNameTheLine) {
+  const char* cases[] = {
+      "{\"reference\": \"r\", \"target\": \"t\"}\n{not json\n",
+      "{\"reference\": \"r\", \"target\": \"t\"}\n[1, 2]\n",
+      "{\"reference\": \"r\", \"target\": \"t\"}\n{\"reference\": \"r\"}\n",
+      "{\"reference\": \"r\", \"target\": \"t\"}\n{\"reference\": \"r\", \"target\": 5}\n",
+      "{\"reference\": \"r\", \"target\": \"t\"}\n{\"reference\": \"\", \"target\": \"t\"}\n",
+  };
+  for (const char* text : cases) {
+    auto p = ParseUserPairs(text, "u.jsonl");
+    ASSERT_FALSE(p.ok()) << text;
+    EXPECT_NE(p.status().message().find("u.jsonl line 2"), std::string::npos) << p.status();
+  }
+  EXPECT_FALSE(ParseUserPairs("\n\n", "u.jsonl").ok());
+  EXPECT_EQ(LoadUserPairs("/nonexistent/p.jsonl").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(PermutationTest, IsASeededPermutation) {
+  const auto p = SeededPermutation(100, 42);
+  std::set<int64_t> s(p.begin(), p.end());
+  EXPECT_EQ(s.size(), 100u);
+  EXPECT_EQ(*s.begin(), 0);
+  EXPECT_EQ(*s.rbegin(), 99);
+  EXPECT_EQ(p, SeededPermutation(100, 42));
+  EXPECT_NE(p, SeededPermutation(100, 43));
+}
+
+}  // namespace
+}  // namespace semshare::tools

@@ -1,0 +1,294 @@
+#include "tools/bench_pairs.h"
+
+#include <algorithm>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "nlohmann/json.hpp"
+
+namespace semshare::tools {
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) return absl::DataLossError(absl::StrCat("error reading ", path));
+  return ss.str();
+}
+
+// Debian's abseil is built without ABSL_USES_STD_STRING_VIEW, so absl::string_view is its own
+// type; the public API takes std::string_view and converts here.
+absl::string_view Absl(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+
+// Joins views (absl::StrJoin's default formatter wants absl::string_view).
+template <typename It>
+std::string Join(It begin, It end, std::string_view sep) {
+  std::string out;
+  for (It it = begin; it != end; ++it) {
+    if (it != begin) out.append(sep);
+    out.append(it->data(), it->size());
+  }
+  return out;
+}
+
+// Lines of `text` without their "\n" or "\r\n" endings.
+std::vector<absl::string_view> Lines(absl::string_view text) {
+  std::vector<absl::string_view> lines = absl::StrSplit(text, '\n');
+  if (!lines.empty() && lines.back().empty()) lines.pop_back();
+  for (auto& l : lines) {
+    if (!l.empty() && l.back() == '\r') l.remove_suffix(1);
+  }
+  return lines;
+}
+
+// The largest k in [1, available] whose wrapped body(k) has at most options.target_tokens
+// tokens. Per-sentence counts give a cheap first guess (text is encoded once per sentence
+// instead of once per prefix); exact counts of the wrapped prompt then correct it, since
+// joining can merge or split tokens at the seams.
+absl::StatusOr<int64_t> FitSentences(const std::vector<std::string_view>& sentences,
+                                     const std::function<std::string(int64_t)>& body,
+                                     const PairOptions& options, const TokenCounter& count) {
+  const int64_t target = options.target_tokens;
+  const int64_t overhead = count(WrapPrompt("", options));
+  if (overhead >= target) {
+    return absl::InvalidArgumentError(absl::StrCat("target length ", target,
+                                                   " tokens leaves no room for text: the "
+                                                   "instruction and question alone take ",
+                                                   overhead));
+  }
+  const int64_t available = static_cast<int64_t>(sentences.size());
+  if (available == 0) return absl::InvalidArgumentError("the corpus ran out of sentences");
+  int64_t k = 0, estimate = overhead;
+  while (k < available && estimate + count(sentences[k]) <= target)
+    estimate += count(sentences[k++]);
+  k = std::clamp<int64_t>(k, 1, available);
+  // Invariant: exact(lo) <= target (lo = 0: nothing fits), exact(hi) > target (hi = available
+  // + 1: everything fits). Gallop from the guess, then bisect.
+  auto exact = [&](int64_t kk) { return count(WrapPrompt(body(kk), options)); };
+  int64_t lo = 0, hi = available + 1;
+  if (exact(k) <= target) {
+    lo = k;
+    for (int64_t step = 1; lo + step <= available; step *= 2) {
+      if (exact(lo + step) > target) {
+        hi = lo + step;
+        break;
+      }
+      lo += step;
+    }
+  } else {
+    hi = k;
+    for (int64_t step = 1; hi - step >= 1; step *= 2) {
+      if (exact(hi - step) <= target) {
+        lo = hi - step;
+        break;
+      }
+      hi -= step;
+    }
+  }
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    (exact(mid) <= target ? lo : hi) = mid;
+  }
+  if (lo == available) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the corpus ran out before reaching ", target, " tokens"));
+  }
+  if (lo == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("one sentence already exceeds the target length ", target));
+  }
+  return lo;
+}
+
+}  // namespace
+
+std::vector<int64_t> SeededPermutation(int64_t n, uint64_t seed) {
+  std::vector<int64_t> p(n);
+  for (int64_t i = 0; i < n; ++i) p[i] = i;
+  std::mt19937_64 rng(seed);
+  for (int64_t i = n - 1; i > 0; --i) {
+    const int64_t j = static_cast<int64_t>(rng() % static_cast<uint64_t>(i + 1));
+    std::swap(p[i], p[j]);
+  }
+  return p;
+}
+
+absl::StatusOr<std::vector<MrpcPair>> ParseMrpc(std::string_view text_in,
+                                                std::string_view source_in) {
+  absl::string_view text = Absl(text_in), source = Absl(source_in);
+  if (absl::StartsWith(text, "\xEF\xBB\xBF")) text.remove_prefix(3);  // utf-8-sig
+  std::vector<MrpcPair> out;
+  const std::vector<absl::string_view> lines = Lines(text);
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const absl::string_view line = lines[i];
+    if (line.empty()) continue;
+    if (i == 0 && line.substr(0, 7) == "Quality") continue;  // header
+    std::vector<absl::string_view> f = absl::StrSplit(line, '\t');
+    if (f.size() != 5 || (f[0] != "0" && f[0] != "1") || f[3].empty() || f[4].empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, " line ", i + 1,
+                       ": expected 'label<TAB>id1<TAB>id2<TAB>sentence1<TAB>sentence2' with "
+                       "label 0 or 1 and non-empty sentences"));
+    }
+    out.push_back({f[0] == "1" ? 1 : 0, std::string(f[3]), std::string(f[4])});
+  }
+  if (out.empty()) return absl::InvalidArgumentError(absl::StrCat(source, ": no sentence pairs"));
+  return out;
+}
+
+absl::StatusOr<std::vector<MrpcPair>> LoadMrpc(const std::string& path) {
+  auto text = ReadFile(path);
+  if (!text.ok()) return text.status();
+  return ParseMrpc(*text, path);
+}
+
+const char* PairKindName(PairKind kind) {
+  switch (kind) {
+    case PairKind::kParaphrase:
+      return "paraphrase";
+    case PairKind::kReorder:
+      return "reorder";
+    case PairKind::kUser:
+      return "user";
+  }
+  return "?";
+}
+
+std::string WrapPrompt(std::string_view body, const PairOptions& options) {
+  return absl::StrCat(options.instruction, Absl(body), options.question);
+}
+
+absl::StatusOr<std::vector<PromptPair>> BuildParaphrasePairs(const std::vector<MrpcPair>& corpus,
+                                                             const PairOptions& options,
+                                                             const TokenCounter& count_tokens) {
+  std::vector<const MrpcPair*> positives;
+  for (const MrpcPair& p : corpus) {
+    if (p.label == 1) positives.push_back(&p);
+  }
+  const std::vector<int64_t> order =
+      SeededPermutation(static_cast<int64_t>(positives.size()), options.seed);
+  std::vector<PromptPair> out;
+  size_t cursor = 0;
+  for (int64_t pair = 0; pair < options.pairs; ++pair) {
+    std::vector<std::string_view> first, second;
+    for (size_t i = cursor; i < order.size(); ++i) {
+      first.push_back(positives[order[i]]->sentence1);
+      second.push_back(positives[order[i]]->sentence2);
+    }
+    auto body = [&](const std::vector<std::string_view>& s, int64_t k) {
+      return Join(s.begin(), s.begin() + k, "\n");
+    };
+    auto k = FitSentences(
+        second, [&](int64_t kk) { return body(second, kk); }, options, count_tokens);
+    if (!k.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("paraphrase pair ", pair, " of ",
+                                                     options.pairs, ": ", k.status().message()));
+    }
+    out.push_back({PairKind::kParaphrase, options.target_tokens, pair,
+                   WrapPrompt(body(first, *k), options), WrapPrompt(body(second, *k), options), *k,
+                   0});
+    cursor += *k;
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<PromptPair>> BuildReorderPairs(const std::vector<MrpcPair>& corpus,
+                                                          const PairOptions& options,
+                                                          const TokenCounter& count_tokens) {
+  if (options.passage_sentences < 1) {
+    return absl::InvalidArgumentError("passage_sentences must be >= 1");
+  }
+  // A different walk of the corpus than the paraphrase kind's, over every first sentence.
+  const std::vector<int64_t> order =
+      SeededPermutation(static_cast<int64_t>(corpus.size()), options.seed ^ 0x9e3779b97f4a7c15ull);
+  const int64_t per = options.passage_sentences;
+  std::vector<PromptPair> out;
+  size_t cursor = 0;
+  for (int64_t pair = 0; pair < options.pairs; ++pair) {
+    std::vector<std::string_view> sentences;
+    for (size_t i = cursor; i < order.size(); ++i) sentences.push_back(corpus[order[i]].sentence1);
+    const uint64_t shuffle_seed = options.seed * 1000003ull + static_cast<uint64_t>(pair);
+    // Passages of `per` sentences (the last may be shorter), joined by blank lines, in the
+    // given passage order.
+    auto body = [&](int64_t k, bool shuffled) {
+      std::vector<std::string> passages;
+      for (int64_t s = 0; s < k; s += per) {
+        passages.push_back(
+            Join(sentences.begin() + s, sentences.begin() + std::min(k, s + per), "\n"));
+      }
+      if (!shuffled) return absl::StrJoin(passages, "\n\n");
+      const int64_t n = static_cast<int64_t>(passages.size());
+      std::vector<int64_t> perm = SeededPermutation(n, shuffle_seed);
+      bool identity = true;
+      for (int64_t i = 0; i < n; ++i) identity = identity && perm[i] == i;
+      if (identity && n > 1) std::rotate(perm.begin(), perm.begin() + 1, perm.end());
+      std::vector<std::string> moved;
+      for (int64_t i : perm) moved.push_back(passages[i]);
+      return absl::StrJoin(moved, "\n\n");
+    };
+    auto k = FitSentences(
+        sentences, [&](int64_t kk) { return body(kk, true); }, options, count_tokens);
+    if (!k.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("reorder pair ", pair, " of ", options.pairs, ": ", k.status().message()));
+    }
+    out.push_back({PairKind::kReorder, options.target_tokens, pair,
+                   WrapPrompt(body(*k, false), options), WrapPrompt(body(*k, true), options), *k,
+                   (*k + per - 1) / per});
+    cursor += *k;
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<PromptPair>> ParseUserPairs(std::string_view text,
+                                                       std::string_view source_in) {
+  const absl::string_view source = Absl(source_in);
+  std::vector<PromptPair> out;
+  const std::vector<absl::string_view> lines = Lines(Absl(text));
+  for (size_t i = 0; i < lines.size(); ++i) {
+    if (lines[i].find_first_not_of(" \t") == std::string_view::npos) continue;
+    auto where = [&] { return absl::StrCat(source, " line ", i + 1, ": "); };
+    const nlohmann::json j = nlohmann::json::parse(
+        std::string_view(lines[i].data(), lines[i].size()), nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object()) {
+      return absl::InvalidArgumentError(absl::StrCat(where(), "not a JSON object"));
+    }
+    auto field = [&](const char* key) -> absl::StatusOr<std::string> {
+      auto it = j.find(key);
+      if (it == j.end() || !it->is_string() || it->get_ref<const std::string&>().empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where(), "needs a non-empty string \"", key, "\""));
+      }
+      return it->get<std::string>();
+    };
+    auto reference = field("reference");
+    if (!reference.ok()) return reference.status();
+    auto target = field("target");
+    if (!target.ok()) return target.status();
+    PromptPair p;
+    p.kind = PairKind::kUser;
+    p.index = static_cast<int64_t>(out.size());
+    p.reference = *std::move(reference);
+    p.target = *std::move(target);
+    out.push_back(std::move(p));
+  }
+  if (out.empty()) return absl::InvalidArgumentError(absl::StrCat(source, ": no pairs"));
+  return out;
+}
+
+absl::StatusOr<std::vector<PromptPair>> LoadUserPairs(const std::string& path) {
+  auto text = ReadFile(path);
+  if (!text.ok()) return text.status();
+  return ParseUserPairs(*text, path);
+}
+
+}  // namespace semshare::tools

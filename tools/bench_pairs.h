@@ -1,0 +1,97 @@
+// (reference, target) prompt pairs for `semshare bench --suite reuse` (issue 3, item 7).
+//
+// Two kinds are built from the MRPC paraphrase corpus (shared/data/paraphrase; utf-8-sig, CRLF,
+// tab-separated, no CSV quoting):
+//  - paraphrase: the reference body is many label-1 first sentences, the target body the
+//    human paraphrases of the same sentences in the same order (what a semantically similar
+//    but not token-identical prompt looks like);
+//  - reorder: the reference body is passages (groups of sentences); the target holds the same
+//    passages shuffled by a seeded RNG, as retrieval-augmented prompts reorder retrieved chunks.
+// Both bodies are wrapped in the same instruction and closing question, so the last tokens
+// (the window that produces the logits) are shared. The body grows sentence by sentence until
+// the wrapped target reaches the requested token count (counted by the caller's tokenizer)
+// without passing it. A third kind, user, comes verbatim from a JSON-lines file.
+//
+// Everything is deterministic given the seed (our own Fisher-Yates over std::mt19937_64, not
+// std::shuffle, whose algorithm the standard leaves to the library).
+#ifndef SEMSHARE_TOOLS_BENCH_PAIRS_H_
+#define SEMSHARE_TOOLS_BENCH_PAIRS_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace semshare::tools {
+
+// One line of the MRPC file.
+struct MrpcPair {
+  int label = 0;  // 1 = the annotators judged the two sentences equivalent
+  std::string sentence1, sentence2;
+};
+
+// Parses the MRPC text (an optional UTF-8 BOM, a header line starting with "Quality", then
+// "label\tid1\tid2\tsentence1\tsentence2" lines ending in CRLF or LF). InvalidArgument names
+// `source` and the line of the first malformed row.
+absl::StatusOr<std::vector<MrpcPair>> ParseMrpc(std::string_view text, std::string_view source);
+// NotFound / InvalidArgument naming the path when it cannot be read or parsed.
+absl::StatusOr<std::vector<MrpcPair>> LoadMrpc(const std::string& path);
+
+enum class PairKind { kParaphrase, kReorder, kUser };
+const char* PairKindName(PairKind kind);
+
+struct PromptPair {
+  PairKind kind = PairKind::kUser;
+  int64_t length = 0;  // requested target tokens (user pairs: 0)
+  int64_t index = 0;   // number of the pair within its (kind, length)
+  std::string reference;
+  std::string target;
+  int64_t sentences = 0;  // body sentences (user pairs: 0)
+  int64_t passages = 0;   // reorder: passages shuffled; paraphrase: 0
+};
+
+// Tokens of a text as the model will see it (the bench passes the model tokenizer; tests pass
+// a word counter).
+using TokenCounter = std::function<int64_t(std::string_view)>;
+
+struct PairOptions {
+  int64_t target_tokens = 1024;  // the wrapped target reaches this count without passing it
+  int64_t pairs = 4;             // pairs to build
+  uint64_t seed = 1;
+  int64_t passage_sentences = 4;  // reorder: sentences per passage
+  // The wrapper shared by reference and target. The question is long enough (> 32 tokens) to
+  // fill the default recompute window, so the last window is identical in both prompts.
+  std::string instruction = "Summarize the following news sentences.\n\n";
+  std::string question =
+      "\n\nQuestion: Which people, companies, organisations and places are mentioned in the "
+      "sentences above, and what is reported about each of them? Answer in a few short "
+      "sentences, in the order in which they appear.\nAnswer:";
+};
+
+std::string WrapPrompt(std::string_view body, const PairOptions& options);
+
+// Pairs built from the corpus. Each pair uses sentences no other pair of the same call uses
+// (pairs walk one seeded order of the corpus); InvalidArgument when the corpus runs out or when
+// the wrapper alone exceeds target_tokens.
+absl::StatusOr<std::vector<PromptPair>> BuildParaphrasePairs(const std::vector<MrpcPair>& corpus,
+                                                             const PairOptions& options,
+                                                             const TokenCounter& count_tokens);
+absl::StatusOr<std::vector<PromptPair>> BuildReorderPairs(const std::vector<MrpcPair>& corpus,
+                                                          const PairOptions& options,
+                                                          const TokenCounter& count_tokens);
+
+// JSON lines, one object per non-empty line: {"reference": "...", "target": "..."} (both
+// non-empty strings; other keys ignored). InvalidArgument names `source` and the line.
+absl::StatusOr<std::vector<PromptPair>> ParseUserPairs(std::string_view text,
+                                                       std::string_view source);
+absl::StatusOr<std::vector<PromptPair>> LoadUserPairs(const std::string& path);
+
+// Seeded Fisher-Yates permutation of 0..n-1 (deterministic on every platform).
+std::vector<int64_t> SeededPermutation(int64_t n, uint64_t seed);
+
+}  // namespace semshare::tools
+
+#endif  // SEMSHARE_TOOLS_BENCH_PAIRS_H_
