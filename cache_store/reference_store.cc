@@ -1,0 +1,182 @@
+#include "cache_store/reference_store.h"
+
+#include <algorithm>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+
+namespace semshare::store {
+
+absl::StatusOr<std::unique_ptr<ReferenceStore>> ReferenceStore::Open(const StoreOptions& options) {
+  if (absl::Status s = options.index.Validate(); !s.ok()) return s;
+  if (options.publish_queue < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("publish queue ", options.publish_queue, " must be at least 1"));
+  }
+  std::unique_ptr<ReferenceStore> store(new ReferenceStore(options));
+  absl::StatusOr<std::unique_ptr<MemoryTier>> mem =
+      MemoryTier::Create({options.memory_shards, options.memory_byte_budget, options.index});
+  if (!mem.ok()) return mem.status();
+  store->memory_ = *std::move(mem);
+  if (!options.disk_dir.empty()) {
+    absl::StatusOr<std::unique_ptr<DiskTier>> disk =
+        DiskTier::Open({options.disk_dir, options.disk_byte_budget, options.index});
+    if (!disk.ok()) return disk.status();
+    store->disk_ = *std::move(disk);
+  }
+  store->writer_ = std::thread([s = store.get()] { s->WriterLoop(); });
+  return store;
+}
+
+ReferenceStore::ReferenceStore(const StoreOptions& options)
+    : options_(options), hasher_(options.index) {}
+
+ReferenceStore::~ReferenceStore() {
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    stop_ = true;
+  }
+  queue_cv_.notify_all();
+  if (writer_.joinable()) writer_.join();
+}
+
+std::vector<Tier*> ReferenceStore::Tiers() const {
+  std::vector<Tier*> t{memory_.get()};
+  if (disk_ != nullptr) t.push_back(disk_.get());
+  return t;
+}
+
+bool ReferenceStore::Publish(RecordHandle record) {
+  if (record == nullptr) {
+    dropped_.fetch_add(1);
+    return false;
+  }
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    if (stop_ || static_cast<int64_t>(queue_.size()) >= options_.publish_queue) {
+      dropped_.fetch_add(1);
+      return false;
+    }
+    queue_.push_back(std::move(record));
+    ++enqueued_;
+  }
+  queue_cv_.notify_one();
+  return true;
+}
+
+void ReferenceStore::Flush() {
+  std::unique_lock<std::mutex> lock(queue_mu_);
+  const int64_t target = enqueued_;
+  idle_cv_.wait(lock, [&] { return written_ >= target; });
+}
+
+void ReferenceStore::WriterLoop() {
+  std::unique_lock<std::mutex> lock(queue_mu_);
+  while (true) {
+    queue_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stop_ and drained
+    RecordHandle record = std::move(queue_.front());
+    queue_.pop_front();
+    lock.unlock();
+    bool stored = false, failed = false;
+    for (Tier* tier : Tiers()) {
+      if (tier->Put(record).ok()) {
+        stored = true;
+      } else {
+        failed = true;
+      }
+    }
+    if (stored) published_.fetch_add(1);
+    if (failed) failed_.fetch_add(1);
+    record.reset();
+    lock.lock();
+    ++written_;
+    idle_cv_.notify_all();
+  }
+}
+
+absl::StatusOr<std::vector<Candidate>> ReferenceStore::Lookup(const Namespace& ns,
+                                                              std::span<const uint64_t> features,
+                                                              int k) {
+  if (k <= 0) return std::vector<Candidate>{};
+  const Signature sig = hasher_.Compute(features);
+  absl::flat_hash_map<uint64_t, Candidate> best;
+  for (Tier* tier : Tiers()) {
+    absl::StatusOr<std::vector<Candidate>> c = tier->Lookup(ns, sig, k);
+    if (!c.ok()) {
+      lookup_errors_.fetch_add(1);
+      continue;
+    }
+    for (const Candidate& cand : *c) {
+      auto [it, inserted] = best.try_emplace(cand.id, cand);
+      if (!inserted && CandidateBetter(cand, it->second)) it->second = cand;
+    }
+  }
+  std::vector<Candidate> out;
+  out.reserve(best.size());
+  for (const auto& [id, c] : best) out.push_back(c);
+  const size_t keep = std::min(out.size(), static_cast<size_t>(k));
+  std::partial_sort(out.begin(), out.begin() + keep, out.end(), CandidateBetter);
+  out.resize(keep);
+  return out;
+}
+
+absl::StatusOr<RecordHandle> ReferenceStore::Get(const Namespace& ns, uint64_t id) {
+  const auto not_found = [&] {
+    return absl::NotFoundError(
+        absl::StrCat("no record ", absl::Hex(id), " for ", ns.DebugString()));
+  };
+  absl::StatusOr<RecordHandle> h = memory_->Get(id);
+  if (h.ok()) {
+    if (!((*h)->ns == ns)) return not_found();
+    return h;
+  }
+  if (disk_ == nullptr) return not_found();
+  h = disk_->Get(id);
+  if (!h.ok()) return absl::IsNotFound(h.status()) ? not_found() : h.status();
+  if (!((*h)->ns == ns)) return not_found();
+  if (memory_->Put(*h).ok()) promotions_.fetch_add(1);
+  return h;
+}
+
+absl::Status ReferenceStore::Delete(uint64_t id) {
+  absl::Status status;
+  for (Tier* tier : Tiers()) status.Update(tier->Delete(id));
+  return status;
+}
+
+absl::Status ReferenceStore::Clear() {
+  absl::Status status;
+  for (Tier* tier : Tiers()) status.Update(tier->Clear());
+  return status;
+}
+
+std::vector<RecordInfo> ReferenceStore::List(const Namespace* ns) const {
+  std::vector<RecordInfo> out;
+  absl::flat_hash_set<uint64_t> seen;
+  for (Tier* tier : Tiers()) {
+    for (RecordInfo& info : tier->List()) {
+      if (ns != nullptr && !(info.ns == *ns)) continue;
+      if (seen.insert(info.id).second) out.push_back(std::move(info));
+    }
+  }
+  return out;
+}
+
+StoreStats ReferenceStore::Stats() const {
+  StoreStats st;
+  st.memory = memory_->Stats();
+  if (disk_ != nullptr) {
+    st.has_disk = true;
+    st.disk = disk_->Stats();
+  }
+  st.published = published_.load();
+  st.publish_dropped = dropped_.load();
+  st.publish_failed = failed_.load();
+  st.lookup_errors = lookup_errors_.load();
+  st.promotions = promotions_.load();
+  return st;
+}
+
+}  // namespace semshare::store
