@@ -25,6 +25,13 @@ absl::StatusOr<std::unique_ptr<ReferenceStore>> ReferenceStore::Open(const Store
     if (!disk.ok()) return disk.status();
     store->disk_ = *std::move(disk);
   }
+  if (!options.redis.client.url.empty()) {
+    RedisTierOptions ro = options.redis;
+    ro.index = options.index;
+    absl::StatusOr<std::unique_ptr<RedisTier>> redis = RedisTier::Create(ro);
+    if (!redis.ok()) return redis.status();
+    store->redis_ = *std::move(redis);
+  }
   store->writer_ = std::thread([s = store.get()] { s->WriterLoop(); });
   return store;
 }
@@ -44,6 +51,7 @@ ReferenceStore::~ReferenceStore() {
 std::vector<Tier*> ReferenceStore::Tiers() const {
   std::vector<Tier*> t{memory_.get()};
   if (disk_ != nullptr) t.push_back(disk_.get());
+  if (redis_ != nullptr) t.push_back(redis_.get());
   return t;
 }
 
@@ -132,12 +140,21 @@ absl::StatusOr<RecordHandle> ReferenceStore::Get(const Namespace& ns, uint64_t i
     if (!((*h)->ns == ns)) return not_found();
     return h;
   }
-  if (disk_ == nullptr) return not_found();
-  h = disk_->Get(id);
-  if (!h.ok()) return absl::IsNotFound(h.status()) ? not_found() : h.status();
-  if (!((*h)->ns == ns)) return not_found();
-  if (memory_->Put(*h).ok()) promotions_.fetch_add(1);
-  return h;
+  // Lower tiers in order; a damaged copy in one (DataLoss, dropped there) does not hide an
+  // intact one further down, but is what the caller hears if nothing else has the record.
+  absl::Status first_error;
+  for (Tier* tier : {static_cast<Tier*>(disk_.get()), static_cast<Tier*>(redis_.get())}) {
+    if (tier == nullptr) continue;
+    h = tier->Get(id);
+    if (!h.ok()) {
+      if (!absl::IsNotFound(h.status()) && first_error.ok()) first_error = h.status();
+      continue;
+    }
+    if (!((*h)->ns == ns)) return not_found();
+    if (memory_->Put(*h).ok()) promotions_.fetch_add(1);
+    return h;
+  }
+  return first_error.ok() ? not_found() : first_error;
 }
 
 absl::Status ReferenceStore::Delete(uint64_t id) {
@@ -170,6 +187,11 @@ StoreStats ReferenceStore::Stats() const {
   if (disk_ != nullptr) {
     st.has_disk = true;
     st.disk = disk_->Stats();
+  }
+  if (redis_ != nullptr) {
+    st.has_redis = true;
+    st.redis = redis_->Stats();
+    st.redis_detail = redis_->RedisStats();
   }
   st.published = published_.load();
   st.publish_dropped = dropped_.load();

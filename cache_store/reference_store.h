@@ -1,11 +1,15 @@
-// The reference store facade (DESIGN.md section 5): tiers in order memory -> disk (a Redis tier
-// slots in after disk through the Tier interface), one prompt-level index configuration for
-// all of them, and asynchronous publication.
+// The reference store facade (DESIGN.md section 5): tiers in order memory -> disk -> Redis (each
+// optional but memory), one prompt-level index configuration for all of them, and asynchronous
+// publication.
 //
 // Publish never runs on the caller's path: it enqueues the handle into a bounded queue that one
 // background thread drains, writing memory first (visible to lookups at once) and then disk
-// (write-through, so references survive a restart). A full queue drops the record and counts
-// it; the destructor finishes what is queued. Get promotes a disk hit into memory. Namespace
+// (write-through, so references survive a restart) and Redis (shared with other replicas). A
+// full queue drops the record and counts it; the destructor finishes what is queued. Get
+// promotes a disk or Redis hit into memory (not into disk: that would put a file write on the
+// request's path). A Redis tier that is down or slow answers within its client timeouts: its
+// lookups count as lookup_errors (no candidates), its Gets as misses, its Puts as
+// publish_failed. Namespace
 // isolation is absolute: Lookup filters inside every tier's index and Get answers NotFound for
 // another namespace's id. All methods are thread-safe.
 #ifndef SEMSHARE_CACHE_STORE_REFERENCE_STORE_H_
@@ -24,6 +28,7 @@
 #include "absl/status/statusor.h"
 #include "cache_store/disk_tier.h"
 #include "cache_store/memory_tier.h"
+#include "cache_store/redis_tier.h"
 
 namespace semshare::store {
 
@@ -34,17 +39,23 @@ struct StoreOptions {
   std::string disk_dir;  // empty: no disk tier
   int64_t disk_byte_budget = int64_t{16} << 30;
   int32_t publish_queue = 64;  // records waiting for the background writer
+  // redis.client.url empty: no Redis tier (the server's --redis). redis.index is ignored:
+  // `index` above is used.
+  RedisTierOptions redis;
 };
 
 struct StoreStats {
   TierStats memory;
   bool has_disk = false;
   TierStats disk;
+  bool has_redis = false;
+  TierStats redis;
+  RedisTierStats redis_detail;
   int64_t published = 0;        // records the writer stored in at least one tier
   int64_t publish_dropped = 0;  // queue full (or store closing)
   int64_t publish_failed = 0;   // a tier refused the record (too large, I/O error)
   int64_t lookup_errors = 0;    // a tier's lookup failed (counted, treated as no candidates)
-  int64_t promotions = 0;       // disk hits copied into memory
+  int64_t promotions = 0;       // disk or Redis hits copied into memory
 };
 
 class ReferenceStore {
@@ -75,6 +86,7 @@ class ReferenceStore {
   const MinHasher& hasher() const { return hasher_; }
   MemoryTier& memory() { return *memory_; }
   DiskTier* disk() { return disk_.get(); }
+  RedisTier* redis() { return redis_.get(); }
 
  private:
   explicit ReferenceStore(const StoreOptions& options);
@@ -85,6 +97,7 @@ class ReferenceStore {
   MinHasher hasher_;
   std::unique_ptr<MemoryTier> memory_;
   std::unique_ptr<DiskTier> disk_;
+  std::unique_ptr<RedisTier> redis_;
 
   std::mutex queue_mu_;
   std::condition_variable queue_cv_;  // writer waits for work or stop

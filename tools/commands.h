@@ -16,6 +16,8 @@ int ForwardCommand(int argc, char** argv);
 int BenchCommand(int argc, char** argv);
 // `semshare bench --suite reuse` (tools/bench_reuse.cc); BenchCommand dispatches to it.
 int BenchReuseCommand(int argc, char** argv);
+// `semshare bench --suite store` (tools/bench_store.cc); BenchCommand dispatches to it.
+int BenchStoreCommand(int argc, char** argv);
 
 // --model, else $SEMSHARE_MODEL; loads it and reports the load time on stderr.
 absl::StatusOr<std::unique_ptr<engine::Model>> LoadModelForCli(const std::string& flag_value,
