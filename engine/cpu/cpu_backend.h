@@ -35,11 +35,16 @@ class CpuBackend final : public Backend {
 
  private:
   // Masked softmax of one block's scores rows[nb, mm] in place (rows for queries q_pos[nb] over
-  // kv rows k_pos[mm], ascending); invisible entries become 0.
+  // kv rows k_pos[mm], ascending); invisible entries become 0. With inv_sums, rows stay
+  // unnormalised (exp(s - max)) and inv_sums[nb] gets 1/sum per row (0 if nothing visible).
   void SoftmaxRows(float* rows, const int32_t* q_pos, int64_t nb, const int32_t* k_pos, int64_t mm,
-                   int64_t window);
+                   int64_t window, float* inv_sums);
 
-  std::vector<float> scores_;  // attention scratch [block, m]
+  std::vector<float> scores_;      // attention scratch [group * block, m]
+  std::vector<float> q_pack_;      // [group * block, head_dim] queries of one kv group
+  std::vector<float> o_pack_;      // [group * block, head_dim] their outputs
+  std::vector<int32_t> pos_pack_;  // [group * block] their positions
+  std::vector<float> inv_sum_;     // [group * block] softmax normalisers
 };
 
 }  // namespace semshare::engine
