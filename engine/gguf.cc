@@ -1,13 +1,8 @@
 #include "engine/gguf.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -192,9 +187,9 @@ absl::Status ReadValue(Cursor& c, GgufValueType type, int depth, GgufValue* v,
                                                        " bytes remain"));
       }
       if (n > c.elements_left) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "GGUF: metadata '", Sv(key), "' exceeds the limit of ", uint64_t{1} << 24,
-            " array elements in all"));
+        return absl::InvalidArgumentError(absl::StrCat("GGUF: metadata '", Sv(key),
+                                                       "' exceeds the limit of ", uint64_t{1} << 24,
+                                                       " array elements in all"));
       }
       c.elements_left -= n;
       v->arr.resize(n);
@@ -281,34 +276,13 @@ std::string_view GgufValueTypeName(GgufValueType type) {
 }
 
 absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    int err = errno;
-    std::string msg = absl::StrCat("cannot open model file '", path, "': ", std::strerror(err));
-    if (err == ENOENT) return absl::NotFoundError(msg);
-    if (err == EACCES) return absl::PermissionDeniedError(msg);
-    return absl::InvalidArgumentError(msg);
-  }
-  struct stat st;
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat("'", path, "' is not a regular file"));
-  }
+  auto mapped = MappedFile::Open(path, "model file");
+  if (!mapped.ok()) return mapped.status();
   auto file = std::unique_ptr<GgufFile>(new GgufFile());
   file->path_ = path;
-  file->size_ = static_cast<size_t>(st.st_size);
-  if (file->size_ > 0) {
-    void* m = ::mmap(nullptr, file->size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (m == MAP_FAILED) {
-      int err = errno;
-      ::close(fd);
-      return absl::ResourceExhaustedError(
-          absl::StrCat("cannot mmap '", path, "': ", std::strerror(err)));
-    }
-    file->mapping_ = m;
-    file->base_ = static_cast<const uint8_t*>(m);
-  }
-  ::close(fd);
+  file->mapping_ = std::move(*mapped);
+  file->base_ = file->mapping_.data();
+  file->size_ = file->mapping_.size();
   if (auto s = file->Parse(); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat(s.message(), " (file '", path, "')"));
   }
@@ -324,9 +298,7 @@ absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::FromBytes(std::span<const ui
   return file;
 }
 
-GgufFile::~GgufFile() {
-  if (mapping_ != nullptr) ::munmap(mapping_, size_);
-}
+GgufFile::~GgufFile() = default;
 
 absl::Status GgufFile::Parse() {
   Cursor c(base_, size_);

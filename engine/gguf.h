@@ -23,6 +23,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/ggml_type.h"
+#include "engine/mapped_file.h"
 
 namespace semshare::engine {
 
@@ -106,7 +107,7 @@ class GgufFile {
   std::string path_;
   const uint8_t* base_ = nullptr;
   size_t size_ = 0;
-  void* mapping_ = nullptr;     // mmap'ed region (Open), or null
+  MappedFile mapping_;          // the file (Open), or empty
   std::vector<uint8_t> owned_;  // copied bytes (FromBytes)
   uint32_t version_ = 0;
   uint64_t alignment_ = 32;

@@ -26,6 +26,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/mapped_file.h"
 
 namespace semshare::engine {
 
@@ -93,7 +94,7 @@ class SafetensorsFile {
   std::string path_;
   const uint8_t* base_ = nullptr;
   size_t size_ = 0;
-  void* mapping_ = nullptr;     // mmap'ed region (Open), or null
+  MappedFile mapping_;          // the file (Open), or empty
   std::vector<uint8_t> owned_;  // copied bytes (FromBytes)
   std::vector<SafetensorsTensor> tensors_;
   std::map<std::string, size_t, std::less<>> index_;
