@@ -8,7 +8,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <fstream>
 
 #include "engine/cpu/cpu_backend.h"
 #include "engine/reuse/retention.h"
@@ -28,26 +27,20 @@ class ReusePrefillTest : public ::testing::Test {
     model_ = std::move(*m).release();
   }
 
-  // Sentences of the MRPC corpus: column 3 (first) or 4 (second) of label-1 pairs.
+  // Sentences of label-1 MRPC pairs: the first (column 3) or second (column 4) of each.
   static std::vector<std::string> Sentences(int column, size_t count, size_t skip = 0) {
-    const char* src = std::getenv("SEMSHARE_SOURCE_DIR");
-    std::ifstream in(std::string(src ? src : ".") +
-                     "/../shared/data/paraphrase/msr_paraphrase_train.txt");
-    EXPECT_TRUE(in.good()) << "paraphrase corpus not found";
+    std::string error;
     std::vector<std::string> out;
-    std::string line;
-    std::getline(in, line);  // header
-    while (std::getline(in, line) && out.size() < count + skip) {
-      if (!line.empty() && line.back() == '\r') line.pop_back();
-      std::vector<std::string> cols;
-      size_t start = 0;
-      for (size_t tab; (tab = line.find('\t', start)) != std::string::npos; start = tab + 1) {
-        cols.push_back(line.substr(start, tab - start));
+    for (const semshare::testing::MrpcPair& p : semshare::testing::ReadMrpc(&error)) {
+      if (p.label != 1) continue;
+      if (skip > 0) {
+        --skip;
+        continue;
       }
-      cols.push_back(line.substr(start));
-      if (cols.size() == 5 && cols[0] == "1") out.push_back(cols[column]);
+      out.push_back(column == 3 ? p.first : p.second);
+      if (out.size() == count) break;
     }
-    out.erase(out.begin(), out.begin() + std::min(skip, out.size()));
+    EXPECT_TRUE(error.empty()) << error;
     return out;
   }
 

@@ -34,37 +34,8 @@ constexpr int kGroup = 4;  // sentences per reference / target
 constexpr int kTopK = 4;   // candidates the store hands to the token matcher
 constexpr int kDistractors = 10000;
 
-struct Pair {
-  int label = 0;
-  std::string first, second;
-};
-
-std::vector<Pair> ReadMrpc(std::string* error) {
-  const char* src = std::getenv("SEMSHARE_SOURCE_DIR");
-  const std::string path = std::string(src == nullptr ? "." : src) +
-                           "/../shared/data/paraphrase/msr_paraphrase_train.txt";
-  std::ifstream f(path, std::ios::binary);
-  if (!f) {
-    *error = "cannot open " + path + " (SEMSHARE_SOURCE_DIR is set by ctest)";
-    return {};
-  }
-  std::stringstream ss;
-  ss << f.rdbuf();
-  std::string text = ss.str();
-  if (text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);  // utf-8-sig
-  std::vector<Pair> pairs;
-  bool header = true;
-  for (absl::string_view line : absl::StrSplit(text, "\r\n", absl::SkipEmpty())) {
-    if (header) {
-      header = false;
-      continue;
-    }
-    std::vector<std::string> cols = absl::StrSplit(line, '\t');
-    if (cols.size() != 5) continue;
-    pairs.push_back({cols[0] == "1" ? 1 : 0, cols[3], cols[4]});
-  }
-  return pairs;
-}
+using Pair = semshare::testing::MrpcPair;
+using semshare::testing::ReadMrpc;
 
 std::string Wrap(const std::vector<std::string>& sentences) {
   return "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"

@@ -3,11 +3,15 @@
 #define SEMSHARE_TESTS_TEST_UTIL_H_
 
 #include <cstdlib>
+#include <fstream>
 #include <memory>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "engine/model.h"
 
 namespace semshare::testing {
@@ -77,6 +81,41 @@ inline std::unique_ptr<engine::Model> TinyModel(engine::Arch arch, engine::RopeS
 inline std::string DefaultModelPath() {
   const char* p = std::getenv("SEMSHARE_MODEL");
   return p == nullptr ? "" : p;
+}
+
+// One pair of the MRPC paraphrase corpus (../shared/data/paraphrase).
+struct MrpcPair {
+  int label = 0;
+  std::string first, second;
+};
+
+// The MRPC train file: utf-8-sig, CRLF, header line, tab-separated
+// "Quality  #1 ID  #2 ID  #1 String  #2 String", no quoting.
+inline std::vector<MrpcPair> ReadMrpc(std::string* error) {
+  const char* src = std::getenv("SEMSHARE_SOURCE_DIR");
+  const std::string path = std::string(src == nullptr ? "." : src) +
+                           "/../shared/data/paraphrase/msr_paraphrase_train.txt";
+  std::ifstream f(path, std::ios::binary);
+  if (!f) {
+    *error = "cannot open " + path + " (SEMSHARE_SOURCE_DIR is set by ctest)";
+    return {};
+  }
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::string text = ss.str();
+  if (text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);
+  std::vector<MrpcPair> pairs;
+  bool header = true;
+  for (absl::string_view line : absl::StrSplit(text, "\r\n", absl::SkipEmpty())) {
+    if (header) {
+      header = false;
+      continue;
+    }
+    std::vector<std::string> cols = absl::StrSplit(line, '\t');
+    if (cols.size() != 5) continue;
+    pairs.push_back({cols[0] == "1" ? 1 : 0, cols[3], cols[4]});
+  }
+  return pairs;
 }
 
 }  // namespace semshare::testing
