@@ -1,13 +1,15 @@
 // CpuBackend: the portable reference backend. GEMMs (projections and the two attention
 // products) run on OpenBLAS sgemm, which threads them itself; element-wise ops and softmax are
 // parallelised with OpenMP outside any BLAS call (OpenBLAS must not be called from inside an
-// OpenMP region).
+// OpenMP region). Attention over 16 or more queries runs the fused AVX-512 kernel
+// (flash_attention.h) when the build and shapes allow, the sgemm pair otherwise.
 #ifndef SEMSHARE_ENGINE_CPU_CPU_BACKEND_H_
 #define SEMSHARE_ENGINE_CPU_CPU_BACKEND_H_
 
 #include <vector>
 
 #include "engine/backend.h"
+#include "engine/cpu/flash_attention.h"
 
 namespace semshare::engine {
 
@@ -40,6 +42,7 @@ class CpuBackend final : public Backend {
   void SoftmaxRows(float* rows, const int32_t* q_pos, int64_t nb, const int32_t* k_pos, int64_t mm,
                    int64_t window, float* inv_sums);
 
+  FlashAttentionScratch flash_;    // packed K/V of the fused attention kernel
   std::vector<float> scores_;      // attention scratch [group * block, m]
   std::vector<float> q_pack_;      // [group * block, head_dim] queries of one kv group
   std::vector<float> o_pack_;      // [group * block, head_dim] their outputs
