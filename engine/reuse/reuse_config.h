@@ -68,7 +68,7 @@ struct ReuseConfig {
 
   // Retention (semshare and snapkv modes).
   RetentionSchedule retention = RetentionSchedule::kExponential;
-  float retention_rho = 0.9f;     // fraction of rows kept at layer 0
+  float retention_rho = 0.9f;  // fraction of rows kept at layer 0
   // Per-layer decay. 0.965 brings KV after prefill to 0.57x full at 2k tokens with the same
   // perplexity ratio as 0.98 (0.69x) on the MRPC pairs (docs/benchmarks.md).
   float retention_gamma = 0.965f;
