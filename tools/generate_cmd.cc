@@ -103,6 +103,7 @@ int GenerateCommand(int argc, char** argv) {
     return true;
   });
   std::fputc('\n', stdout);
+  std::fflush(stdout);  // the text ends before the timings on stderr
   if (!result.ok()) {
     std::fprintf(stderr, "semshare generate: %s\n", std::string(result.status().message()).c_str());
     return 1;
