@@ -120,9 +120,10 @@ void LlamaForward::Mlp(int64_t l, float* x, int64_t s) {
 
 void LlamaForward::Logits(const float* x_row, float* logits) {
   const ModelConfig& c = model_.config;
-  std::vector<float> h(c.d_model);
-  backend_.RmsNorm(x_row, model_.weights.out_norm.data.data(), 1, c.d_model, c.rms_eps, h.data());
-  backend_.MatMul(h.data(), 1, model_.weights.output(), Matrix{}, logits);
+  logit_h_.resize(c.d_model);
+  backend_.RmsNorm(x_row, model_.weights.out_norm.data.data(), 1, c.d_model, c.rms_eps,
+                   logit_h_.data());
+  backend_.MatMul(logit_h_.data(), 1, model_.weights.output(), Matrix{}, logits);
 }
 
 void LlamaForward::ForwardChunk(const int32_t* ids, const int32_t* pos, int64_t n, KvCache& cache) {

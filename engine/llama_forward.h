@@ -72,6 +72,7 @@ class LlamaForward {
   AttentionParams attn_;
   // Scratch, sized for max_chunk tokens.
   std::vector<float> x_, h_, q_, k_, v_, att_, gate_, up_;
+  std::vector<float> logit_h_;  // [d_model] normed last row for Logits
 };
 
 }  // namespace semshare::engine

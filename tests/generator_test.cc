@@ -14,15 +14,13 @@ namespace {
 class GeneratorTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    const std::string path = semshare::testing::DefaultModelPath();
-    ASSERT_FALSE(path.empty()) << "set SEMSHARE_MODEL to the default model (scripts/test does)";
-    auto m = LoadModel(path);
-    ASSERT_TRUE(m.ok()) << m.status();
-    model_ = std::move(*m).release();
+    std::string error;
+    model_ = semshare::testing::DefaultModel(&error);
+    ASSERT_NE(model_, nullptr) << error;
   }
-  static Model* model_;
+  static const Model* model_;
 };
-Model* GeneratorTest::model_ = nullptr;
+const Model* GeneratorTest::model_ = nullptr;
 
 TEST_F(GeneratorTest, GreedyChatAnswerIsDeterministicAndStreamsWholeText) {
   ASSERT_NE(model_, nullptr);

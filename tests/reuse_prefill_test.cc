@@ -20,11 +20,9 @@ namespace {
 class ReusePrefillTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    const std::string path = semshare::testing::DefaultModelPath();
-    ASSERT_FALSE(path.empty()) << "set SEMSHARE_MODEL to the default model (scripts/test does)";
-    auto m = LoadModel(path);
-    ASSERT_TRUE(m.ok()) << m.status();
-    model_ = std::move(*m).release();
+    std::string error;
+    model_ = semshare::testing::DefaultModel(&error);
+    ASSERT_NE(model_, nullptr) << error;
   }
 
   // Sentences of label-1 MRPC pairs: the first (column 3) or second (column 4) of each.
@@ -71,9 +69,9 @@ class ReusePrefillTest : public ::testing::Test {
     return worst / scale;
   }
 
-  static Model* model_;
+  static const Model* model_;
 };
-Model* ReusePrefillTest::model_ = nullptr;
+const Model* ReusePrefillTest::model_ = nullptr;
 
 TEST_F(ReusePrefillTest, RecomputingEveryTokenWithoutRetentionEqualsFullPrefill) {
   ASSERT_NE(model_, nullptr);

@@ -118,6 +118,27 @@ inline std::vector<MrpcPair> ReadMrpc(std::string* error) {
   return pairs;
 }
 
+// The default model, loaded once per test binary and kept for its lifetime; null (with a
+// message in *error) when $SEMSHARE_MODEL is unset or does not load.
+inline const engine::Model* DefaultModel(std::string* error) {
+  static std::string load_error;
+  static const engine::Model* model = []() -> const engine::Model* {
+    const std::string path = DefaultModelPath();
+    if (path.empty()) {
+      load_error = "set SEMSHARE_MODEL to the default model (scripts/test does)";
+      return nullptr;
+    }
+    auto m = engine::LoadModel(path);
+    if (!m.ok()) {
+      load_error = std::string(m.status().message());
+      return nullptr;
+    }
+    return std::move(*m).release();
+  }();
+  *error = load_error;
+  return model;
+}
+
 }  // namespace semshare::testing
 
 #endif  // SEMSHARE_TESTS_TEST_UTIL_H_

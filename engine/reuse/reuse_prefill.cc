@@ -167,8 +167,8 @@ absl::Status ReusePrefiller::SelectivePrefill(std::span<const int32_t> ids,
   std::vector<int32_t> set = Iota(n);  // S_l, ascending; positions == indices
   std::vector<float> x(n * d), xs;     // residual stream of the tokens in `set`
   forward_.Embed(ids.data(), n, x.data());
-  std::vector<float> dev, dev_v;
-  int64_t held_rows = 0;  // KV rows of finished layers (after retention)
+  std::vector<float> dev, dev_v, ref_rows;  // scratch reused across layers
+  int64_t held_rows = 0;                    // KV rows of finished layers (after retention)
   st->layer_computed.assign(c.n_layers, 0);
   st->layer_rows.assign(c.n_layers, 0);
 
@@ -188,7 +188,7 @@ absl::Status ReusePrefiller::SelectivePrefill(std::span<const int32_t> ids,
       backend_.GatherRows(ref.v.data(), kvd, src.data(), n, kv.v.data());
       backend_.Rope(kv.k.data(), delta.data(), n, c.n_kv_heads, c.head_dim, forward_.rope());
       // Deviation of the fresh K/V of the computed tokens from the rearranged rows.
-      std::vector<float> ref_rows(s * kvd);
+      ref_rows.resize(s * kvd);
       dev.resize(s);
       dev_v.resize(s);
       backend_.GatherRows(kv.k.data(), kvd, set.data(), s, ref_rows.data());
@@ -211,7 +211,9 @@ absl::Status ReusePrefiller::SelectivePrefill(std::span<const int32_t> ids,
     if (!q_window.empty()) {
       const int64_t budget = RetentionBudget(config_, n, l, c.n_layers);
       std::vector<uint8_t> protect = forced;
-      for (int32_t i : set) protect[i] = protect[i] || hit;  // rows recomputed here
+      if (hit) {
+        for (int32_t i : set) protect[i] = 1;  // rows recomputed at this layer
+      }
       RetainRows(backend_, forward_, q_window.data(), set.data() + (s - window), window, budget,
                  protect, kv);
     }
