@@ -66,12 +66,9 @@ absl::StatusOr<std::vector<int32_t>> Generator::TokenizeChat(
   return TokenizePrompt(*text);
 }
 
-absl::StatusOr<GenerateResult> Generator::Generate(std::span<const int32_t> prompt,
-                                                   const GenerateOptions& options,
-                                                   const TextCallback& on_text) {
-  const auto t0 = std::chrono::steady_clock::now();
+absl::Status Generator::CheckOptions(int64_t prompt_tokens, const GenerateOptions& options) const {
   const ModelConfig& c = model_.config;
-  if (prompt.empty()) return absl::InvalidArgumentError("the prompt has no tokens");
+  if (prompt_tokens < 1) return absl::InvalidArgumentError("the prompt has no tokens");
   if (options.max_tokens < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_tokens must be >= 1, got ", options.max_tokens));
@@ -80,23 +77,46 @@ absl::StatusOr<GenerateResult> Generator::Generate(std::span<const int32_t> prom
   for (const std::string& s : options.stop) {
     if (s.empty()) return absl::InvalidArgumentError("stop strings must not be empty");
   }
-  const int64_t n = static_cast<int64_t>(prompt.size());
-  if (c.max_context > 0 && n + options.max_tokens > c.max_context) {
+  if (c.max_context > 0 && prompt_tokens + options.max_tokens > c.max_context) {
     return absl::InvalidArgumentError(
-        absl::StrCat("prompt (", n, " tokens) + max_tokens (", options.max_tokens,
+        absl::StrCat("prompt (", prompt_tokens, " tokens) + max_tokens (", options.max_tokens,
                      ") exceeds the model's context of ", c.max_context, " tokens"));
   }
+  return absl::OkStatus();
+}
 
-  GenerateResult result;
-  result.prompt_tokens = n;
+absl::StatusOr<GenerateResult> Generator::Generate(std::span<const int32_t> prompt,
+                                                   const GenerateOptions& options,
+                                                   const TextCallback& on_text) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const int64_t n = static_cast<int64_t>(prompt.size());
+  if (auto s = CheckOptions(n, options); !s.ok()) return s;
   KvCache cache = forward_.NewCache();
   cache.Reserve(n + options.max_tokens);
   std::vector<int32_t> pos(n);
   for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(i);
-  std::vector<float> logits(c.vocab_size);
+  std::vector<float> logits(model_.config.vocab_size);
   if (auto s = forward_.Forward(prompt, pos, cache, logits.data()); !s.ok()) return s;
-  result.timings.prefill_ms = MsSince(t0);
+  const double prefill_ms = MsSince(t0);
+  absl::StatusOr<GenerateResult> result = Decode(n, cache, logits, options, on_text);
+  if (!result.ok()) return result;
+  result->timings.prefill_ms = prefill_ms;
+  result->timings.ttft_ms += prefill_ms;
+  result->timings.total_ms += prefill_ms;
+  return result;
+}
 
+absl::StatusOr<GenerateResult> Generator::Decode(int64_t prompt_tokens, KvCache& cache,
+                                                 std::span<float> logits,
+                                                 const GenerateOptions& options,
+                                                 const TextCallback& on_text) {
+  const auto t0 = std::chrono::steady_clock::now();
+  if (auto s = CheckOptions(prompt_tokens, options); !s.ok()) return s;
+  if (static_cast<int64_t>(logits.size()) != model_.config.vocab_size) {
+    return absl::InvalidArgumentError("decode: logits must hold one value per vocabulary entry");
+  }
+  GenerateResult result;
+  result.prompt_tokens = prompt_tokens;
   Sampler sampler(options.sampling);
   StreamDecoder decoder(*model_.tokenizer);
   std::string text;    // all generated text so far
@@ -111,6 +131,10 @@ absl::StatusOr<GenerateResult> Generator::Generate(std::span<const int32_t> prom
   };
   result.finish = FinishReason::kLength;
   for (int32_t step = 0; step < options.max_tokens; ++step) {
+    if (options.should_stop && options.should_stop()) {
+      result.finish = FinishReason::kCancelled;
+      break;
+    }
     const int32_t id = sampler.Sample(logits);
     if (step == 0) {
       result.timings.ttft_ms = MsSince(t0);

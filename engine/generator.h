@@ -26,6 +26,9 @@ struct GenerateOptions {
   SamplingParams sampling;
   std::vector<std::string> stop;  // stop strings; the text ends before the first match
   bool stop_at_eog = true;        // stop at end-of-generation tokens (EOS, <|im_end|>, ...)
+  // Called once per token before it is sampled (the server checks cancellation and deadlines
+  // and times tokens here); returning true stops with FinishReason::kCancelled.
+  std::function<bool()> should_stop;
 };
 
 enum class FinishReason { kEndOfGeneration, kStopString, kLength, kCancelled };
@@ -63,6 +66,18 @@ class Generator {
   absl::StatusOr<GenerateResult> Generate(std::span<const int32_t> prompt,
                                           const GenerateOptions& options,
                                           const TextCallback& on_text = nullptr);
+
+  // Decodes after a prefill done elsewhere (a selective one, say): `cache` holds the KV of the
+  // prompt's prompt_tokens tokens (rows may have been trimmed by retention) and logits[vocab]
+  // are its last token's. Generated tokens' KV are appended to `cache`; logits is overwritten.
+  // Timings count from this call (prefill_ms = 0).
+  absl::StatusOr<GenerateResult> Decode(int64_t prompt_tokens, KvCache& cache,
+                                        std::span<float> logits, const GenerateOptions& options,
+                                        const TextCallback& on_text = nullptr);
+
+  // InvalidArgument naming the problem: max_tokens < 1, sampling out of range, an empty stop
+  // string, or prompt + max_tokens over the model's context.
+  absl::Status CheckOptions(int64_t prompt_tokens, const GenerateOptions& options) const;
 
   const Model& model() const { return model_; }
 

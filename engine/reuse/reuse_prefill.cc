@@ -66,17 +66,7 @@ absl::StatusOr<PrefillStats> ReusePrefiller::Prefill(std::span<const int32_t> id
   const auto t0 = std::chrono::steady_clock::now();
   const ModelConfig& c = model_.config;
   const int64_t n = static_cast<int64_t>(ids.size());
-  if (n == 0) return absl::InvalidArgumentError("prefill: the prompt has no tokens");
-  if (cache->rows() != 0 || cache->n_layers() != c.n_layers ||
-      cache->kv_dim() != c.n_kv_heads * c.head_dim) {
-    return absl::InvalidArgumentError("prefill: the cache must be empty and shaped for the model");
-  }
-  for (int32_t id : ids) {
-    if (id < 0 || id >= c.vocab_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("prefill: token id ", id, " outside vocabulary of ", c.vocab_size));
-    }
-  }
+  if (auto s = CheckPrefillArgs(ids, *cache); !s.ok()) return s;
   if (auto s = config_.Validate(); !s.ok()) return s;
 
   PrefillStats st;
@@ -127,13 +117,63 @@ absl::StatusOr<PrefillStats> ReusePrefiller::Prefill(std::span<const int32_t> id
       return s;
     }
   }
-  if (st.layer_rows.empty()) {
-    for (int64_t l = 0; l < c.n_layers; ++l) st.layer_rows.push_back(cache->layer(l).rows());
-  }
-  st.kv_bytes = cache->ByteSize();
-  st.kv_bytes_peak = std::max(st.kv_bytes_peak, st.kv_bytes);
+  FinishStats(*cache, &st);
   st.prefill_ms = MsSince(t0);
   return st;
+}
+
+absl::StatusOr<PrefillStats> ReusePrefiller::PrefillHit(std::span<const int32_t> ids,
+                                                        const Reference& reference,
+                                                        const TokenMatch& match, KvCache* cache,
+                                                        float* logits) {
+  const auto t0 = std::chrono::steady_clock::now();
+  if (auto s = CheckPrefillArgs(ids, *cache); !s.ok()) return s;
+  if (auto s = config_.Validate(); !s.ok()) return s;
+  if (match.ref_index.size() != ids.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prefill: the match covers ", match.ref_index.size(), " tokens, the prompt ", ids.size()));
+  }
+  const int64_t m = static_cast<int64_t>(reference.ids.size());
+  for (int32_t r : match.ref_index) {
+    if (r >= m) return absl::InvalidArgumentError("prefill: the match points past the reference");
+  }
+  PrefillStats st;
+  st.mode = PrefillMode::kSemShare;
+  st.prompt_tokens = static_cast<int64_t>(ids.size());
+  st.similarity = match.similarity;
+  st.hit = true;
+  st.ref_index = match.ref_index;
+  if (auto s = SelectivePrefill(ids, &reference, match, cache, logits, &st); !s.ok()) return s;
+  FinishStats(*cache, &st);
+  st.prefill_ms = MsSince(t0);
+  return st;
+}
+
+absl::Status ReusePrefiller::CheckPrefillArgs(std::span<const int32_t> ids,
+                                              const KvCache& cache) const {
+  const ModelConfig& c = model_.config;
+  if (ids.empty()) return absl::InvalidArgumentError("prefill: the prompt has no tokens");
+  if (cache.rows() != 0 || cache.n_layers() != c.n_layers ||
+      cache.kv_dim() != c.n_kv_heads * c.head_dim) {
+    return absl::InvalidArgumentError("prefill: the cache must be empty and shaped for the model");
+  }
+  for (int32_t id : ids) {
+    if (id < 0 || id >= c.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("prefill: token id ", id, " outside vocabulary of ", c.vocab_size));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void ReusePrefiller::FinishStats(const KvCache& cache, PrefillStats* st) const {
+  if (st->layer_rows.empty()) {
+    for (int64_t l = 0; l < model_.config.n_layers; ++l) {
+      st->layer_rows.push_back(cache.layer(l).rows());
+    }
+  }
+  st->kv_bytes = cache.ByteSize();
+  st->kv_bytes_peak = std::max(st->kv_bytes_peak, st->kv_bytes);
 }
 
 absl::Status ReusePrefiller::SelectivePrefill(std::span<const int32_t> ids,

@@ -65,6 +65,13 @@ class ReusePrefiller {
   absl::StatusOr<PrefillStats> Prefill(std::span<const int32_t> ids, const Reference* reference,
                                        KvCache* cache, float* logits);
 
+  // A semshare hit whose match the caller computed and judged (e.g. the server, which ranks
+  // store candidates and applies a per-request threshold): selective prefill against
+  // `reference` with `match` (from Match(Sketch(ids), reference.sketch)), then retention.
+  // Stats as Prefill's (hit = true, similarity = match.similarity, match_ms = 0).
+  absl::StatusOr<PrefillStats> PrefillHit(std::span<const int32_t> ids, const Reference& reference,
+                                          const TokenMatch& match, KvCache* cache, float* logits);
+
   // The sketch/match step alone (what a lookup pays), for ranking candidates.
   TokenSketch Sketch(std::span<const int32_t> ids) const { return matcher_.Sketch(ids); }
   TokenMatch Match(const TokenSketch& target, const TokenSketch& reference) const {
@@ -75,6 +82,10 @@ class ReusePrefiller {
   LlamaForward& forward() { return forward_; }
 
  private:
+  // InvalidArgument unless ids are in the vocabulary, non-empty, and the cache empty and shaped.
+  absl::Status CheckPrefillArgs(std::span<const int32_t> ids, const KvCache& cache) const;
+  void FinishStats(const KvCache& cache, PrefillStats* st) const;
+
   // snapkv and semshare: layer-by-layer prefill computing a shrinking token set when
   // `reference` is given (a hit, with `match`), all tokens otherwise; retention per layer.
   absl::Status SelectivePrefill(std::span<const int32_t> ids, const Reference* reference,

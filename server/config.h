@@ -1,0 +1,68 @@
+// The server's one configuration struct (STYLE.md habit 9). Every knob has a default here and
+// is filled, in increasing precedence, from an optional JSON config file (`--config FILE`,
+// keys are the flag names without dashes), environment variables (SEMSHARE_ + the flag name in
+// upper case with dashes as underscores, e.g. SEMSHARE_MAX_QUEUE) and command-line flags
+// (`--max-queue 64` or `--max-queue=64`). `semshare-server --help` prints the table below;
+// docs/deploy.md and the Kubernetes manifests use the same names (tests/deploy checks them).
+#ifndef SEMSHARE_SERVER_CONFIG_H_
+#define SEMSHARE_SERVER_CONFIG_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace semshare::server {
+
+struct ServerConfig {
+  std::string model;                              // GGUF file or HF directory; empty = default
+  std::string listen = "127.0.0.1:50051";         // gRPC address
+  std::string metrics_listen = "127.0.0.1:9464";  // Prometheus /metrics address; "" = off
+  std::string backend = "cpu";                    // cpu | cuda
+  int32_t threads = 0;                            // compute threads; 0 = all cores
+  int32_t workers = 1;                            // requests computing at once
+  int32_t max_queue = 64;                         // requests waiting beyond the workers
+  int64_t max_prompt_tokens = 0;                  // 0 = the model's context length
+  int32_t max_new_tokens = 1024;
+  int32_t default_max_tokens = 128;              // when a request leaves max_tokens at 0
+  int64_t max_message_bytes = int64_t{4} << 20;  // gRPC receive limit
+  int32_t max_stop_strings = 16;
+  int32_t max_stop_bytes = 256;
+  int32_t max_messages = 256;
+  int32_t drain_seconds = 25;  // SIGTERM: finish in-flight work up to this long
+  // Reference store.
+  int64_t cache_memory_bytes = int64_t{1} << 30;
+  std::string cache_dir;  // "" = no disk tier
+  int64_t cache_disk_bytes = int64_t{16} << 30;
+  std::string redis;              // "" = no Redis tier
+  int32_t redis_ttl_seconds = 0;  // 0 = no expiry
+  int32_t min_reuse_tokens = 64;
+  float similarity_threshold = 0.8f;
+  int32_t lookup_candidates = 4;  // store candidates ranked per lookup
+  // Security.
+  std::string api_keys;  // "" = no auth, loopback bind only
+  std::string tls_cert, tls_key, tls_client_ca;
+  std::string log_level = "info";  // debug | info | warning | error
+};
+
+// Parses argv[1..] over environment `env` (name -> value, e.g. from environ) and the config
+// file named by --config / SEMSHARE_CONFIG. InvalidArgument names the offending flag, variable
+// or key and what it accepts. `help` is set (and the rest left at defaults) for --help.
+absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv,
+                                               const std::map<std::string, std::string>& env,
+                                               bool* help);
+// The environment of this process as a map (for ParseServerConfig).
+std::map<std::string, std::string> ProcessEnvironment();
+// One line per flag: "  --name VALUE  help (default: x)".
+std::string ServerHelp();
+// Cross-field checks: positive limits, TLS key with cert, client CA only with TLS, backend
+// name, address syntax; a non-loopback listen address without an API-keys file is refused.
+absl::Status ValidateServerConfig(const ServerConfig& c);
+// True when a "host:port" address binds only the loopback interface.
+bool IsLoopbackAddress(const std::string& address);
+
+}  // namespace semshare::server
+
+#endif  // SEMSHARE_SERVER_CONFIG_H_

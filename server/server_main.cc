@@ -1,0 +1,272 @@
+// semshare-server: loads the model, opens the reference store, serves gRPC (SemShare,
+// CacheAdmin, grpc.health.v1, reflection) and Prometheus /metrics, and drains on SIGTERM.
+//
+// Start-up order: the gRPC port opens first with health NOT_SERVING (so probes get an answer
+// while the model loads), then the model, store, workers and metrics come up and health turns
+// SERVING. The first log lines name the bound addresses ("grpc listening on HOST:PORT",
+// "metrics on http://HOST:PORT/metrics"), with the real port when 0 was asked for.
+//
+// Shutdown (SIGTERM or SIGINT): health NOT_SERVING, new calls get UNAVAILABLE, requests
+// already accepted run to completion for up to --drain-seconds, then the gRPC server shuts
+// down, the store writes what is queued for publication, and the process exits 0.
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "cache_store/prompt_features.h"
+#include "engine/cpu/cpu_backend.h"
+#include "engine/cpu/thread_pool.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "prometheus/exposer.h"
+#include "server/config.h"
+#include "server/log.h"
+#include "server/service.h"
+
+namespace semshare::server {
+namespace {
+
+constexpr const char* kServiceName = "semshare.v1.SemShare";
+
+std::string DefaultModelPath() {
+  if (const char* m = std::getenv("SEMSHARE_MODEL"); m != nullptr && *m != '\0') return m;
+  std::string cache;
+  if (const char* x = std::getenv("XDG_CACHE_HOME"); x != nullptr && *x != '\0') {
+    cache = x;
+  } else if (const char* h = std::getenv("HOME"); h != nullptr) {
+    cache = absl::StrCat(h, "/.cache");
+  }
+  return absl::StrCat(cache, "/semshare/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
+  std::fclose(f);
+  return out;
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(const ServerConfig& c) {
+  if (c.tls_cert.empty()) return grpc::InsecureServerCredentials();
+  absl::StatusOr<std::string> cert = ReadFile(c.tls_cert);
+  if (!cert.ok()) return cert.status();
+  absl::StatusOr<std::string> key = ReadFile(c.tls_key);
+  if (!key.ok()) return key.status();
+  grpc::SslServerCredentialsOptions opts;
+  opts.pem_key_cert_pairs.push_back({*key, *cert});
+  if (!c.tls_client_ca.empty()) {
+    absl::StatusOr<std::string> ca = ReadFile(c.tls_client_ca);
+    if (!ca.ok()) return ca.status();
+    opts.pem_root_certs = *ca;
+    opts.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(opts);
+}
+
+int Fail(const absl::Status& s) {
+  Log(LogLevel::kError, std::string(s.message()));
+  return 1;
+}
+
+int Main(int argc, char** argv) {
+  // Signals go to the sigwait below, never to whichever thread happens to run: block them
+  // before any thread exists so every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  bool help = false;
+  absl::StatusOr<ServerConfig> parsed = ParseServerConfig(argc, argv, ProcessEnvironment(), &help);
+  if (help) {
+    std::fputs(ServerHelp().c_str(), stdout);
+    return 0;
+  }
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "semshare-server: %s\n", std::string(parsed.status().message()).c_str());
+    return 2;
+  }
+  ServerConfig config = *std::move(parsed);
+  SetLogLevel(ParseLogLevel(config.log_level));
+
+  std::optional<ApiKeys> keys;
+  if (!config.api_keys.empty()) {
+    absl::StatusOr<ApiKeys> k = ApiKeys::Load(config.api_keys);
+    if (!k.ok()) return Fail(k.status());
+    Log(LogLevel::kInfo, absl::StrCat("api keys: ", k->size(), " loaded from ", config.api_keys));
+    keys = *std::move(k);
+  } else if (!IsLoopbackAddress(config.listen)) {
+    const std::string port = config.listen.substr(config.listen.rfind(':') + 1);
+    Log(LogLevel::kWarning,
+        absl::StrCat("no --api-keys file: binding loopback only (127.0.0.1:", port, ") instead of ",
+                     config.listen, "; give --api-keys to serve other hosts"));
+    config.listen = "127.0.0.1:" + port;
+  } else {
+    Log(LogLevel::kInfo, "no --api-keys file: no authentication; loopback only");
+  }
+
+  ServiceState state(config, std::move(keys));
+  SemShareService semshare(&state);
+  CacheAdminService admin(&state);
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> creds = MakeCredentials(config);
+  if (!creds.ok()) return Fail(creds.status());
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(config.listen, *creds, &port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
+  builder.RegisterService(&semshare);
+  builder.RegisterService(&admin);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen)));
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus("", false);
+  health->SetServingStatus(kServiceName, false);
+  const std::string host = config.listen.substr(0, config.listen.rfind(':'));
+  Log(LogLevel::kInfo, absl::StrCat("grpc listening on ", host, ":", port,
+                                    config.tls_cert.empty()        ? " (plaintext)"
+                                    : config.tls_client_ca.empty() ? " (TLS)"
+                                                                   : " (mutual TLS)"));
+
+  // The model and everything derived from it.
+  const std::string model_path = config.model.empty() ? DefaultModelPath() : config.model;
+  const auto t0 = std::chrono::steady_clock::now();
+  absl::StatusOr<std::unique_ptr<engine::Model>> loaded = engine::LoadModel(model_path);
+  if (!loaded.ok()) return Fail(loaded.status());
+  SharedModel shared;
+  shared.model = std::shared_ptr<const engine::Model>(std::move(*loaded));
+  const engine::Model& model = *shared.model;
+  if (config.backend != "cpu") {
+    return Fail(absl::UnimplementedError(absl::StrCat(
+        "backend '", config.backend, "' is not available in this build; use --backend cpu")));
+  }
+  if (config.threads > 0) engine::ThreadPool::SetDefaultThreads(config.threads);
+
+  ServingCore core;
+  core.model = &model;
+  core.backend_name = config.backend;
+  core.serving.reuse.mode = engine::PrefillMode::kSemShare;
+  core.serving.reuse.hit_threshold = config.similarity_threshold;
+  core.serving.reuse.min_reuse_tokens = config.min_reuse_tokens;
+  core.serving.lookup_candidates = config.lookup_candidates;
+  core.serving.max_prompt_tokens =
+      config.max_prompt_tokens > 0 ? config.max_prompt_tokens : model.config.max_context;
+  if (core.serving.max_prompt_tokens <= 0) core.serving.max_prompt_tokens = 8192;
+  if (auto s = core.serving.reuse.Validate(); !s.ok()) return Fail(s);
+  core.limits.max_new_tokens = config.max_new_tokens;
+  core.limits.default_max_tokens = config.default_max_tokens;
+  core.limits.max_stop_strings = config.max_stop_strings;
+  core.limits.max_stop_bytes = config.max_stop_bytes;
+  core.limits.max_messages = config.max_messages;
+  core.limits.max_prompt_bytes = config.max_message_bytes;
+  core.limits.default_threshold = config.similarity_threshold;
+  shared.feature_matcher = store::MakeFeatureMatcher(model.weights.tok_embd, core.serving.reuse);
+
+  Metrics metrics(model.config.name.empty() ? "unknown" : model.config.name);
+  core.metrics = &metrics;
+  std::unique_ptr<prometheus::Exposer> exposer;
+  if (!config.metrics_listen.empty()) {
+    try {
+      exposer = std::make_unique<prometheus::Exposer>(config.metrics_listen);
+    } catch (const std::exception& e) {
+      return Fail(absl::UnavailableError(
+          absl::StrCat("cannot serve metrics on ", config.metrics_listen, ": ", e.what())));
+    }
+    exposer->RegisterCollectable(metrics.registry());
+    const std::vector<int> ports = exposer->GetListeningPorts();
+    const std::string mhost = config.metrics_listen.substr(0, config.metrics_listen.rfind(':'));
+    Log(LogLevel::kInfo,
+        absl::StrCat("metrics on http://", mhost, ":", ports.empty() ? 0 : ports[0], "/metrics"));
+  }
+
+  store::StoreOptions so;
+  so.memory_byte_budget = config.cache_memory_bytes;
+  so.disk_dir = config.cache_dir;
+  so.disk_byte_budget = config.cache_disk_bytes;
+  so.redis.client.url = config.redis;
+  so.redis.ttl_ms = int64_t{config.redis_ttl_seconds} * 1000;
+  absl::StatusOr<std::unique_ptr<store::ReferenceStore>> opened = store::ReferenceStore::Open(so);
+  if (!opened.ok()) return Fail(opened.status());
+  std::unique_ptr<store::ReferenceStore> ref_store = *std::move(opened);
+  core.store = ref_store.get();
+
+  std::vector<std::unique_ptr<InferenceWorker>> workers;
+  for (int32_t i = 0; i < config.workers; ++i) {
+    workers.push_back(std::make_unique<InferenceWorker>(
+        shared, std::make_unique<engine::CpuBackend>(), core.serving, core.store, &metrics));
+  }
+  Scheduler scheduler(std::move(workers), config.max_queue, [&metrics](int64_t r, int64_t w) {
+    metrics.SetRunning(r);
+    metrics.SetWaiting(w);
+  });
+  core.scheduler = &scheduler;
+
+  // Store figures into the gauges once a second.
+  std::mutex stats_mu;
+  std::condition_variable stats_cv;
+  bool stats_stop = false;
+  std::thread stats([&] {
+    std::unique_lock<std::mutex> lock(stats_mu);
+    do {
+      metrics.UpdateStore(ref_store->Stats());
+    } while (!stats_cv.wait_for(lock, std::chrono::seconds(1), [&] { return stats_stop; }));
+  });
+
+  state.Attach(&core);
+  health->SetServingStatus("", true);
+  health->SetServingStatus(kServiceName, true);
+  const double load_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  Log(LogLevel::kInfo,
+      absl::StrCat("serving ", model.config.name, " (", model.fingerprint, ") from ", model_path,
+                   " on ", config.backend, " with ", config.workers, " worker(s); ready in ",
+                   absl::StrFormat("%.2f", load_s), " s"));
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  Log(LogLevel::kInfo,
+      absl::StrCat("signal ", sig, ": draining for up to ", config.drain_seconds, " s"));
+  state.StartDraining();
+  health->SetServingStatus("", false);
+  health->SetServingStatus(kServiceName, false);
+  scheduler.Close();
+  const bool idle = scheduler.WaitIdle(int64_t{config.drain_seconds} * 1000);
+  Log(LogLevel::kInfo, idle ? "drained: no requests in flight"
+                            : "drain period over with requests still running; cancelling");
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(idle ? 5 : 1));
+  {
+    std::lock_guard<std::mutex> lock(stats_mu);
+    stats_stop = true;
+  }
+  stats_cv.notify_all();
+  stats.join();
+  ref_store->Flush();
+  Log(LogLevel::kInfo, "stopped");
+  return 0;
+}
+
+}  // namespace
+}  // namespace semshare::server
+
+int main(int argc, char** argv) { return semshare::server::Main(argc, argv); }
