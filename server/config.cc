@@ -39,6 +39,9 @@ const std::vector<Knob>& Knobs() {
   static const std::vector<Knob> knobs = {
       {"model", &ServerConfig::model, "PATH",
        "GGUF file or Hugging Face directory (empty: the embedded default model)"},
+      {"model-name", &ServerConfig::model_name, "NAME",
+       "the model label of every metric (empty: the model file or directory name without "
+       ".gguf)"},
       {"listen", &ServerConfig::listen, "HOST:PORT", "gRPC address"},
       {"metrics-listen", &ServerConfig::metrics_listen, "HOST:PORT",
        "Prometheus /metrics HTTP address (empty: no metrics endpoint)"},

@@ -17,7 +17,8 @@
 namespace semshare::server {
 
 struct ServerConfig {
-  std::string model;                              // GGUF file or HF directory; empty = default
+  std::string model;       // GGUF file or HF directory; empty = default
+  std::string model_name;  // metrics label; empty = the file or directory name without .gguf
   std::string listen = "127.0.0.1:50051";         // gRPC address
   std::string metrics_listen = "127.0.0.1:9464";  // Prometheus /metrics address; "" = off
   std::string backend = "cpu";                    // cpu | cuda

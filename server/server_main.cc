@@ -183,7 +183,15 @@ int Main(int argc, char** argv) {
   core.limits.default_threshold = config.similarity_threshold;
   shared.feature_matcher = store::MakeFeatureMatcher(model.weights.tok_embd, core.serving.reuse);
 
-  Metrics metrics(model.config.name.empty() ? "unknown" : model.config.name);
+  std::string model_name = config.model_name;
+  if (model_name.empty()) {
+    std::string base = model_path;
+    while (base.size() > 1 && base.back() == '/') base.pop_back();
+    base = base.substr(base.rfind('/') + 1);
+    if (base.size() > 5 && base.substr(base.size() - 5) == ".gguf") base.resize(base.size() - 5);
+    model_name = base;
+  }
+  Metrics metrics(model_name);
   core.metrics = &metrics;
   std::unique_ptr<prometheus::Exposer> exposer;
   if (!config.metrics_listen.empty()) {
@@ -239,8 +247,8 @@ int Main(int argc, char** argv) {
   const double load_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   Log(LogLevel::kInfo,
-      absl::StrCat("serving ", model.config.name, " (", model.fingerprint, ") from ", model_path,
-                   " on ", config.backend, " with ", config.workers, " worker(s); ready in ",
+      absl::StrCat("serving ", model_name, " (", model.fingerprint, ") from ", model_path, " on ",
+                   config.backend, " with ", config.workers, " worker(s); ready in ",
                    absl::StrFormat("%.2f", load_s), " s"));
 
   int sig = 0;

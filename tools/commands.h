@@ -14,6 +14,10 @@ namespace semshare::tools {
 int GenerateCommand(int argc, char** argv);
 int ForwardCommand(int argc, char** argv);
 int BenchCommand(int argc, char** argv);
+// `semshare client <method>` (tools/client_cmd.cc): one call to a semshare-server.
+int ClientCommand(int argc, char** argv);
+// `semshare loadgen` (tools/loadgen_cmd.cc): concurrent load with TTFT percentiles.
+int LoadgenCommand(int argc, char** argv);
 // `semshare bench --suite reuse` (tools/bench_reuse.cc); BenchCommand dispatches to it.
 int BenchReuseCommand(int argc, char** argv);
 // `semshare bench --suite store` (tools/bench_store.cc); BenchCommand dispatches to it.

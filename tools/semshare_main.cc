@@ -10,7 +10,9 @@ int main(int argc, char** argv) {
       "commands:\n"
       "  generate   generate a completion for a prompt on the CPU backend\n"
       "  forward    run token ids through the model; print logits and greedy tokens (oracle)\n"
-      "  bench      measure throughput (--suite forward: prefill and decode beside the floor)\n";
+      "  bench      measure throughput (--suite forward | reuse | store)\n"
+      "  client     call a semshare-server (generate, stream, tokenize, info, lookup, ...)\n"
+      "  loadgen    drive a semshare-server with concurrent requests; TTFT percentiles\n";
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "help") == 0) {
     std::fputs(usage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
@@ -20,6 +22,10 @@ int main(int argc, char** argv) {
     return semshare::tools::GenerateCommand(argc - 2, argv + 2);
   if (std::strcmp(cmd, "forward") == 0) return semshare::tools::ForwardCommand(argc - 2, argv + 2);
   if (std::strcmp(cmd, "bench") == 0) return semshare::tools::BenchCommand(argc - 2, argv + 2);
+  if (std::strcmp(cmd, "client") == 0) return semshare::tools::ClientCommand(argc - 2, argv + 2);
+  if (std::strcmp(cmd, "loadgen") == 0) {
+    return semshare::tools::LoadgenCommand(argc - 2, argv + 2);
+  }
   std::fprintf(stderr, "semshare: unknown command '%s'\n\n%s", cmd, usage);
   return 2;
 }
