@@ -22,7 +22,6 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_replace.h"
 #include "nlohmann/json.hpp"
 #include "semshare/v1/semshare.grpc.pb.h"
 #include "tools/commands.h"
@@ -36,7 +35,7 @@ using Clock = std::chrono::steady_clock;
 std::vector<FlagSpec> Specs() {
   std::vector<FlagSpec> specs = ConnectionFlags();
   const std::vector<FlagSpec> more = {
-      {"prompts", "file with one prompt per line ('\\n' in a line is a newline)"},
+      {"prompts", "one prompt per line ('\\n' is a newline, '\\\\' a backslash)"},
       {"concurrency", "client threads (streams in flight at most)", false, false, "8"},
       {"duration-s", "seconds to send requests", false, false, "30"},
       {"rate", "requests per second over all threads (0 = closed loop)", false, false, "0"},
@@ -77,6 +76,20 @@ int64_t ReadRss(int64_t pid) {
     }
   }
   return -1;
+}
+
+// "\n" -> newline, "\\" -> backslash; any other backslash stays as it is.
+std::string Unescape(const std::string& line) {
+  std::string out;
+  for (size_t i = 0; i < line.size(); ++i) {
+    if (line[i] == '\\' && i + 1 < line.size() && (line[i + 1] == 'n' || line[i + 1] == '\\')) {
+      out += line[i + 1] == 'n' ? '\n' : '\\';
+      ++i;
+    } else {
+      out += line[i];
+    }
+  }
+  return out;
 }
 
 double Percentile(std::vector<double> v, double p) {
@@ -163,7 +176,7 @@ int LoadgenCommand(int argc, char** argv) {
     }
     std::string line;
     while (std::getline(in, line)) {
-      if (!line.empty()) prompts.push_back(absl::StrReplaceAll(line, {{"\\n", "\n"}}));
+      if (!line.empty()) prompts.push_back(Unescape(line));
     }
   }
   if (prompts.empty()) {
