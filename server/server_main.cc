@@ -11,6 +11,7 @@
 // down, the store writes what is queued for publication, and the process exits 0.
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -26,7 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cache_store/prompt_features.h"
-#include "engine/cpu/cpu_backend.h"
+#include "engine/backend_factory.h"
 #include "engine/cpu/thread_pool.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
@@ -157,10 +158,6 @@ int Main(int argc, char** argv) {
   SharedModel shared;
   shared.model = std::shared_ptr<const engine::Model>(std::move(*loaded));
   const engine::Model& model = *shared.model;
-  if (config.backend != "cpu") {
-    return Fail(absl::UnimplementedError(absl::StrCat(
-        "backend '", config.backend, "' is not available in this build; use --backend cpu")));
-  }
   if (config.threads > 0) engine::ThreadPool::SetDefaultThreads(config.threads);
 
   ServingCore core;
@@ -219,10 +216,15 @@ int Main(int argc, char** argv) {
   std::unique_ptr<store::ReferenceStore> ref_store = *std::move(opened);
   core.store = ref_store.get();
 
+  // One backend per worker (each owns its scratch; a CUDA backend its streams and staging).
   std::vector<std::unique_ptr<InferenceWorker>> workers;
+  std::vector<engine::Backend*> backends;
   for (int32_t i = 0; i < config.workers; ++i) {
-    workers.push_back(std::make_unique<InferenceWorker>(
-        shared, std::make_unique<engine::CpuBackend>(), core.serving, core.store, &metrics));
+    absl::StatusOr<std::unique_ptr<engine::Backend>> backend = engine::MakeBackend(config.backend);
+    if (!backend.ok()) return Fail(backend.status());
+    backends.push_back(backend->get());
+    workers.push_back(std::make_unique<InferenceWorker>(shared, *std::move(backend), core.serving,
+                                                        core.store, &metrics));
   }
   Scheduler scheduler(std::move(workers), config.max_queue, [&metrics](int64_t r, int64_t w) {
     metrics.SetRunning(r);
@@ -238,6 +240,15 @@ int Main(int argc, char** argv) {
     std::unique_lock<std::mutex> lock(stats_mu);
     do {
       metrics.UpdateStore(ref_store->Stats());
+      int64_t used = 0, total = 0;
+      bool device = false;
+      for (engine::Backend* b : backends) {  // workers share one device: sum used, one total
+        const engine::BackendMemory m = engine::QueryBackendMemory(*b);
+        device = device || m.device;
+        used += m.used;
+        total = std::max(total, m.total);
+      }
+      if (device) metrics.SetGpuMemory(used, total);
     } while (!stats_cv.wait_for(lock, std::chrono::seconds(1), [&] { return stats_stop; }));
   });
 

@@ -67,6 +67,8 @@ double DecodeFlops(const engine::ModelConfig& c, int64_t ctx) {
 
 }  // namespace
 
+int BenchCudaCommand(int argc, char** argv);  // tools/bench_cuda.cc
+
 int BenchCommand(int argc, char** argv) {
   for (int i = 0; i < argc; ++i) {  // --suite reuse has its own flags (tools/bench_reuse.cc)
     const std::string a = argv[i];
@@ -76,6 +78,10 @@ int BenchCommand(int argc, char** argv) {
     if (a == "--suite=store" ||
         (a == "--suite" && i + 1 < argc && std::string(argv[i + 1]) == "store"))
       return BenchStoreCommand(argc, argv);
+    if (a == "--suite=cuda" || a == "--backend=cuda" ||
+        ((a == "--suite" || a == "--backend") && i + 1 < argc &&
+         std::string(argv[i + 1]) == "cuda"))
+      return BenchCudaCommand(argc, argv);
   }
   static const std::vector<FlagSpec> specs = {
       {"model", "a .gguf file or a Hugging Face model directory ($SEMSHARE_MODEL)"},

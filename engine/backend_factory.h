@@ -1,0 +1,45 @@
+// One place that turns a backend name into a Backend: "cpu" (always) or "cuda" (when built
+// with CUDA; otherwise Unimplemented saying so). Library target: semshare_backend_factory
+// (engine/cuda/CMakeLists.txt); it links the CUDA backend only in CUDA builds, so callers
+// (the server's --backend, tools) need no #ifdef.
+#ifndef SEMSHARE_ENGINE_BACKEND_FACTORY_H_
+#define SEMSHARE_ENGINE_BACKEND_FACTORY_H_
+
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
+
+namespace semshare::engine {
+
+struct BackendOptions {
+  int device = 0;  // CUDA device ordinal
+};
+
+// InvalidArgument for an unknown name; Unimplemented for "cuda" in a build without CUDA;
+// FailedPrecondition when the build has CUDA but no device is visible.
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(std::string_view name,
+                                                     const BackendOptions& options = {});
+
+// Whether this build includes the CUDA backend.
+bool CudaBackendBuilt();
+
+// A backend's deferred error (CudaBackend records errors of its void ops); OK for the CPU
+// backend. Check it after a forward pass run on a backend from MakeBackend.
+absl::Status BackendStatus(const Backend& backend);
+
+// Device memory a backend holds (the server's semshare_gpu_memory_* gauges). `device` is false
+// for host backends, whose memory the process' resident size already shows.
+struct BackendMemory {
+  bool device = false;
+  int64_t used = 0;   // bytes of live device buffers (the pool's exact accounting)
+  int64_t peak = 0;   // most bytes live at once
+  int64_t total = 0;  // the device's memory
+};
+BackendMemory QueryBackendMemory(Backend& backend);
+
+}  // namespace semshare::engine
+
+#endif  // SEMSHARE_ENGINE_BACKEND_FACTORY_H_

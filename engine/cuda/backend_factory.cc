@@ -1,0 +1,68 @@
+// MakeBackend (engine/backend_factory.h). Compiled in every build; the CUDA branch only when
+// SEMSHARE_WITH_CUDA is defined (engine/cuda/CMakeLists.txt).
+#include "engine/backend_factory.h"
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "engine/cpu/cpu_backend.h"
+#ifdef SEMSHARE_WITH_CUDA
+#include "engine/cuda/cuda_backend.h"
+#endif
+
+namespace semshare::engine {
+
+bool CudaBackendBuilt() {
+#ifdef SEMSHARE_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(std::string_view name,
+                                                     const BackendOptions& options) {
+  if (name == "cpu") return std::unique_ptr<Backend>(std::make_unique<CpuBackend>());
+  if (name == "cuda") {
+#ifdef SEMSHARE_WITH_CUDA
+    auto b = cuda::CudaBackend::Create(options.device);
+    if (!b.ok()) return b.status();
+    return std::unique_ptr<Backend>(std::move(*b));
+#else
+    (void)options;
+    return absl::UnimplementedError(
+        "backend 'cuda': this build has no CUDA (configure with "
+        "-DSEMSHARE_CUDA=ON on a machine with nvcc)");
+#endif
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown backend '", std::string(name),
+                                                 "' (available: cpu",
+                                                 CudaBackendBuilt() ? ", cuda)" : ")"));
+}
+
+absl::Status BackendStatus(const Backend& backend) {
+#ifdef SEMSHARE_WITH_CUDA
+  if (const auto* c = dynamic_cast<const cuda::CudaBackend*>(&backend)) return c->status();
+#else
+  (void)backend;
+#endif
+  return absl::OkStatus();
+}
+
+BackendMemory QueryBackendMemory(Backend& backend) {
+  BackendMemory m;
+#ifdef SEMSHARE_WITH_CUDA
+  if (auto* c = dynamic_cast<cuda::CudaBackend*>(&backend)) {
+    const cuda::PoolStats s = c->context().pool().Stats();
+    m.device = true;
+    m.used = s.used;
+    m.peak = s.peak;
+    m.total = s.total;
+  }
+#else
+  (void)backend;
+#endif
+  return m;
+}
+
+}  // namespace semshare::engine

@@ -1,0 +1,477 @@
+#include "engine/cuda/cuda_forward.h"
+
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <utility>
+
+#include "engine/cuda/cuda_status.h"
+#include "engine/reuse/retention.h"
+#include "kernels/attention.cuh"
+#include "kernels/deviation.cuh"
+#include "kernels/embed.cuh"
+#include "kernels/kv_gather.cuh"
+#include "kernels/retention.cuh"
+#include "kernels/rmsnorm.cuh"
+#include "kernels/rope.cuh"
+#include "kernels/sampling.cuh"
+#include "kernels/swiglu.cuh"
+
+namespace semshare::engine::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+namespace k = ::semshare::kernels;
+
+kernels::RopeArgs Args(const DeviceModel& m, int64_t heads, bool rotate) {
+  kernels::RopeArgs a;
+  a.kind = m.config.rope_style == RopeStyle::kAdjacent ? k::RopeKind::kAdjacent
+                                                       : k::RopeKind::kHalfSplit;
+  a.heads = heads;
+  a.head_dim = m.config.head_dim;
+  // rope_dim 0 turns the kernel into a strided convert-and-copy (V rows).
+  a.rope_dim = rotate ? m.config.rope_dim : 0;
+  a.inv_freq = m.inv_freq.as<float>();
+  return a;
+}
+
+template <typename T>
+T* At(const DeviceBuffer& b, int64_t offset) {
+  return b.as<T>() + offset;
+}
+
+}  // namespace
+
+CudaForward::CudaForward(CudaContext& ctx, const DeviceModel& model, int64_t max_chunk)
+    : ctx_(ctx), model_(model), max_chunk_(max_chunk) {
+  const ModelConfig& c = model.config;
+  d_ = c.d_model;
+  qd_ = c.n_heads * c.head_dim;
+  kvd_ = c.n_kv_heads * c.head_dim;
+  qkvd_ = qd_ + 2 * kvd_;
+  ff_ = c.d_ff;
+}
+
+DeviceKvCache CudaForward::NewCache() const {
+  return DeviceKvCache(ctx_, model_.config.n_layers, kvd_);
+}
+
+absl::Status CudaForward::Reserve(int64_t s) {
+  if (s <= reserved_) return absl::OkStatus();
+  DevicePool& p = ctx_.pool();
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(x_, s * d_ * 4));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(h_, s * d_ * 2));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(qkv_, s * qkvd_ * 4));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(q_, s * qd_ * 2));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(kcur_, s * kvd_ * 2));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(vcur_, s * kvd_ * 2));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(att_, s * qd_ * 2));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(gu_, s * 2 * ff_ * 2));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(act_, s * ff_ * 2));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(ids_, s * 4));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(pos_, s * 4));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(logits_, model_.config.vocab_size * 4));
+  reserved_ = s;
+  return absl::OkStatus();
+}
+
+absl::Status CudaForward::Qkv(int64_t l, const float* x, const int32_t* pos_d, int64_t s) {
+  const DeviceLayer& lw = model_.layers[l];
+  cudaStream_t st = ctx_.stream();
+  SEMSHARE_CUDA_RETURN((k::RmsNorm<float, bf16>(x, d_, lw.attn_norm.as<float>(), s, d_,
+                                                model_.config.rms_eps, h_.as<bf16>(), st)));
+  SEMSHARE_STATUS_RETURN(
+      ctx_.Gemm(h_.data(), d_, s, lw.wqkv.data(), qkvd_, d_, qkv_.data(), qkvd_, false, 1, 0));
+  if (!lw.bqkv.empty()) {
+    SEMSHARE_CUDA_RETURN(k::AddBias(qkv_.as<float>(), lw.bqkv.as<float>(), s, qkvd_, st));
+  }
+  SEMSHARE_CUDA_RETURN((k::Rope<float, bf16>(qkv_.as<float>(), qkvd_, pos_d, s,
+                                             Args(model_, model_.config.n_heads, true),
+                                             q_.as<bf16>(), qd_, nullptr, st)));
+  return absl::OkStatus();
+}
+
+absl::Status CudaForward::StoreKv(const int32_t* pos_d, int64_t s, DeviceLayerKv* kv,
+                                  int64_t row0) {
+  cudaStream_t st = ctx_.stream();
+  bf16* kd = kv != nullptr ? At<bf16>(kv->k, row0 * kvd_) : kcur_.as<bf16>();
+  bf16* vd = kv != nullptr ? At<bf16>(kv->v, row0 * kvd_) : vcur_.as<bf16>();
+  const int64_t kvh = model_.config.n_kv_heads;
+  SEMSHARE_CUDA_RETURN((k::Rope<float, bf16>(At<float>(qkv_, qd_), qkvd_, pos_d, s,
+                                             Args(model_, kvh, true), kd, kvd_, nullptr, st)));
+  SEMSHARE_CUDA_RETURN((k::Rope<float, bf16>(At<float>(qkv_, qd_ + kvd_), qkvd_, pos_d, s,
+                                             Args(model_, kvh, false), vd, kvd_, nullptr, st)));
+  if (kv != nullptr) {
+    SEMSHARE_CUDA_RETURN(
+        cudaMemcpyAsync(At<int32_t>(kv->pos, row0), pos_d, s * 4, cudaMemcpyDeviceToDevice, st));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaForward::Attend(int64_t l, float* x, const int32_t* pos_d, int64_t s,
+                                 const DeviceLayerKv& kv) {
+  const ModelConfig& c = model_.config;
+  k::AttnShape sh;
+  sh.n = s;
+  sh.m = kv.rows;
+  sh.n_heads = c.n_heads;
+  sh.n_kv_heads = c.n_kv_heads;
+  sh.head_dim = c.head_dim;
+  sh.q_stride = qd_;
+  sh.kv_stride = kvd_;
+  sh.out_stride = qd_;
+  sh.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  sh.window = c.sliding_window;
+  const int64_t ws = k::GenericAttentionWorkspace(sh);
+  SEMSHARE_STATUS_RETURN(ctx_.pool().EnsureSize(ws_, ws));
+  SEMSHARE_CUDA_RETURN(k::Attention<bf16>(q_.data(), pos_d, kv.k.data(), kv.v.data(),
+                                          kv.pos.as<int32_t>(), sh, att_.as<bf16>(), ws_.data(),
+                                          ws_.bytes(), ctx_.stream()));
+  return ctx_.Gemm(att_.data(), qd_, s, model_.layers[l].wo.data(), d_, qd_, x, d_, false, 1, 1);
+}
+
+absl::Status CudaForward::Mlp(int64_t l, float* x, int64_t s) {
+  const DeviceLayer& lw = model_.layers[l];
+  cudaStream_t st = ctx_.stream();
+  SEMSHARE_CUDA_RETURN((k::RmsNorm<float, bf16>(x, d_, lw.ffn_norm.as<float>(), s, d_,
+                                                model_.config.rms_eps, h_.as<bf16>(), st)));
+  SEMSHARE_STATUS_RETURN(
+      ctx_.Gemm(h_.data(), d_, s, lw.w_gu.data(), 2 * ff_, d_, gu_.data(), 2 * ff_, true, 1, 0));
+  SEMSHARE_CUDA_RETURN((k::SwiGluPacked<bf16, bf16>(gu_.as<bf16>(), s, ff_, act_.as<bf16>(), st)));
+  return ctx_.Gemm(act_.data(), ff_, s, lw.w_down.data(), d_, ff_, x, d_, false, 1, 1);
+}
+
+absl::Status CudaForward::Logits(const float* x_row, float* logits_host) {
+  const ModelConfig& c = model_.config;
+  SEMSHARE_CUDA_RETURN((k::RmsNorm<float, bf16>(x_row, d_, model_.out_norm.as<float>(), 1, d_,
+                                                c.rms_eps, h_.as<bf16>(), ctx_.stream())));
+  SEMSHARE_STATUS_RETURN(ctx_.Gemm(h_.data(), d_, 1, model_.output(), c.vocab_size, d_,
+                                   logits_.data(), c.vocab_size, false, 1, 0));
+  if (logits_host == nullptr) return absl::OkStatus();
+  SEMSHARE_STATUS_RETURN(ctx_.Download(logits_host, logits_.data(), c.vocab_size * 4));
+  return ctx_.Sync();
+}
+
+absl::Status CudaForward::Forward(std::span<const int32_t> ids, std::span<const int32_t> pos,
+                                  DeviceKvCache& cache, float* logits) {
+  const ModelConfig& c = model_.config;
+  if (ids.size() != pos.size() || ids.empty()) {
+    return absl::InvalidArgumentError("forward: ids and positions must be non-empty and equal");
+  }
+  if (cache.n_layers() != c.n_layers || cache.kv_dim() != kvd_) {
+    return absl::InvalidArgumentError("forward: KV cache shape does not match the model");
+  }
+  int32_t prev = cache.next_position() - 1;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= c.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("forward: token id ", ids[i], " outside vocabulary of ", c.vocab_size));
+    }
+    if (pos[i] <= prev) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("forward: position ", pos[i], " is not after the previous position ", prev));
+    }
+    prev = pos[i];
+  }
+  const int64_t n = static_cast<int64_t>(ids.size());
+  SEMSHARE_STATUS_RETURN(Reserve(std::min(n, max_chunk_)));
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    SEMSHARE_STATUS_RETURN(cache.Reserve(l, cache.layer(l).rows + n));
+  }
+  int64_t last = 0;
+  for (int64_t i0 = 0; i0 < n; i0 += max_chunk_) {
+    const int64_t s = std::min(max_chunk_, n - i0);
+    last = s;
+    SEMSHARE_STATUS_RETURN(ctx_.Upload(ids_.data(), ids.data() + i0, s * 4));
+    SEMSHARE_STATUS_RETURN(ctx_.Upload(pos_.data(), pos.data() + i0, s * 4));
+    SEMSHARE_CUDA_RETURN(k::EmbedGather<float>(model_.tok_embd.data(), c.vocab_size, d_,
+                                               ids_.as<int32_t>(), s, x_.as<float>(),
+                                               ctx_.stream()));
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      DeviceLayerKv& kv = cache.layer(l);
+      SEMSHARE_STATUS_RETURN(Qkv(l, x_.as<float>(), pos_.as<int32_t>(), s));
+      SEMSHARE_STATUS_RETURN(StoreKv(pos_.as<int32_t>(), s, &kv, kv.rows));
+      kv.rows += s;
+      kv.host_pos.insert(kv.host_pos.end(), pos.begin() + i0, pos.begin() + i0 + s);
+      SEMSHARE_STATUS_RETURN(Attend(l, x_.as<float>(), pos_.as<int32_t>(), s, kv));
+      SEMSHARE_STATUS_RETURN(Mlp(l, x_.as<float>(), s));
+    }
+    // The uploads above read host memory the caller may change after return: order them.
+    SEMSHARE_STATUS_RETURN(ctx_.Sync());
+  }
+  last_rows_ = last;
+  if (logits != nullptr) return Logits(At<float>(x_, (last - 1) * d_), logits);
+  return ctx_.Check("forward");
+}
+
+absl::StatusOr<int32_t> CudaForward::ForwardSample(std::span<const int32_t> ids,
+                                                   std::span<const int32_t> pos,
+                                                   DeviceKvCache& cache, float temperature,
+                                                   int top_k, float top_p, float u) {
+  SEMSHARE_STATUS_RETURN(Forward(ids, pos, cache, nullptr));
+  SEMSHARE_STATUS_RETURN(Logits(At<float>(x_, (last_rows_ - 1) * d_), nullptr));
+  const int64_t vocab = model_.config.vocab_size;
+  // The token goes to the first int32 of ids_ (free after Forward).
+  int32_t* tok_d = ids_.as<int32_t>();
+  if (temperature <= 0.0f) {
+    SEMSHARE_CUDA_RETURN(k::Argmax(logits_.as<float>(), vocab, tok_d, ctx_.stream()));
+  } else {
+    SEMSHARE_CUDA_RETURN(k::SampleTopKTopP(logits_.as<float>(), vocab, temperature, top_k, top_p, u,
+                                           tok_d, ctx_.stream()));
+  }
+  int32_t tok = 0;
+  SEMSHARE_STATUS_RETURN(ctx_.Download(&tok, tok_d, 4));
+  SEMSHARE_STATUS_RETURN(ctx_.Sync());
+  return tok;
+}
+
+absl::Status CudaForward::Retain(const void* q_window, const int32_t* qpos_d, int64_t w,
+                                 int64_t budget, const std::vector<uint8_t>& protect,
+                                 DeviceLayerKv& kv) {
+  const int64_t m = kv.rows;
+  if (m <= budget) return absl::OkStatus();
+  const ModelConfig& c = model_.config;
+  cudaStream_t st = ctx_.stream();
+  k::AttnShape sh;
+  sh.n = w;
+  sh.m = m;
+  sh.n_heads = c.n_heads;
+  sh.n_kv_heads = c.n_kv_heads;
+  sh.head_dim = c.head_dim;
+  sh.q_stride = qd_;
+  sh.kv_stride = kvd_;
+  sh.out_stride = qd_;
+  sh.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  sh.window = c.sliding_window;
+  DevicePool& p = ctx_.pool();
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(mass_, m * 4));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(mass_ws_, k::AttentionMassWorkspace(sh) * 4));
+  SEMSHARE_CUDA_RETURN(k::AttentionMass<bf16>(static_cast<const bf16*>(q_window), qpos_d,
+                                              kv.k.as<bf16>(), kv.pos.as<int32_t>(), sh,
+                                              mass_.as<float>(), mass_ws_.as<float>(), st));
+  std::vector<uint8_t> prot(m);
+  int64_t cand = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    const int32_t pp = kv.host_pos[j];
+    prot[j] = pp >= 0 && pp < static_cast<int32_t>(protect.size()) && protect[pp] ? 1 : 0;
+    cand += prot[j] == 0;
+  }
+  const int64_t evict = std::min(m - budget, cand);
+  if (evict <= 0) return absl::OkStatus();
+  const int64_t keep_k = cand - evict, count = (m - cand) + keep_k;
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(flags_, m));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(sel_idx_, m * 4));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(sel_count_, 8));
+  SEMSHARE_STATUS_RETURN(ctx_.Upload(flags_.data(), prot.data(), m));
+  // Keep the highest-mass candidates; among equal masses the later rows (the CPU evicts the
+  // lowest mass, earlier rows first).
+  SEMSHARE_CUDA_RETURN(k::SelectTopK(mass_.as<float>(), flags_.as<uint8_t>(), m, keep_k, false,
+                                     sel_idx_.as<int32_t>(), nullptr, sel_count_.as<int64_t>(),
+                                     st));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(kv_spare_k_, count * kvd_ * 2));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(kv_spare_v_, count * kvd_ * 2));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(kv_spare_pos_, count * 4));
+  SEMSHARE_CUDA_RETURN(k::CompactRows<bf16>(
+      kv.k.as<bf16>(), kv.v.as<bf16>(), kv.pos.as<int32_t>(), kvd_, sel_idx_.as<int32_t>(), count,
+      kv_spare_k_.as<bf16>(), kv_spare_v_.as<bf16>(), kv_spare_pos_.as<int32_t>(), st));
+  std::vector<int32_t> idx(count);
+  SEMSHARE_STATUS_RETURN(ctx_.Download(idx.data(), sel_idx_.data(), count * 4));
+  SEMSHARE_STATUS_RETURN(ctx_.Sync());
+  std::swap(kv.k, kv_spare_k_);
+  std::swap(kv.v, kv_spare_v_);
+  std::swap(kv.pos, kv_spare_pos_);
+  kv.capacity =
+      std::min({kv.k.bytes() / (kvd_ * 2), kv.v.bytes() / (kvd_ * 2), kv.pos.bytes() / 4});
+  std::vector<int32_t> pos(count);
+  for (int64_t r = 0; r < count; ++r) pos[r] = kv.host_pos[idx[r]];
+  kv.host_pos.swap(pos);
+  kv.rows = count;
+  return absl::OkStatus();
+}
+
+absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceKvCache* reference,
+                                           const TokenMatch* match, const ReuseConfig& config,
+                                           DeviceKvCache& cache, float* logits, PrefillStats* st) {
+  const ModelConfig& c = model_.config;
+  const int64_t n = static_cast<int64_t>(ids.size());
+  if (n == 0) return absl::InvalidArgumentError("prefill: the prompt has no tokens");
+  if (cache.rows() != 0 || cache.n_layers() != c.n_layers || cache.kv_dim() != kvd_) {
+    return absl::InvalidArgumentError("prefill: the cache must be empty and shaped for the model");
+  }
+  for (int32_t id : ids) {
+    if (id < 0 || id >= c.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("prefill: token id ", id, " outside vocabulary of ", c.vocab_size));
+    }
+  }
+  SEMSHARE_STATUS_RETURN(config.Validate());
+  const bool hit = reference != nullptr && match != nullptr &&
+                   static_cast<int64_t>(match->ref_index.size()) == n;
+  if (hit) {
+    if (reference->n_layers() != c.n_layers || reference->kv_dim() != kvd_) {
+      return absl::InvalidArgumentError("prefill: reference KV shape does not match the model");
+    }
+    for (int32_t r : match->ref_index) {
+      if (r >= reference->rows()) {
+        return absl::InvalidArgumentError("prefill: plan names a row past the reference");
+      }
+    }
+  }
+  const int64_t window = std::min<int64_t>(config.window, n);
+  const int64_t sink = std::min<int64_t>(config.sink, n);
+  const int64_t row_bytes = 2 * kvd_ * 2;
+  cudaStream_t sm = ctx_.stream();
+  DevicePool& p = ctx_.pool();
+
+  std::vector<uint8_t> forced(n, 0);
+  for (int64_t i = 0; i < sink; ++i) forced[i] = 1;
+  for (int64_t i = n - window; i < n; ++i) forced[i] = 1;
+  std::vector<int32_t> delta, src;
+  if (hit) {
+    delta.resize(n);
+    src.resize(n);
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t r = match->ref_index[i];
+      if (r < 0) forced[i] = 1;
+      src[i] = std::max(r, 0);
+      delta[i] = static_cast<int32_t>(i) - (r < 0 ? static_cast<int32_t>(i) : r);
+    }
+  }
+  std::vector<int32_t> set(n);
+  std::iota(set.begin(), set.end(), 0);
+
+  SEMSHARE_STATUS_RETURN(Reserve(n));
+  SEMSHARE_STATUS_RETURN(cache.ReserveAll(n));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(xs_, n * d_ * 4));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(set_, n * 4));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(iota_, n * 4));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(dev_, n * 4));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(tmp_rows_, n * kvd_ * 2));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(flags_, n));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(sel_idx_, n * 4));
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(sel_count_, 8));
+  SEMSHARE_STATUS_RETURN(ctx_.Upload(ids_.data(), ids.data(), n * 4));
+  SEMSHARE_STATUS_RETURN(ctx_.Upload(iota_.data(), set.data(), n * 4));
+  SEMSHARE_STATUS_RETURN(ctx_.Upload(set_.data(), set.data(), n * 4));
+  if (hit) {
+    SEMSHARE_STATUS_RETURN(p.EnsureSize(src_, n * 4));
+    SEMSHARE_STATUS_RETURN(p.EnsureSize(delta_, n * 4));
+    SEMSHARE_STATUS_RETURN(ctx_.Upload(src_.data(), src.data(), n * 4));
+    SEMSHARE_STATUS_RETURN(ctx_.Upload(delta_.data(), delta.data(), n * 4));
+  }
+  SEMSHARE_CUDA_RETURN(k::EmbedGather<float>(model_.tok_embd.data(), c.vocab_size, d_,
+                                             ids_.as<int32_t>(), n, x_.as<float>(), sm));
+  SEMSHARE_STATUS_RETURN(ctx_.Sync());  // host vectors above may go out of scope below
+
+  int64_t held_rows = 0;
+  st->layer_computed.assign(c.n_layers, 0);
+  st->layer_rows.assign(c.n_layers, 0);
+  std::vector<int32_t> sel, next;
+  std::vector<uint8_t> in_set_forced;
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const int64_t s = static_cast<int64_t>(set.size());
+    DeviceLayerKv& kv = cache.layer(l);
+    st->layer_computed[l] = s;
+    const int32_t* set_d = set_.as<int32_t>();
+    SEMSHARE_STATUS_RETURN(Qkv(l, x_.as<float>(), set_d, s));
+    if (hit) {
+      // Rearranged reference rows: K~[i] = Rot(i - pi(i)) K_R[pi(i)], V~[i] = V_R[pi(i)].
+      SEMSHARE_STATUS_RETURN(reference->WaitLayer(l));
+      const DeviceLayerKv& ref = reference->layer(l);
+      SEMSHARE_CUDA_RETURN(
+          k::GatherRerotate<bf16>(ref.k.as<bf16>(), src_.as<int32_t>(), delta_.as<int32_t>(), n,
+                                  Args(model_, c.n_kv_heads, true), kv.k.as<bf16>(), sm));
+      SEMSHARE_CUDA_RETURN(
+          k::GatherRows<bf16>(ref.v.as<bf16>(), kvd_, src_.as<int32_t>(), n, kv.v.as<bf16>(), sm));
+      SEMSHARE_CUDA_RETURN(
+          cudaMemcpyAsync(kv.pos.data(), iota_.data(), n * 4, cudaMemcpyDeviceToDevice, sm));
+      kv.rows = n;
+      kv.host_pos.resize(n);
+      std::iota(kv.host_pos.begin(), kv.host_pos.end(), 0);
+      // Fresh K/V of the set, their deviation from the rearranged rows, then overwrite.
+      SEMSHARE_STATUS_RETURN(StoreKv(set_d, s, nullptr, 0));
+      SEMSHARE_CUDA_RETURN(
+          k::GatherRows<bf16>(kv.k.as<bf16>(), kvd_, set_d, s, tmp_rows_.as<bf16>(), sm));
+      SEMSHARE_CUDA_RETURN(
+          (k::RowDistance<bf16, bf16>(kcur_.as<bf16>(), kvd_, tmp_rows_.as<bf16>(), kvd_, s, kvd_,
+                                      false, dev_.as<float>(), sm)));
+      SEMSHARE_CUDA_RETURN(
+          k::GatherRows<bf16>(kv.v.as<bf16>(), kvd_, set_d, s, tmp_rows_.as<bf16>(), sm));
+      SEMSHARE_CUDA_RETURN((k::RowDistance<bf16, bf16>(vcur_.as<bf16>(), kvd_, tmp_rows_.as<bf16>(),
+                                                       kvd_, s, kvd_, true, dev_.as<float>(), sm)));
+      if (l == 0) {
+        st->layer0_deviation.resize(s);
+        SEMSHARE_STATUS_RETURN(ctx_.Download(st->layer0_deviation.data(), dev_.data(), s * 4));
+      }
+      SEMSHARE_CUDA_RETURN(
+          k::ScatterRows<bf16>(kcur_.as<bf16>(), kvd_, set_d, s, kv.k.as<bf16>(), sm));
+      SEMSHARE_CUDA_RETURN(
+          k::ScatterRows<bf16>(vcur_.as<bf16>(), kvd_, set_d, s, kv.v.as<bf16>(), sm));
+    } else {
+      SEMSHARE_STATUS_RETURN(StoreKv(set_d, s, &kv, 0));  // set == all tokens
+      kv.rows = s;
+      kv.host_pos = set;
+    }
+    st->kv_bytes_peak = std::max(st->kv_bytes_peak, (held_rows + n) * row_bytes);
+    SEMSHARE_STATUS_RETURN(Attend(l, x_.as<float>(), set_d, s, kv));
+    if (config.retention != RetentionSchedule::kNone && window > 0) {
+      const int64_t budget = RetentionBudget(config, n, l, c.n_layers);
+      std::vector<uint8_t> protect = forced;
+      if (hit) {
+        for (int32_t i : set) protect[i] = 1;
+      }
+      SEMSHARE_STATUS_RETURN(Retain(At<bf16>(q_, (s - window) * qd_), set_d + (s - window), window,
+                                    budget, protect, kv));
+    }
+    held_rows += kv.rows;
+    st->layer_rows[l] = kv.rows;
+    SEMSHARE_STATUS_RETURN(Mlp(l, x_.as<float>(), s));
+
+    if (hit && l + 1 < c.n_layers) {
+      const double ratio = l == 0 ? config.recompute_ratio : config.alpha;
+      const int64_t base = l == 0 ? n : s;
+      const int64_t keep = static_cast<int64_t>(std::ceil(ratio * static_cast<double>(base)));
+      in_set_forced.resize(s);
+      int64_t nf = 0;
+      for (int64_t i = 0; i < s; ++i) nf += in_set_forced[i] = forced[set[i]];
+      const int64_t room = std::max<int64_t>(0, keep - nf);
+      const int64_t count = nf + std::min(room, s - nf);
+      if (count == s) continue;
+      SEMSHARE_STATUS_RETURN(ctx_.Upload(flags_.data(), in_set_forced.data(), s));
+      SEMSHARE_CUDA_RETURN(k::SelectTopK(dev_.as<float>(), flags_.as<uint8_t>(), s, room, true,
+                                         sel_idx_.as<int32_t>(), nullptr, sel_count_.as<int64_t>(),
+                                         sm));
+      sel.resize(count);
+      SEMSHARE_STATUS_RETURN(ctx_.Download(sel.data(), sel_idx_.data(), count * 4));
+      // Compact the residual stream to the next set's rows.
+      SEMSHARE_CUDA_RETURN(k::GatherRows<float>(x_.as<float>(), d_, sel_idx_.as<int32_t>(), count,
+                                                xs_.as<float>(), sm));
+      SEMSHARE_STATUS_RETURN(ctx_.Sync());
+      std::swap(x_, xs_);
+      next.resize(count);
+      for (int64_t i = 0; i < count; ++i) next[i] = set[sel[i]];
+      set.swap(next);
+      SEMSHARE_STATUS_RETURN(ctx_.Upload(set_.data(), set.data(), count * 4));
+      SEMSHARE_STATUS_RETURN(ctx_.Sync());  // `next` is reused next layer
+    }
+  }
+  if (hit) {
+    st->hit = true;
+    st->recomputed_tokens = st->layer_computed.size() > 1 ? st->layer_computed[1] : n;
+    st->reused_tokens = n - st->recomputed_tokens;
+    st->ref_index = match->ref_index;
+  } else {
+    st->recomputed_tokens = n;
+  }
+  st->prompt_tokens = n;
+  st->kv_bytes = cache.ByteSize();
+  st->kv_bytes_peak = std::max(st->kv_bytes_peak, st->kv_bytes);
+  if (logits != nullptr) {
+    return Logits(At<float>(x_, (static_cast<int64_t>(set.size()) - 1) * d_), logits);
+  }
+  return ctx_.Sync();
+}
+
+}  // namespace semshare::engine::cuda

@@ -1,0 +1,228 @@
+#include "engine/cuda/device_kv.h"
+
+#include <cuda_bf16.h>
+
+#include <algorithm>
+
+#include "engine/cuda/cuda_status.h"
+#include "kernels/swiglu.cuh"
+
+namespace semshare::engine::cuda {
+
+using bf16 = __nv_bfloat16;
+
+PinnedKv::~PinnedKv() { Release(); }
+
+void PinnedKv::Release() {
+  for (Layer& l : layers_) {
+    if (l.k != nullptr) cudaFreeHost(l.k);
+    if (l.v != nullptr) cudaFreeHost(l.v);
+    if (l.pos_pinned != nullptr) cudaFreeHost(l.pos_pinned);
+  }
+  layers_.clear();
+}
+
+absl::Status PinnedKv::PinPositions(Layer& l) {
+  void* p = nullptr;
+  SEMSHARE_CUDA_RETURN(cudaMallocHost(&p, std::max<size_t>(l.pos.size(), 1) * 4));
+  l.pos_pinned = static_cast<int32_t*>(p);
+  std::copy(l.pos.begin(), l.pos.end(), l.pos_pinned);
+  return absl::OkStatus();
+}
+
+absl::Status PinnedKv::From(const KvCache& kv) {
+  Release();
+  rows_ = kv.rows();
+  kv_dim_ = kv.kv_dim();
+  layers_.resize(kv.n_layers());
+  const int64_t count = rows_ * kv_dim_;
+  for (int64_t l = 0; l < kv.n_layers(); ++l) {
+    const LayerKv& src = kv.layer(l);
+    if (src.rows() != rows_) return absl::InvalidArgumentError("PinnedKv: layers differ in rows");
+    Layer& d = layers_[l];
+    SEMSHARE_CUDA_RETURN(cudaMallocHost(&d.k, std::max<int64_t>(count, 1) * 2));
+    SEMSHARE_CUDA_RETURN(cudaMallocHost(&d.v, std::max<int64_t>(count, 1) * 2));
+    bf16* k = static_cast<bf16*>(d.k);
+    bf16* v = static_cast<bf16*>(d.v);
+    for (int64_t i = 0; i < count; ++i) {
+      k[i] = __float2bfloat16_rn(src.k[i]);
+      v[i] = __float2bfloat16_rn(src.v[i]);
+    }
+    d.pos = src.pos;
+    SEMSHARE_STATUS_RETURN(PinPositions(d));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PinnedKv::FromDevice(const DeviceKvCache& kv) {
+  Release();
+  rows_ = kv.rows();
+  kv_dim_ = kv.kv_dim();
+  layers_.resize(kv.n_layers());
+  const int64_t bytes = std::max<int64_t>(rows_ * kv_dim_ * 2, 2);
+  for (int64_t l = 0; l < kv.n_layers(); ++l) {
+    const DeviceLayerKv& src = kv.layer(l);
+    if (src.rows != rows_) return absl::InvalidArgumentError("PinnedKv: layers differ in rows");
+    Layer& d = layers_[l];
+    SEMSHARE_CUDA_RETURN(cudaMallocHost(&d.k, bytes));
+    SEMSHARE_CUDA_RETURN(cudaMallocHost(&d.v, bytes));
+    SEMSHARE_CUDA_RETURN(
+        cudaMemcpy(d.k, src.k.data(), rows_ * kv_dim_ * 2, cudaMemcpyDeviceToHost));
+    SEMSHARE_CUDA_RETURN(
+        cudaMemcpy(d.v, src.v.data(), rows_ * kv_dim_ * 2, cudaMemcpyDeviceToHost));
+    d.pos = src.host_pos;
+    SEMSHARE_STATUS_RETURN(PinPositions(d));
+  }
+  return absl::OkStatus();
+}
+
+DeviceKvCache::DeviceKvCache(CudaContext& ctx, int64_t n_layers, int64_t kv_dim)
+    : ctx_(ctx), kv_dim_(kv_dim), layers_(n_layers) {}
+
+DeviceKvCache::~DeviceKvCache() {
+  for (cudaEvent_t e : events_) cudaEventDestroy(e);
+}
+
+int32_t DeviceKvCache::next_position() const {
+  int32_t next = 0;
+  for (const DeviceLayerKv& l : layers_) {
+    if (!l.host_pos.empty()) next = std::max(next, l.host_pos.back() + 1);
+  }
+  return next;
+}
+
+int64_t DeviceKvCache::ByteSize() const {
+  int64_t b = 0;
+  for (const DeviceLayerKv& l : layers_) b += 2 * l.rows * kv_dim_ * 2;
+  return b;
+}
+
+absl::Status DeviceKvCache::Reserve(int64_t li, int64_t rows) {
+  DeviceLayerKv& l = layers_[li];
+  if (l.capacity >= rows) return absl::OkStatus();
+  const int64_t cap = std::max<int64_t>(rows, l.capacity + l.capacity / 2);
+  auto k = ctx_.pool().Allocate(cap * kv_dim_ * 2);
+  if (!k.ok()) return k.status();
+  auto v = ctx_.pool().Allocate(cap * kv_dim_ * 2);
+  if (!v.ok()) return v.status();
+  auto p = ctx_.pool().Allocate(cap * 4);
+  if (!p.ok()) return p.status();
+  if (l.rows > 0) {
+    cudaStream_t s = ctx_.stream();
+    SEMSHARE_CUDA_RETURN(
+        cudaMemcpyAsync(k->data(), l.k.data(), l.rows * kv_dim_ * 2, cudaMemcpyDeviceToDevice, s));
+    SEMSHARE_CUDA_RETURN(
+        cudaMemcpyAsync(v->data(), l.v.data(), l.rows * kv_dim_ * 2, cudaMemcpyDeviceToDevice, s));
+    SEMSHARE_CUDA_RETURN(
+        cudaMemcpyAsync(p->data(), l.pos.data(), l.rows * 4, cudaMemcpyDeviceToDevice, s));
+  }
+  // The old buffers return to the pool; later users are ordered after these copies on the
+  // same stream.
+  l.k = std::move(*k);
+  l.v = std::move(*v);
+  l.pos = std::move(*p);
+  l.capacity = cap;
+  return absl::OkStatus();
+}
+
+absl::Status DeviceKvCache::ReserveAll(int64_t rows) {
+  for (int64_t l = 0; l < n_layers(); ++l) SEMSHARE_STATUS_RETURN(Reserve(l, rows));
+  return absl::OkStatus();
+}
+
+void DeviceKvCache::Clear() {
+  for (DeviceLayerKv& l : layers_) {
+    l.rows = 0;
+    l.host_pos.clear();
+  }
+}
+
+absl::Status DeviceKvCache::FromHost(const KvCache& kv) {
+  if (kv.n_layers() != n_layers() || kv.kv_dim() != kv_dim_) {
+    return absl::InvalidArgumentError("DeviceKvCache::FromHost: shape mismatch");
+  }
+  std::vector<bf16> tmp;
+  for (int64_t li = 0; li < n_layers(); ++li) {
+    const LayerKv& src = kv.layer(li);
+    DeviceLayerKv& l = layers_[li];
+    l.rows = 0;
+    SEMSHARE_STATUS_RETURN(Reserve(li, src.rows()));
+    const int64_t count = src.rows() * kv_dim_;
+    tmp.resize(2 * count);
+    for (int64_t i = 0; i < count; ++i) {
+      tmp[i] = __float2bfloat16_rn(src.k[i]);
+      tmp[count + i] = __float2bfloat16_rn(src.v[i]);
+    }
+    SEMSHARE_STATUS_RETURN(ctx_.Upload(l.k.data(), tmp.data(), count * 2));
+    SEMSHARE_STATUS_RETURN(ctx_.Upload(l.v.data(), tmp.data() + count, count * 2));
+    SEMSHARE_STATUS_RETURN(ctx_.Upload(l.pos.data(), src.pos.data(), src.rows() * 4));
+    SEMSHARE_STATUS_RETURN(ctx_.Sync());  // tmp is reused
+    l.rows = src.rows();
+    l.host_pos = src.pos;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DeviceKvCache::ToHost(KvCache* kv) {
+  *kv = KvCache(n_layers(), kv_dim_);
+  std::vector<bf16> tmp;
+  for (int64_t li = 0; li < n_layers(); ++li) {
+    const DeviceLayerKv& l = layers_[li];
+    LayerKv& dst = kv->layer(li);
+    const int64_t count = l.rows * kv_dim_;
+    tmp.resize(2 * count);
+    SEMSHARE_STATUS_RETURN(ctx_.Download(tmp.data(), l.k.data(), count * 2));
+    SEMSHARE_STATUS_RETURN(ctx_.Download(tmp.data() + count, l.v.data(), count * 2));
+    dst.pos.resize(l.rows);
+    SEMSHARE_STATUS_RETURN(ctx_.Download(dst.pos.data(), l.pos.data(), l.rows * 4));
+    SEMSHARE_STATUS_RETURN(ctx_.Sync());
+    dst.k.resize(count);
+    dst.v.resize(count);
+    for (int64_t i = 0; i < count; ++i) {
+      dst.k[i] = __bfloat162float(tmp[i]);
+      dst.v[i] = __bfloat162float(tmp[count + i]);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DeviceKvCache::StartUpload(const PinnedKv& ref) {
+  if (ref.n_layers() != n_layers() || ref.kv_dim() != kv_dim_) {
+    return absl::InvalidArgumentError("DeviceKvCache::StartUpload: shape mismatch");
+  }
+  if (events_.empty()) {
+    events_.resize(n_layers(), nullptr);
+    for (cudaEvent_t& e : events_) {
+      SEMSHARE_CUDA_RETURN(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    }
+  }
+  // Capacity first (on the compute stream), then the copy stream waits for that.
+  for (int64_t li = 0; li < n_layers(); ++li) {
+    layers_[li].rows = 0;
+    SEMSHARE_STATUS_RETURN(Reserve(li, ref.rows()));
+  }
+  cudaEvent_t ready = events_[0];
+  SEMSHARE_CUDA_RETURN(cudaEventRecord(ready, ctx_.stream()));
+  SEMSHARE_CUDA_RETURN(cudaStreamWaitEvent(ctx_.copy_stream(), ready, 0));
+  const int64_t bytes = ref.rows() * kv_dim_ * 2;
+  for (int64_t li = 0; li < n_layers(); ++li) {
+    DeviceLayerKv& l = layers_[li];
+    cudaStream_t cs = ctx_.copy_stream();
+    SEMSHARE_CUDA_RETURN(cudaMemcpyAsync(l.k.data(), ref.k(li), bytes, cudaMemcpyHostToDevice, cs));
+    SEMSHARE_CUDA_RETURN(cudaMemcpyAsync(l.v.data(), ref.v(li), bytes, cudaMemcpyHostToDevice, cs));
+    SEMSHARE_CUDA_RETURN(cudaMemcpyAsync(l.pos.data(), ref.pinned_pos(li), ref.rows() * 4,
+                                         cudaMemcpyHostToDevice, cs));
+    SEMSHARE_CUDA_RETURN(cudaEventRecord(events_[li], cs));
+    l.rows = ref.rows();
+    l.host_pos = ref.pos(li);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DeviceKvCache::WaitLayer(int64_t l) {
+  if (events_.empty()) return absl::OkStatus();
+  SEMSHARE_CUDA_RETURN(cudaStreamWaitEvent(ctx_.stream(), events_[l], 0));
+  return absl::OkStatus();
+}
+
+}  // namespace semshare::engine::cuda

@@ -1,0 +1,88 @@
+// Device memory with exact accounting. DevicePool hands out DeviceBuffers (move-only RAII)
+// and caches freed blocks by size class so that a request's per-layer scratch does not
+// cudaMalloc on the hot path. Accounting, in bytes:
+//   used  - sum of the sizes callers asked for, of live buffers (what metrics report as GPU
+//           memory in use by the engine);
+//   peak  - the largest `used` seen since construction or ResetPeak();
+//   reserved - bytes held from cudaMalloc (live blocks plus the cache, rounded sizes);
+//   total - the device's memory (cudaMemGetInfo), for context.
+// Thread-safe (one mutex); buffers must be freed before the pool is destroyed.
+#ifndef SEMSHARE_ENGINE_CUDA_DEVICE_POOL_H_
+#define SEMSHARE_ENGINE_CUDA_DEVICE_POOL_H_
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace semshare::engine::cuda {
+
+class DevicePool;
+
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(DeviceBuffer&& o) noexcept { *this = std::move(o); }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { Reset(); }
+
+  void* data() const { return ptr_; }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+  int64_t bytes() const { return bytes_; }
+  bool empty() const { return ptr_ == nullptr; }
+  void Reset();  // returns the block to its pool
+
+ private:
+  friend class DevicePool;
+  DevicePool* pool_ = nullptr;
+  void* ptr_ = nullptr;
+  int64_t bytes_ = 0;     // requested
+  int64_t capacity_ = 0;  // rounded block size
+};
+
+struct PoolStats {
+  int64_t used = 0;
+  int64_t peak = 0;
+  int64_t reserved = 0;
+  int64_t total = 0;
+  int64_t allocations = 0;  // cudaMalloc calls
+};
+
+class DevicePool {
+ public:
+  DevicePool() = default;
+  ~DevicePool();  // releases the cache
+  DevicePool(const DevicePool&) = delete;
+  DevicePool& operator=(const DevicePool&) = delete;
+
+  // A buffer of `bytes` (256-byte aligned); ResourceExhausted when the device has no room even
+  // after the cache is released. bytes == 0 gives an empty buffer.
+  absl::StatusOr<DeviceBuffer> Allocate(int64_t bytes);
+  // Grows `buf` to at least `bytes` (contents not kept); no-op when big enough.
+  absl::Status EnsureSize(DeviceBuffer& buf, int64_t bytes);
+  PoolStats Stats() const;
+  void ResetPeak();
+  // cudaFree of every cached (unused) block.
+  void ReleaseCache();
+
+ private:
+  friend class DeviceBuffer;
+  void Free(void* ptr, int64_t bytes, int64_t capacity);
+  static int64_t RoundUp(int64_t bytes);
+
+  mutable std::mutex mu_;
+  std::multimap<int64_t, void*> cache_;  // capacity -> free block
+  int64_t used_ = 0, peak_ = 0, reserved_ = 0, allocations_ = 0;
+};
+
+}  // namespace semshare::engine::cuda
+
+#endif  // SEMSHARE_ENGINE_CUDA_DEVICE_POOL_H_

@@ -1,0 +1,143 @@
+// Argmax and top-k / top-p sampling (algorithm note in sampling.cuh).
+#include "kernels/common.cuh"
+#include "kernels/sampling.cuh"
+#include "kernels/select_impl.cuh"
+
+namespace semshare::kernels {
+namespace {
+
+__global__ void __launch_bounds__(kSelThreads)
+    ArgmaxKernel(const float* __restrict__ logits, int64_t vocab, int32_t* out) {
+  __shared__ float best_v[32];
+  __shared__ int64_t best_i[32];
+  float bv = -INFINITY;
+  int64_t bi = vocab;  // sentinel above every index
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+    const float x = logits[i];
+    if (x > bv || (x == bv && i < bi)) {
+      bv = x;
+      bi = i;
+    }
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    const int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ov > bv || (ov == bv && oi < bi)) {
+      bv = ov;
+      bi = oi;
+    }
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) {
+    best_v[warp] = bv;
+    best_i[warp] = bi;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w) {
+      if (best_v[w] > bv || (best_v[w] == bv && best_i[w] < bi)) {
+        bv = best_v[w];
+        bi = best_i[w];
+      }
+    }
+    *out = static_cast<int32_t>(bi < vocab ? bi : 0);
+  }
+}
+
+__global__ void __launch_bounds__(kSelThreads)
+    SampleKernel(const float* __restrict__ logits, int64_t vocab, float temperature, int k,
+                 float top_p, float u, int32_t* out) {
+  __shared__ SelectShared sh;
+  __shared__ float cv[kMaxSampleCandidates];
+  __shared__ int32_t ci[kMaxSampleCandidates];
+  const int t = threadIdx.x;
+  cv[t] = -INFINITY;
+  ci[t] = INT32_MAX;
+  uint32_t thresh = 0;
+  long long need = 0, ties = 0;
+  const bool all = k >= vocab;
+  if (!all) {
+    RadixThreshold(logits, nullptr, vocab, k, &sh);
+    thresh = sh.prefix;
+    need = sh.remaining;
+    ties = sh.ties;
+  }
+  __syncthreads();
+  auto keep = [&](int64_t i) { return all || OrderKey(logits[i]) > thresh; };
+  auto tie = [&](int64_t i) { return !all && OrderKey(logits[i]) == thresh; };
+  // Compaction writes indices into ci (k <= 1024 of them).
+  const int64_t count = BlockCompact(vocab, keep, tie, need, ties, true, ci, nullptr, &sh);
+  __syncthreads();
+  if (t < count) cv[t] = logits[ci[t]];
+  __syncthreads();
+  // Bitonic sort of 1024 (value desc, index asc); pads (-inf, INT32_MAX) sink to the end.
+  for (int size = 2; size <= kMaxSampleCandidates; size <<= 1) {
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      const int j = t ^ stride;
+      if (j > t) {
+        const bool first_before = cv[t] > cv[j] || (cv[t] == cv[j] && ci[t] < ci[j]);
+        const bool ascending_block = (t & size) == 0;  // this half sorts "best first"
+        if (first_before != ascending_block) {
+          const float tv = cv[t];
+          cv[t] = cv[j];
+          cv[j] = tv;
+          const int32_t ti = ci[t];
+          ci[t] = ci[j];
+          ci[j] = ti;
+        }
+      }
+      __syncthreads();
+    }
+  }
+  if (t == 0) {
+    const int64_t n = count < kMaxSampleCandidates ? count : kMaxSampleCandidates;
+    const float mx = cv[0];
+    const float inv_t = 1.0f / temperature;
+    double sum = 0;
+    for (int64_t c = 0; c < n; ++c) sum += exp(static_cast<double>((cv[c] - mx) * inv_t));
+    int64_t keep_n = n;
+    if (top_p < 1.0f) {
+      double cum = 0;
+      keep_n = 0;
+      while (keep_n < n) {
+        cum += exp(static_cast<double>((cv[keep_n] - mx) * inv_t)) / sum;
+        ++keep_n;
+        if (cum >= top_p) break;
+      }
+      sum = 0;
+      for (int64_t c = 0; c < keep_n; ++c) sum += exp(static_cast<double>((cv[c] - mx) * inv_t));
+    }
+    double r = static_cast<double>(u) * sum;
+    int32_t pick = ci[keep_n - 1];
+    for (int64_t c = 0; c < keep_n; ++c) {
+      r -= exp(static_cast<double>((cv[c] - mx) * inv_t));
+      if (r < 0) {
+        pick = ci[c];
+        break;
+      }
+    }
+    *out = pick;
+  }
+}
+
+}  // namespace
+
+cudaError_t Argmax(const float* logits, int64_t vocab, int32_t* out, cudaStream_t stream) {
+  if (vocab <= 0) return cudaErrorInvalidValue;
+  ArgmaxKernel<<<1, kSelThreads, 0, stream>>>(logits, vocab, out);
+  return cudaGetLastError();
+}
+
+cudaError_t SampleTopKTopP(const float* logits, int64_t vocab, float temperature, int top_k,
+                           float top_p, float u, int32_t* out, cudaStream_t stream) {
+  if (vocab <= 0 || !(temperature > 0.0f) || !(top_p > 0.0f && top_p <= 1.0f) || top_k < 0 ||
+      !(u >= 0.0f && u < 1.0f)) {
+    return cudaErrorInvalidValue;
+  }
+  int k = top_k == 0 || top_k > kMaxSampleCandidates ? kMaxSampleCandidates : top_k;
+  if (k > vocab) k = static_cast<int>(vocab);
+  SampleKernel<<<1, kSelThreads, 0, stream>>>(logits, vocab, temperature, k, top_p, u, out);
+  return cudaGetLastError();
+}
+
+}  // namespace semshare::kernels

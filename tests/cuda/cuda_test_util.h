@@ -1,0 +1,119 @@
+// Helpers for the CUDA tests: a fixture that skips without a device, device buffers from host
+// vectors (and back), NaN poisoning of outputs, bf16 rounding on the host and the relative
+// error ||a - ref|| / ||ref|| (METHOD.md's measure; any NaN or inf in `a` fails).
+#ifndef SEMSHARE_TESTS_CUDA_CUDA_TEST_UTIL_H_
+#define SEMSHARE_TESTS_CUDA_CUDA_TEST_UTIL_H_
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "engine/cuda/cuda_context.h"
+
+namespace semshare::testing {
+
+using bf16 = __nv_bfloat16;
+
+inline float RoundBf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+
+inline std::vector<bf16> ToBf16(const std::vector<float>& v) {
+  std::vector<bf16> o(v.size());
+  for (size_t i = 0; i < v.size(); ++i) o[i] = __float2bfloat16_rn(v[i]);
+  return o;
+}
+
+inline std::vector<float> FromBf16(const std::vector<bf16>& v) {
+  std::vector<float> o(v.size());
+  for (size_t i = 0; i < v.size(); ++i) o[i] = __bfloat162float(v[i]);
+  return o;
+}
+
+// Rounds every element to bf16 (the value the device sees).
+inline std::vector<float> Bf16Values(std::vector<float> v) {
+  for (float& x : v) x = RoundBf16(x);
+  return v;
+}
+
+// Relative L2 error; +inf when `a` holds a NaN/inf or the sizes differ.
+template <typename A, typename R>
+double RelErr(const std::vector<A>& a, const std::vector<R>& ref) {
+  if (a.size() != ref.size()) return std::numeric_limits<double>::infinity();
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double x = static_cast<double>(a[i]), r = static_cast<double>(ref[i]);
+    if (!std::isfinite(x)) return std::numeric_limits<double>::infinity();
+    num += (x - r) * (x - r);
+    den += r * r;
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+inline std::vector<float> Uniform(size_t n, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+class CudaTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (engine::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device visible";
+    auto c = engine::cuda::CudaContext::Create(0);
+    ASSERT_TRUE(c.ok()) << c.status();
+    ctx_ = std::move(*c);
+    seed_ = std::random_device{}();  // fresh inputs every run (printed for reproduction)
+    std::printf("seed %llu\n", static_cast<unsigned long long>(seed_));
+  }
+
+  template <typename T>
+  engine::cuda::DeviceBuffer Up(const std::vector<T>& v) {
+    auto b = ctx_->pool().Allocate(static_cast<int64_t>(std::max<size_t>(v.size(), 1) * sizeof(T)));
+    EXPECT_TRUE(b.ok()) << b.status();
+    if (!v.empty()) {
+      EXPECT_EQ(cudaMemcpy(b->data(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice),
+                cudaSuccess);
+    }
+    return std::move(*b);
+  }
+
+  // An output buffer of n elements filled with 0xFF bytes (NaN for float and bf16), so any
+  // element the kernel fails to write shows as NaN.
+  template <typename T>
+  engine::cuda::DeviceBuffer Poisoned(size_t n) {
+    auto b = ctx_->pool().Allocate(static_cast<int64_t>(std::max<size_t>(n, 1) * sizeof(T)));
+    EXPECT_TRUE(b.ok()) << b.status();
+    EXPECT_EQ(cudaMemset(b->data(), 0xFF, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess);
+    return std::move(*b);
+  }
+
+  template <typename T>
+  std::vector<T> Down(const engine::cuda::DeviceBuffer& b, size_t n) {
+    std::vector<T> v(n);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    if (n > 0) {
+      EXPECT_EQ(cudaMemcpy(v.data(), b.data(), n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+    }
+    return v;
+  }
+
+  std::vector<float> DownBf16(const engine::cuda::DeviceBuffer& b, size_t n) {
+    return FromBf16(Down<bf16>(b, n));
+  }
+
+  cudaStream_t stream() const { return ctx_->stream(); }
+
+  std::unique_ptr<engine::cuda::CudaContext> ctx_;
+  uint64_t seed_ = 0;
+};
+
+}  // namespace semshare::testing
+
+#endif  // SEMSHARE_TESTS_CUDA_CUDA_TEST_UTIL_H_

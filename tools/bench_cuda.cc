@@ -1,0 +1,380 @@
+// `semshare bench --suite cuda` (or `--backend cuda`): the CUDA engine on Llama-3.1-8B and
+// Llama-3.2-1B shapes with seeded random BF16 weights generated on the device (no model file).
+// Reports, per shape:
+//   - the measured cuBLAS BF16 GEMM rate (8192^3), the MFU denominator;
+//   - full prefill at --lengths: median seconds, tokens/s, model FLOP utilisation (model FLOPs
+//     / time / measured GEMM rate), GPU memory in use after prefill (pool, KV alive) and peak;
+//   - a semshare hit at --hit-lengths (a target sharing most tokens with a stored reference):
+//     TTFT = matching (CPU TokenMatcher, target sketch + match against the stored reference
+//     sketch) + reference KV transfer from pinned host memory (overlapped with layer 0) +
+//     selective prefill with the default recompute schedule and retention + logits, beside
+//     the full prefill of the same target; KV bytes after prefill, hit / full.
+// Table to stdout (summary last), everything to --json. Timings: median of --repeats after a
+// warm-up; each run synchronises the device before its clock stops.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "nlohmann/json.hpp"
+#include "tools/cli_args.h"
+
+#ifdef SEMSHARE_HAVE_CUDA
+#include <cuda_bf16.h>
+
+#include "absl/strings/str_format.h"
+#include "engine/cuda/cuda_forward.h"
+#include "engine/cuda/cuda_status.h"
+#include "engine/reuse/token_matcher.h"
+#include "kernels/swiglu.cuh"
+#endif
+
+namespace semshare::tools {
+
+#ifndef SEMSHARE_HAVE_CUDA
+int BenchCudaCommand(int, char**) {
+  std::fprintf(stderr,
+               "semshare bench --suite cuda: this build has no CUDA backend "
+               "(configure with -DSEMSHARE_CUDA=ON where nvcc exists)\n");
+  return 1;
+}
+#else
+namespace {
+
+using Clock = std::chrono::steady_clock;
+namespace ec = ::semshare::engine::cuda;
+
+double Seconds(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n == 0 ? 0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+engine::ModelConfig Shape(const std::string& name) {
+  engine::ModelConfig c;
+  c.arch = engine::Arch::kLlama;
+  c.rope_style = engine::RopeStyle::kHalfSplit;
+  c.rope_base = 500000.0f;
+  c.rms_eps = 1e-5f;
+  c.vocab_size = 128256;
+  c.max_context = 131072;
+  c.n_heads = 32;
+  c.n_kv_heads = 8;
+  c.rope_scaling.type = engine::RopeScaling::Type::kLlama3;
+  c.rope_scaling.factor = name == "8b" ? 8.0f : 32.0f;
+  if (name == "8b") {
+    c.name = "Llama-3.1-8B shape (random bf16)";
+    c.n_layers = 32;
+    c.d_model = 4096;
+    c.head_dim = 128;
+    c.d_ff = 14336;
+  } else {
+    c.name = "Llama-3.2-1B shape (random bf16)";
+    c.n_layers = 16;
+    c.d_model = 2048;
+    c.head_dim = 64;
+    c.d_ff = 8192;
+    c.tied_embeddings = true;
+  }
+  c.rope_dim = c.head_dim;
+  return c;
+}
+
+// Model FLOPs of a causal prefill of n tokens (projections, attention, the last token's logits).
+double PrefillFlops(const engine::ModelConfig& c, int64_t n) {
+  const double d = c.d_model, qd = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;
+  const double linear = 2.0 * n * (d * qd + 2 * d * kvd + qd * d + 3 * d * c.d_ff);
+  const double attn = 4.0 * qd * (static_cast<double>(n) * (n + 1) / 2);
+  return c.n_layers * (linear + attn) + 2.0 * d * c.vocab_size;
+}
+
+// Median TFLOP/s of an 8192^3 bf16 GEMM through the context's cuBLAS handle, random inputs.
+absl::StatusOr<double> GemmTflops(ec::CudaContext& ctx, int repeats) {
+  const int64_t n = 8192;
+  auto a = ctx.pool().Allocate(n * n * 2), b = ctx.pool().Allocate(n * n * 2),
+       y = ctx.pool().Allocate(n * n * 2);
+  if (!a.ok() || !b.ok() || !y.ok()) return absl::ResourceExhaustedError("gemm buffers");
+  SEMSHARE_CUDA_RETURN(kernels::FillRandom<__nv_bfloat16>(a->as<__nv_bfloat16>(), n * n, 1, 1.0f,
+                                                          0.0f, ctx.stream()));
+  SEMSHARE_CUDA_RETURN(kernels::FillRandom<__nv_bfloat16>(b->as<__nv_bfloat16>(), n * n, 2, 1.0f,
+                                                          0.0f, ctx.stream()));
+  std::vector<double> t;
+  for (int r = 0; r < repeats + 2; ++r) {
+    SEMSHARE_STATUS_RETURN(ctx.Sync());
+    const auto t0 = Clock::now();
+    SEMSHARE_STATUS_RETURN(ctx.Gemm(a->data(), n, n, b->data(), n, n, y->data(), n, true, 1, 0));
+    SEMSHARE_STATUS_RETURN(ctx.Sync());
+    if (r >= 2) t.push_back(Seconds(t0));
+  }
+  return 2.0 * n * n * n / Median(t) / 1e12;
+}
+
+std::vector<int32_t> RandomIds(int64_t n, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> ids(n);
+  for (auto& i : ids) i = static_cast<int32_t>(rng() % vocab);
+  return ids;
+}
+
+// A paraphrase-like target: a span moved and ~10% of tokens replaced.
+std::vector<int32_t> Edited(const std::vector<int32_t>& ref, int64_t vocab, uint64_t seed) {
+  std::vector<int32_t> t(ref);
+  std::rotate(t.begin(), t.begin() + t.size() / 3, t.begin() + t.size() / 2);
+  std::mt19937_64 rng(seed);
+  for (auto& x : t) {
+    if (rng() % 10 == 0) x = static_cast<int32_t>(rng() % vocab);
+  }
+  return t;
+}
+
+std::vector<int32_t> Iota(int64_t n) {
+  std::vector<int32_t> v(n);
+  std::iota(v.begin(), v.end(), 0);
+  return v;
+}
+
+double Gib(int64_t b) { return static_cast<double>(b) / (1 << 30); }
+
+absl::Status RunShape(ec::CudaContext& ctx, const std::string& shape,
+                      const std::vector<int64_t>& lengths, const std::vector<int64_t>& hit_lengths,
+                      int repeats, double gemm_tflops, nlohmann::json* out,
+                      std::vector<std::string>* summary) {
+  const engine::ModelConfig c = Shape(shape);
+  auto dm = ec::DeviceModel::Random(ctx, c, 42);
+  if (!dm.ok()) return dm.status();
+  const int64_t max_len = std::max(*std::max_element(lengths.begin(), lengths.end()),
+                                   *std::max_element(hit_lengths.begin(), hit_lengths.end()));
+  ec::CudaForward fwd(ctx, **dm, max_len);
+  std::vector<float> logits(c.vocab_size);
+  std::printf("\n%s: weights %.2f GiB on the device\n", c.name.c_str(), Gib((*dm)->ByteSize()));
+  std::printf(
+      "| phase | tokens | median ms | tokens/s | TFLOP/s | MFU | GPU mem after GiB | "
+      "peak GiB |\n|---|---|---|---|---|---|---|---|\n");
+  nlohmann::json js = {{"shape", shape}, {"name", c.name}, {"weight_bytes", (*dm)->ByteSize()}};
+  // Full prefill.
+  for (int64_t n : lengths) {
+    const auto ids = RandomIds(n, c.vocab_size, 7 + n);
+    const auto pos = Iota(n);
+    std::vector<double> t;
+    int64_t used = 0, peak = 0;
+    for (int r = 0; r < repeats + 1; ++r) {
+      ec::DeviceKvCache kv = fwd.NewCache();
+      SEMSHARE_STATUS_RETURN(ctx.Sync());
+      ctx.pool().ResetPeak();
+      const auto t0 = Clock::now();
+      SEMSHARE_STATUS_RETURN(fwd.Forward(ids, pos, kv, logits.data()));  // syncs
+      const double s = Seconds(t0);
+      if (r > 0) t.push_back(s);  // the first run warms up (cuBLAS heuristics, scratch)
+      used = ctx.pool().Stats().used;
+      peak = ctx.pool().Stats().peak;
+    }
+    const double med = Median(t), tflops = PrefillFlops(c, n) / med / 1e12;
+    std::printf("| full prefill | %lld | %.2f | %.0f | %.1f | %.1f%% | %.2f | %.2f |\n",
+                static_cast<long long>(n), med * 1e3, n / med, tflops, 100 * tflops / gemm_tflops,
+                Gib(used), Gib(peak));
+    js["full"].push_back({{"tokens", n},
+                          {"median_s", med},
+                          {"tokens_per_s", n / med},
+                          {"tflops", tflops},
+                          {"mfu", tflops / gemm_tflops},
+                          {"gpu_used_after_bytes", used},
+                          {"gpu_peak_bytes", peak}});
+    summary->push_back(absl::StrFormat("%s full %lld: %.1f ms, MFU %.1f%%", shape,
+                                       static_cast<long long>(n), med * 1e3,
+                                       100 * tflops / gemm_tflops));
+  }
+  // Hits. The CPU matcher needs the embedding table on the host (float).
+  std::vector<__nv_bfloat16> emb_bf16(c.vocab_size * c.d_model);
+  SEMSHARE_STATUS_RETURN(ctx.Download(emb_bf16.data(), (*dm)->tok_embd.data(),
+                                      static_cast<int64_t>(emb_bf16.size()) * 2));
+  SEMSHARE_STATUS_RETURN(ctx.Sync());
+  engine::Matrix emb{c.vocab_size, c.d_model, std::vector<float>(emb_bf16.size())};
+  for (size_t i = 0; i < emb_bf16.size(); ++i) emb.data[i] = __bfloat162float(emb_bf16[i]);
+  emb_bf16 = {};
+  engine::ReuseConfig cfg;   // defaults: the recompute schedule and retention under test
+  cfg.hit_threshold = 0.0f;  // random weights: count every match as a hit
+  engine::TokenMatcher matcher(emb, cfg);
+  std::vector<std::pair<int64_t, double> > speedups;  // (tokens, full / hit)
+  std::printf(
+      "\n| hit | tokens | match ms | hit TTFT ms | full TTFT ms | speedup | "
+      "KV hit/full | recomputed | GPU peak GiB hit/full |\n"
+      "|---|---|---|---|---|---|---|---|---|\n");
+  for (int64_t n : hit_lengths) {
+    const auto ref_ids = RandomIds(n, c.vocab_size, 1000 + n);
+    const auto ids = Edited(ref_ids, c.vocab_size, 2000 + n);
+    const auto pos = Iota(n);
+    // The stored reference: its KV (pinned host, bf16) and sketch.
+    ec::PinnedKv pinned;
+    {
+      ec::DeviceKvCache ref_kv = fwd.NewCache();
+      SEMSHARE_STATUS_RETURN(fwd.Forward(ref_ids, pos, ref_kv, nullptr));
+      SEMSHARE_STATUS_RETURN(pinned.FromDevice(ref_kv));
+    }
+    const engine::TokenSketch ref_sketch = matcher.Sketch(ref_ids);
+    std::vector<double> t_hit, t_full, t_match;
+    int64_t kv_hit = 0, kv_full = 0, peak_hit = 0, peak_full = 0, recomputed = 0;
+    for (int r = 0; r < repeats + 1; ++r) {
+      {
+        ec::DeviceKvCache kv = fwd.NewCache();
+        SEMSHARE_STATUS_RETURN(ctx.Sync());
+        ctx.pool().ResetPeak();
+        const auto t0 = Clock::now();
+        SEMSHARE_STATUS_RETURN(fwd.Forward(ids, pos, kv, logits.data()));
+        if (r > 0) t_full.push_back(Seconds(t0));
+        kv_full = kv.ByteSize();
+        peak_full = ctx.pool().Stats().peak;
+      }
+      ec::DeviceKvCache ref_dev = fwd.NewCache(), kv = fwd.NewCache();
+      SEMSHARE_STATUS_RETURN(ctx.Sync());
+      ctx.pool().ResetPeak();
+      const auto t0 = Clock::now();
+      const engine::TokenMatch match = matcher.Match(matcher.Sketch(ids), ref_sketch);
+      const double match_s = Seconds(t0);
+      SEMSHARE_STATUS_RETURN(ref_dev.StartUpload(pinned));
+      engine::PrefillStats st;
+      SEMSHARE_STATUS_RETURN(fwd.SelectivePrefill(ids, &ref_dev, &match, cfg, kv, logits.data(),
+                                                  &st));  // syncs
+      if (r > 0) {
+        t_hit.push_back(Seconds(t0));
+        t_match.push_back(match_s);
+      }
+      kv_hit = kv.ByteSize();
+      peak_hit = ctx.pool().Stats().peak;
+      recomputed = st.recomputed_tokens;
+    }
+    const double h = Median(t_hit), f = Median(t_full), m = Median(t_match);
+    std::printf("| hit | %lld | %.2f | %.2f | %.2f | %.2fx | %.3f | %lld | %.2f / %.2f |\n",
+                static_cast<long long>(n), m * 1e3, h * 1e3, f * 1e3, f / h,
+                static_cast<double>(kv_hit) / kv_full, static_cast<long long>(recomputed),
+                Gib(peak_hit), Gib(peak_full));
+    js["hit"].push_back({{"tokens", n},
+                         {"match_s", m},
+                         {"hit_ttft_s", h},
+                         {"full_ttft_s", f},
+                         {"speedup", f / h},
+                         {"kv_hit_bytes", kv_hit},
+                         {"kv_full_bytes", kv_full},
+                         {"recomputed_tokens", recomputed},
+                         {"gpu_peak_hit_bytes", peak_hit},
+                         {"gpu_peak_full_bytes", peak_full},
+                         {"reference_transfer_bytes", pinned.ByteSize()}});
+    speedups.push_back({n, f / h});
+    summary->push_back(
+        absl::StrFormat("%s hit %lld: TTFT %.1f ms vs full %.1f ms (%.2fx), KV "
+                        "%.2fx",
+                        shape, static_cast<long long>(n), h * 1e3, f * 1e3, f / h,
+                        static_cast<double>(kv_hit) / kv_full));
+  }
+  // Break-even prompt length: where full / hit crosses 1, interpolated linearly between the
+  // measured lengths (reported as a bound when every length is on one side).
+  std::sort(speedups.begin(), speedups.end());
+  std::string be = "not bracketed";
+  if (!speedups.empty() && speedups.front().second >= 1.0) {
+    be = absl::StrFormat("<= %lld tokens", static_cast<long long>(speedups.front().first));
+  } else if (!speedups.empty() && speedups.back().second < 1.0) {
+    be = absl::StrFormat("> %lld tokens", static_cast<long long>(speedups.back().first));
+  }
+  for (size_t i = 1; i < speedups.size(); ++i) {
+    const auto [n0, s0] = speedups[i - 1];
+    const auto [n1, s1] = speedups[i];
+    if (s0 < 1.0 && s1 >= 1.0) {
+      const double t = (1.0 - s0) / (s1 - s0);
+      be = absl::StrFormat("~%.0f tokens", static_cast<double>(n0) + t * (n1 - n0));
+      break;
+    }
+  }
+  std::printf("break-even prompt length (hit TTFT = full TTFT): %s\n", be.c_str());
+  js["break_even"] = be;
+  summary->push_back(absl::StrFormat("%s break-even: %s", shape, be));
+  out->push_back(js);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<int64_t> > ParseList(const std::string& s) {
+  std::vector<int64_t> v;
+  for (absl::string_view part : absl::StrSplit(s, ',')) {
+    int64_t x = 0;
+    if (!absl::SimpleAtoi(part, &x) || x < 1) {
+      return absl::InvalidArgumentError("lengths must be positive integers");
+    }
+    v.push_back(x);
+  }
+  return v;
+}
+
+}  // namespace
+
+int BenchCudaCommand(int argc, char** argv) {
+  static const std::vector<FlagSpec> specs = {
+      {"suite", "cuda", false, false, "cuda"},
+      {"backend", "cuda", false, false, "cuda"},
+      {"shapes", "comma-separated: 8b, 1b", false, false, "1b,8b"},
+      {"lengths", "full-prefill lengths", false, false, "1024,4096,8192"},
+      {"hit-lengths", "hit TTFT lengths", false, false, "256,512,1024,2048,5120"},
+      {"repeats", "timed runs per measurement (median; one warm-up first)", false, false, "5"},
+      {"device", "CUDA device ordinal", false, false, "0"},
+      {"json", "write the results to this JSON file"},
+      {"help", "show this help", true},
+  };
+  auto fail = [](absl::string_view msg, int code) {
+    std::fprintf(stderr, "semshare bench --suite cuda: %.*s\n", static_cast<int>(msg.size()),
+                 msg.data());
+    return code;
+  };
+  auto args = Args::Parse(specs, argc, argv);
+  if (!args.ok()) return fail(args.status().message(), 2);
+  if (args->Bool("help")) {
+    std::fputs(Args::Help("semshare bench --suite cuda [--shapes 1b,8b] [--json F]", specs).c_str(),
+               stdout);
+    return 0;
+  }
+  auto lengths = ParseList(args->Str("lengths"));
+  auto hits = ParseList(args->Str("hit-lengths"));
+  auto repeats = args->Int("repeats");
+  auto device = args->Int("device");
+  if (!lengths.ok() || !hits.ok()) return fail("--lengths/--hit-lengths: positive integers", 2);
+  if (!repeats.ok() || *repeats < 1) return fail("--repeats must be >= 1", 2);
+  if (!device.ok()) return fail(device.status().message(), 2);
+  auto ctx = ec::CudaContext::Create(static_cast<int>(*device));
+  if (!ctx.ok()) return fail(ctx.status().message(), 1);
+  auto gemm = GemmTflops(**ctx, 10);
+  if (!gemm.ok()) return fail(gemm.status().message(), 1);
+  std::printf("device %s: cuBLAS bf16 GEMM 8192^3 %.1f TFLOP/s (median of 10)\n",
+              (*ctx)->device_name().c_str(), *gemm);
+  nlohmann::json results = nlohmann::json::array();
+  std::vector<std::string> summary;
+  for (absl::string_view s : absl::StrSplit(args->Str("shapes"), ',')) {
+    const std::string shape(s);
+    if (shape != "8b" && shape != "1b") return fail("--shapes: 8b or 1b", 2);
+    if (auto st = RunShape(**ctx, shape, *lengths, *hits, static_cast<int>(*repeats), *gemm,
+                           &results, &summary);
+        !st.ok()) {
+      return fail(st.message(), 1);
+    }
+    (*ctx)->pool().ReleaseCache();
+  }
+  if (!args->Str("json").empty()) {
+    nlohmann::json j = {{"suite", "cuda"},
+                        {"device", (*ctx)->device_name()},
+                        {"gemm_tflops", *gemm},
+                        {"shapes", results}};
+    std::ofstream(args->Str("json")) << j.dump(2) << "\n";
+  }
+  std::printf("\nsummary\n");
+  for (const std::string& s : summary) std::printf("  %s\n", s.c_str());
+  return 0;
+}
+#endif  // SEMSHARE_HAVE_CUDA
+
+}  // namespace semshare::tools
