@@ -59,16 +59,17 @@ absl::StatusOr<ValidatedGenerate> ValidateGenerateRequest(const v1::GenerateRequ
   v.input = *std::move(in);
 
   const v1::SamplingParams& s = r.sampling();
-  if (s.max_tokens() < 0) {
+  if (s.has_max_tokens() && s.max_tokens() < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "sampling.max_tokens must be >= 0 (0 = the server's default), got ", s.max_tokens()));
+        "sampling.max_tokens must be >= 1 (leave it unset for the server's default of ",
+        limits.default_max_tokens, "), got ", s.max_tokens()));
   }
   if (s.max_tokens() > limits.max_new_tokens) {
     return absl::OutOfRangeError(absl::StrCat("sampling.max_tokens is ", s.max_tokens(),
                                               "; this server allows at most ",
                                               limits.max_new_tokens));
   }
-  v.options.max_tokens = s.max_tokens() == 0 ? limits.default_max_tokens : s.max_tokens();
+  v.options.max_tokens = s.has_max_tokens() ? s.max_tokens() : limits.default_max_tokens;
   if (!std::isfinite(s.temperature()) || s.temperature() < 0 || s.temperature() > 100) {
     return absl::InvalidArgumentError(absl::StrCat(
         "sampling.temperature must be in [0, 100] (0 = greedy), got ", s.temperature()));

@@ -33,7 +33,8 @@ struct ValidatedGenerate {
 };
 
 // INVALID_ARGUMENT: empty prompt or messages, a message without a role, negative or
-// non-finite temperature (or above 100), top_p outside (0, 1], negative top_k or max_tokens,
+// non-finite temperature (or above 100), top_p outside (0, 1], negative top_k, max_tokens set
+// to 0 or less,
 // unknown cache_policy, similarity_threshold outside [0, 1], too many / empty / long stop
 // strings, too many messages. OUT_OF_RANGE: max_tokens over the server's limit.
 absl::StatusOr<ValidatedGenerate> ValidateGenerateRequest(const v1::GenerateRequest& r,

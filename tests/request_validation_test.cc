@@ -55,6 +55,8 @@ TEST(RequestValidationTest, EachBadFieldGetsItsCode) {
   ExpectRejected(r, C::kOutOfRange, "at most 1024");
   r.mutable_sampling()->set_max_tokens(-1);
   ExpectRejected(r, C::kInvalidArgument, "max_tokens");
+  r.mutable_sampling()->set_max_tokens(0);  // set, not unset: an error (unset = the default)
+  ExpectRejected(r, C::kInvalidArgument, "must be >= 1");
   r = Good();
   r.mutable_sampling()->set_temperature(-0.5f);
   ExpectRejected(r, C::kInvalidArgument, "temperature");

@@ -26,7 +26,7 @@ std::vector<FlagSpec> Specs() {
       {"prompt-file", "read the prompt from this file instead"},
       {"chat", "send the prompt as one user message (the model's chat template applies)", true},
       {"system", "system message for --chat"},
-      {"max-tokens", "new tokens at most (0 = the server's default)", false, false, "0"},
+      {"max-tokens", "new tokens at most (unset: the server's default)"},
       {"temperature", "0 = greedy", false, false, "0"},
       {"top-p", "nucleus mass in (0, 1] (0 = unset)", false, false, "0"},
       {"top-k", "0 = no limit", false, false, "0"},
@@ -98,8 +98,8 @@ absl::Status FillInput(const Args& args, Req* r) {
 absl::StatusOr<v1::GenerateRequest> BuildGenerate(const Args& args) {
   v1::GenerateRequest r;
   if (auto s = FillInput(args, &r); !s.ok()) return s;
-  absl::StatusOr<int64_t> max_tokens = args.Int("max-tokens"), top_k = args.Int("top-k"),
-                          seed = args.Int("seed");
+  absl::StatusOr<int64_t> max_tokens = args.Has("max-tokens") ? args.Int("max-tokens") : 0,
+                          top_k = args.Int("top-k"), seed = args.Int("seed");
   absl::StatusOr<double> temperature = args.Double("temperature"), top_p = args.Double("top-p"),
                          threshold = args.Double("threshold");
   for (const absl::Status& s : {max_tokens.status(), top_k.status(), seed.status(),
@@ -107,7 +107,7 @@ absl::StatusOr<v1::GenerateRequest> BuildGenerate(const Args& args) {
     if (!s.ok()) return s;
   }
   v1::SamplingParams* sp = r.mutable_sampling();
-  sp->set_max_tokens(static_cast<int32_t>(*max_tokens));
+  if (args.Has("max-tokens")) sp->set_max_tokens(static_cast<int32_t>(*max_tokens));
   sp->set_temperature(static_cast<float>(*temperature));
   sp->set_top_p(static_cast<float>(*top_p));
   sp->set_top_k(static_cast<int32_t>(*top_k));

@@ -114,9 +114,9 @@ def test_chat_messages_and_tokenize(client_a):
     assert 0 < len(plain.token_ids) < sc.MIN_REUSE_TOKENS
 
 
-def test_max_tokens_zero_is_the_server_default(client_a):
-    # The proto: 0 means the server's default (--default-max-tokens, 16 here), not an error.
-    r = client_a.generate(sc.SHORT_PROMPT, max_tokens=0, ignore_eos=True)
+def test_max_tokens_unset_is_the_server_default(client_a):
+    # The proto: an unset max_tokens means the server's default (--default-max-tokens, 16 here).
+    r = client_a.generate(sc.SHORT_PROMPT, ignore_eos=True)
     assert r.usage.completion_tokens == 16 and r.finish_reason == pb2.FINISH_REASON_LENGTH
 
 
@@ -322,7 +322,9 @@ BAD_REQUESTS = {
                               grpc.StatusCode.OUT_OF_RANGE,
                               ["max_tokens", str(MAX_NEW_TOKENS)]),
     "negative max_tokens": (dict(prompt="Hi", max_tokens=-1), grpc.StatusCode.INVALID_ARGUMENT,
-                            ["max_tokens", ">= 0"]),
+                            ["max_tokens", ">= 1"]),
+    "max_tokens 0": (dict(prompt="Hi", max_tokens=0), grpc.StatusCode.INVALID_ARGUMENT,
+                     ["max_tokens", ">= 1", "unset"]),
     "negative temperature": (dict(prompt="Hi", temperature=-0.5),
                              grpc.StatusCode.INVALID_ARGUMENT, ["temperature", "[0, 100]"]),
     "NaN temperature": (dict(prompt="Hi", temperature=float("nan")),

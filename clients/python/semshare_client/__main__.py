@@ -25,7 +25,8 @@ def _parser():
     p.add_argument("--prompt", help="plain prompt")
     p.add_argument("--chat", action="store_true", help="send the prompt as one user message")
     p.add_argument("--system", help="system message (with --chat)")
-    p.add_argument("--max-tokens", type=int, default=0, help="0 = the server's default")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="new tokens at most (unset: the server's default)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=0)

@@ -112,16 +112,19 @@ class Client:
 
     @staticmethod
     def generate_request(prompt: Optional[str] = None, *,
-                         messages: Optional[Iterable[MessageLike]] = None, max_tokens: int = 0,
+                         messages: Optional[Iterable[MessageLike]] = None,
+                         max_tokens: Optional[int] = None,
                          temperature: float = 0.0, top_p: float = 0.0, top_k: int = 0,
                          seed: int = 0, stop: Sequence[str] = (), ignore_eos: bool = False,
                          cache_policy: Union[str, int] = "auto",
                          similarity_threshold: float = 0.0):
-        """A GenerateRequest; the defaults are the proto's (0 = the server's default)."""
+        """A GenerateRequest; the defaults are the proto's (max_tokens None = unset = the
+        server's default; 0 for the other numbers = unset)."""
         req = pb2.GenerateRequest()
         _set_input(req, prompt, messages)
         s = req.sampling
-        s.max_tokens = max_tokens
+        if max_tokens is not None:
+            s.max_tokens = max_tokens
         s.temperature = temperature
         s.top_p = top_p
         s.top_k = top_k
