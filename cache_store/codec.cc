@@ -151,6 +151,11 @@ absl::StatusOr<Header> ParseHeader(std::string_view b) {
   if (h.bands < 0 || h.bands > kMaxLshBands) return bad("LSH bands ", h.bands, " out of range");
   if (h.bits < 0 || h.bits > 32) return bad("LSH bits per band ", h.bits, " out of range");
   if (h.ecache_rope > 1 || h.has_codes > 1 || h.pad != 0) return bad("flag bytes are not 0/1");
+  // The encoder sets has_codes only for a non-empty codes section; accepting an empty one would
+  // give a record two encodings (found by tests/fuzz/codec_fuzz.cc).
+  if (h.has_codes && (h.n_tokens == 0 || h.bands == 0)) {
+    return bad("has_codes is set but tokens * bands is 0");
+  }
   if (h.chunk_rows == 0 || h.chunk_rows > kMaxChunkRows) {
     return bad("chunk rows ", h.chunk_rows, " out of range [1, ", kMaxChunkRows, "]");
   }
