@@ -75,7 +75,9 @@ const std::vector<Knob>& Knobs() {
       {"redis-ttl-seconds", &ServerConfig::redis_ttl_seconds, "N",
        "expiry of references in Redis (0: none)", 0, kI32},
       {"min-reuse-tokens", &ServerConfig::min_reuse_tokens, "N",
-       "shorter prompts skip lookup and are not published", 1, kI32},
+       "shorter prompts skip lookup and are not published (2048: below it reuse costs quality "
+       "on small models, docs/benchmarks.md)",
+       1, kI32},
       {"similarity-threshold", &ServerConfig::similarity_threshold, "X",
        "token-level similarity a reference needs for a hit", 0.0, 1.0},
       {"lookup-candidates", &ServerConfig::lookup_candidates, "N",

@@ -39,7 +39,7 @@ struct ServerConfig {
   int64_t cache_disk_bytes = int64_t{16} << 30;
   std::string redis;              // "" = no Redis tier
   int32_t redis_ttl_seconds = 0;  // 0 = no expiry
-  int32_t min_reuse_tokens = 64;
+  int32_t min_reuse_tokens = 2048;
   float similarity_threshold = 0.8f;
   int32_t lookup_candidates = 4;  // store candidates ranked per lookup
   // Security.
