@@ -184,7 +184,9 @@ absl::Status DiskTier::Scan() {
   });
   std::lock_guard<std::mutex> lock(mu_);
   for (Found& f : found) {
-    Entry e{f.summary.ns, f.summary.total_len, f.summary.n_tokens, 0, f.mtime_ns / 1000000, 0};
+    Entry e{
+        f.summary.ns,        f.summary.total_len, f.summary.n_tokens, 0, f.mtime_ns / 1000000, 0,
+        f.summary.created_ms};
     InsertLocked(f.id, std::move(e), hasher_.Compute(f.summary.features));
   }
   EvictLocked();
@@ -256,7 +258,8 @@ absl::Status DiskTier::Put(RecordHandle record) {
       ::unlink(tmp.c_str());
       return s;
     }
-    Entry e{record->ns, size, static_cast<int64_t>(record->ids.size()), 0, NowUnixMs(), 0};
+    Entry e{record->ns,        size, static_cast<int64_t>(record->ids.size()), 0, NowUnixMs(), 0,
+            record->created_ms};
     InsertLocked(id, std::move(e), std::move(sig));
     EvictLocked();
   }
@@ -337,7 +340,7 @@ std::vector<RecordInfo> DiskTier::List() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<RecordInfo> out;
   for (const auto& [id, e] : entries_) {
-    out.push_back({id, e.ns, e.tokens, e.bytes, e.hits, e.last_used_ms});
+    out.push_back({id, e.ns, e.tokens, e.bytes, e.hits, e.last_used_ms, e.created_ms});
   }
   return out;
 }

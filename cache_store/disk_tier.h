@@ -63,6 +63,7 @@ class DiskTier : public Tier {
     int64_t hits = 0;
     int64_t last_used_ms = 0;
     uint64_t tick = 0;  // LRU order
+    int64_t created_ms = 0;
   };
 
   explicit DiskTier(const DiskTierOptions& options);

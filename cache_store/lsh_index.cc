@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <limits>
 #include <random>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -18,6 +19,12 @@ uint64_t SplitMix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
+std::vector<uint8_t> Low8(const Signature& sig) {
+  std::vector<uint8_t> out(sig.size());
+  for (size_t i = 0; i < sig.size(); ++i) out[i] = static_cast<uint8_t>(sig[i]);
+  return out;
+}
+
 }  // namespace
 
 absl::Status IndexConfig::Validate() const {
@@ -26,6 +33,14 @@ absl::Status IndexConfig::Validate() const {
   }
   if (rows < 1 || rows > 64) {
     return absl::InvalidArgumentError(absl::StrCat("index rows ", rows, " not in [1, 64]"));
+  }
+  if (max_bucket_visit < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("index max_bucket_visit ", max_bucket_visit, " must be >= 1"));
+  }
+  if (max_scored < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("index max_scored ", max_scored, " must be >= 1"));
   }
   return absl::OkStatus();
 }
@@ -83,8 +98,7 @@ std::vector<uint64_t> MinHasher::BandKeys(uint64_t ns_hash, const Signature& sig
 
 void LshIndex::Insert(uint64_t id, const Namespace& ns, Signature sig) {
   Erase(id);
-  Entry e{ns, std::move(sig), {}};
-  e.keys = hasher_.BandKeys(ns.Hash(), e.sig);
+  Entry e{ns, Low8(sig), hasher_.BandKeys(ns.Hash(), sig)};
   for (uint64_t key : e.keys) buckets_[key].push_back(id);
   entries_.emplace(id, std::move(e));
 }
@@ -113,27 +127,54 @@ void LshIndex::Clear() {
 }
 
 std::vector<Candidate> LshIndex::Query(const Namespace& ns, const Signature& sig, int k,
-                                       int64_t* scored) const {
+                                       int64_t* scored, int64_t* collided) const {
   std::vector<Candidate> out;
   if (scored != nullptr) *scored = 0;
+  if (collided != nullptr) *collided = 0;
   if (k <= 0) return out;
+  const IndexConfig& config = hasher_.config();
   const std::vector<uint64_t> keys = hasher_.BandKeys(ns.Hash(), sig);
+  // The cheap estimate: band collisions per record, from at most max_bucket_visit ids per
+  // bucket (the most recently inserted: Insert appends; Erase moves the last id into the hole).
   absl::flat_hash_map<uint64_t, int32_t> collisions;
+  const size_t visit = static_cast<size_t>(config.max_bucket_visit);
   for (uint64_t key : keys) {
     auto b = buckets_.find(key);
     if (b == buckets_.end()) continue;
-    for (uint64_t id : b->second) ++collisions[id];
+    const std::vector<uint64_t>& ids = b->second;
+    for (size_t i = ids.size() > visit ? ids.size() - visit : 0; i < ids.size(); ++i) {
+      ++collisions[ids[i]];
+    }
   }
-  out.reserve(collisions.size());
-  if (scored != nullptr) *scored = static_cast<int64_t>(collisions.size());
-  for (const auto& [id, bands] : collisions) {
+  if (collided != nullptr) *collided = static_cast<int64_t>(collisions.size());
+  std::vector<std::pair<int32_t, uint64_t>> ranked;  // (bands, id)
+  ranked.reserve(collisions.size());
+  for (const auto& [id, bands] : collisions) ranked.emplace_back(bands, id);
+  const auto more_bands = [](const std::pair<int32_t, uint64_t>& a,
+                             const std::pair<int32_t, uint64_t>& b) {
+    return a.first != b.first ? a.first > b.first : a.second < b.second;
+  };
+  const size_t limit = static_cast<size_t>(config.max_scored);
+  if (ranked.size() > limit) {
+    std::nth_element(ranked.begin(), ranked.begin() + limit, ranked.end(), more_bands);
+    ranked.resize(limit);
+  }
+  // The exact estimate for the survivors: the fraction of agreeing signature entries.
+  out.reserve(ranked.size());
+  const size_t h = sig.size();
+  const std::vector<uint8_t> q8 = Low8(sig);
+  for (const auto& [bands, id] : ranked) {
     const Entry& e = entries_.at(id);
     // Bucket keys mix only the namespace hash; the exact comparison makes isolation absolute.
     if (!(e.ns == ns)) continue;
-    int64_t agree = 0;
-    for (size_t i = 0; i < sig.size(); ++i) agree += e.sig[i] == sig[i];
-    out.push_back({id, static_cast<float>(agree) / static_cast<float>(sig.size()), bands});
+    if (e.sig8.size() != h) continue;  // cannot happen: one hasher; guards the loop below
+    const uint8_t* a = e.sig8.data();
+    const uint8_t* q = q8.data();
+    int32_t agree = 0;
+    for (size_t i = 0; i < h; ++i) agree += a[i] == q[i];  // vectorised
+    out.push_back({id, static_cast<float>(agree) / static_cast<float>(h), bands});
   }
+  if (scored != nullptr) *scored = static_cast<int64_t>(out.size());
   const size_t keep = std::min(out.size(), static_cast<size_t>(k));
   std::partial_sort(out.begin(), out.begin() + keep, out.end(), CandidateBetter);
   out.resize(keep);

@@ -161,7 +161,7 @@ std::vector<RecordInfo> MemoryTier::List() const {
     std::lock_guard<std::mutex> lock(s->mu);
     for (const auto& [id, e] : s->entries) {
       out.push_back({id, e.record->ns, static_cast<int64_t>(e.record->ids.size()), e.bytes, e.hits,
-                     e.last_used_ms});
+                     e.last_used_ms, e.record->created_ms});
     }
   }
   return out;

@@ -97,7 +97,7 @@ absl::Status ValidateRecord(const Record& r);
 
 // A record from an engine reference (moved in: its KV is not copied). `config` must be the
 // config whose matcher made ref.sketch (its codes are stored when their shape agrees);
-// `features` come from PromptFeatures(ref.ids, ...). Every layer must hold all m rows.
+// `features` come from PromptFeatures(ref.ids). Every layer must hold all m rows.
 absl::StatusOr<Record> RecordFromReference(Namespace ns, engine::Reference ref,
                                            const engine::ReuseConfig& config,
                                            std::vector<uint64_t> features);

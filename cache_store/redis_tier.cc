@@ -404,7 +404,8 @@ absl::StatusOr<std::vector<Candidate>> RedisTier::Lookup(const Namespace& ns, co
   if (!first_error.ok()) errors_.fetch_add(1);
   std::vector<std::pair<int32_t, uint64_t>> ranked;
   for (const auto& [id, b] : bands) ranked.emplace_back(b, id);
-  const size_t keep = std::min(ranked.size(), static_cast<size_t>(4) * k + 32);
+  const size_t keep = std::min(
+      ranked.size(), static_cast<size_t>(std::max(4 * k + 32, hasher_.config().max_scored)));
   std::partial_sort(ranked.begin(), ranked.begin() + keep, ranked.end(),
                     [](const auto& a, const auto& b) {
                       return a.first != b.first ? a.first > b.first : a.second < b.second;
@@ -508,7 +509,7 @@ std::vector<RecordInfo> RedisTier::List() const {
     absl::StatusOr<RecordSummary> s = DecodeSummary(m->head, static_cast<int64_t>(m->total_len));
     if (!s.ok() || s->id != m->id) continue;
     out.push_back(RecordInfo{s->id, s->ns, s->n_tokens, s->total_len,
-                             static_cast<int64_t>(s->hit_count), s->last_used_ms});
+                             static_cast<int64_t>(s->hit_count), s->last_used_ms, s->created_ms});
   }
   return out;
 }

@@ -19,8 +19,10 @@
 // checks the whole-encoding hash and decodes them with every codec checksum verified: a missing or
 // damaged part is DataLoss, the record's keys are deleted and the error counted. Lookup reads the
 // namespace's band buckets (pipelined over the nodes), ranks ids by colliding bands, reads the
-// signatures of the best 4k + 32 and returns the top k by signature agreement, as the
-// in-process index does.
+// signatures of the best max(4k + 32, index.max_scored) and returns the top k by signature
+// agreement, as the in-process index does. (With only the best 4k + 32 = 48, recall@4 on
+// 2k-token prompts at 100,000 references was 0.94 against the memory tier's 0.98: a true
+// reference colliding in one band ties with the many unrelated one-band records.)
 //
 // An optional TTL applies to every key (buckets get it refreshed on each add; a bucket entry
 // that outlived its record is skipped at lookup). Redis' own maxmemory policy bounds its size,

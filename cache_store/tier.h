@@ -41,6 +41,7 @@ struct RecordInfo {
   int64_t bytes = 0;
   int64_t hits = 0;
   int64_t last_used_ms = 0;
+  int64_t created_ms = 0;  // when the record was made (unix ms)
 };
 
 class Tier {

@@ -140,7 +140,7 @@ absl::StatusOr<InferenceResult> InferenceWorker::Run(const InferenceRequest& req
   if (lookup) {
     const auto tl = Clock::now();
     target = prefiller_.Sketch(ids);
-    features = store::PromptFeatures(ids, *shared_.feature_matcher);
+    features = store::PromptFeatures(ids);
     best = FindBest(request.ns, ids, target, features, &res.candidates);
     res.looked_up = true;
     if (best.record != nullptr) {
@@ -234,7 +234,7 @@ absl::StatusOr<store::RecordHandle> InferenceWorker::AddReference(const PromptIn
   if (!ids.ok()) return ids.status();
   absl::StatusOr<engine::Reference> ref = prefiller_.MakeReference(*ids);
   if (!ref.ok()) return ref.status();
-  std::vector<uint64_t> features = store::PromptFeatures(*ids, *shared_.feature_matcher);
+  std::vector<uint64_t> features = store::PromptFeatures(*ids);
   absl::StatusOr<store::Record> rec =
       store::RecordFromReference(ns, *std::move(ref), options_.reuse, std::move(features));
   if (!rec.ok()) return rec.status();
@@ -254,7 +254,7 @@ absl::StatusOr<LookupResult> InferenceWorker::Lookup(const PromptInput& input,
   LookupResult out;
   out.prompt_tokens = static_cast<int64_t>(ids->size());
   const engine::TokenSketch target = prefiller_.Sketch(*ids);
-  const std::vector<uint64_t> features = store::PromptFeatures(*ids, *shared_.feature_matcher);
+  const std::vector<uint64_t> features = store::PromptFeatures(*ids);
   Best best = FindBest(ns, *ids, target, features, &out.candidates);
   if (best.record != nullptr) {
     out.reference_id = best.record->id;

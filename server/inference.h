@@ -7,7 +7,8 @@
 // and the forward passes' scratch). What it shares — the model, the feature matcher, the store
 // and the metrics — is immutable or thread-safe.
 //
-// Cost notes: a lookup computes the prompt's token sketch and position-free features once, asks
+// Cost notes: a lookup computes the prompt's token sketch and its position-free features (the
+// sorted distinct token ids) once, asks
 // the store for lookup_candidates ids, and scores each candidate's token sketch (one embedding
 // gather + GEMM per candidate). A hit copies the reference's KV once (KvCache::Copy; the record
 // stays shared and pinned meanwhile); a miss keeps its cache and, after decoding, trims the
@@ -85,11 +86,9 @@ struct ServingOptions {
   int64_t max_prompt_tokens = 0;  // resolved (> 0)
 };
 
-// Shared by every worker: the model and what is derived from it once.
+// Shared by every worker: the model (immutable).
 struct SharedModel {
   std::shared_ptr<const engine::Model> model;
-  // ecache_rope = false matcher for the store's position-free prompt features.
-  std::unique_ptr<engine::TokenMatcher> feature_matcher;
 };
 
 class InferenceWorker {

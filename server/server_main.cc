@@ -26,7 +26,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "cache_store/prompt_features.h"
 #include "engine/backend_factory.h"
 #include "engine/cpu/thread_pool.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -178,7 +177,6 @@ int Main(int argc, char** argv) {
   core.limits.max_messages = config.max_messages;
   core.limits.max_prompt_bytes = config.max_message_bytes;
   core.limits.default_threshold = config.similarity_threshold;
-  shared.feature_matcher = store::MakeFeatureMatcher(model.weights.tok_embd, core.serving.reuse);
 
   std::string model_name = config.model_name;
   if (model_name.empty()) {

@@ -598,6 +598,7 @@ grpc::ServerUnaryReactor* CacheAdminService::ListReferences(
     ri->set_bytes(rows[i].bytes);
     ri->set_hits(rows[i].hits);
     ri->set_last_used_unix_ms(rows[i].last_used_ms);
+    ri->set_created_unix_ms(rows[i].created_ms);
   }
   reactor->Finish(state_->Complete("ListReferences", absl::OkStatus()));
   return reactor;

@@ -8,7 +8,6 @@
 #include <chrono>
 #include <thread>
 
-#include "cache_store/prompt_features.h"
 #include "engine/cpu/cpu_backend.h"
 #include "gtest/gtest.h"
 #include "tests/test_util.h"
@@ -20,8 +19,6 @@ class SchedulerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     shared_.model = testing::TinyModel(engine::Arch::kLlama, engine::RopeStyle::kAdjacent, 7);
-    shared_.feature_matcher =
-        store::MakeFeatureMatcher(shared_.model->weights.tok_embd, options_.reuse);
     options_.max_prompt_tokens = 64;
   }
   std::vector<std::unique_ptr<InferenceWorker>> Workers(int n) {

@@ -1,26 +1,43 @@
 // `semshare bench --suite store`: the reference store's performance (issue 4).
 //
-// 1. Lookup latency (signature + tier query, k = 4) against 10 / 1,000 / 100,000 references in
-//    the memory tier, and at the sizes that fit a few minutes in the disk and Redis tiers, for
-//    2,048-token prompts. The model is not needed: prompts are synthetic but have the form of
-//    PromptFeatures (token ids from a Zipf(1.1) law over a 49,152-token vocabulary, plus 16
-//    bands of 8-bit bucket keys per distinct token, the default ReuseConfig LSH shape), so
-//    common tokens make unrelated prompts collide as real ones do. Each query is a stored
-//    prompt with 20% of its tokens replaced and the rest shuffled; recall@4 says whether the
-//    lookup still finds it. References carry no KV here (lookup cost does not depend on it).
+// 1. Lookup latency against 10 / 1,000 / 100,000 references in each tier (memory, disk, Redis
+//    standalone on loopback), k = 4. Prompts are real text: the MRPC sentences
+//    (../shared/data/paraphrase) tokenized by the model's tokenizer (only the tokenizer is
+//    used). Reference r is a chat instruction, then the first sentences of pairs drawn from a
+//    generator seeded by r, then a closing question, cut to --tokens tokens (2,048); its
+//    query is the same wrapper around the second sentences (the human paraphrases) of the same
+//    pairs in a shuffled order, cut to the same length. So references are distinct passages
+//    (two of them share ~1 of their ~75 sentences), and a query shares its reference's topic
+//    but few of its word sequences. References carry no KV (the index cost does not depend on
+//    it).
+//    Timed per query, separately:
+//      features  = PromptFeatures(ids): the sorted distinct token ids (tokenizing is not
+//                  included: the server has the ids already);
+//      lookup    = MinHasher::Compute(features) + Tier::Lookup(ns, signature, 4): what
+//                  ReferenceStore::Lookup does for one tier, the issue's "store lookup"
+//                  (features are computed before it, so they are not inside it);
+//      signature = the MinHasher::Compute part of lookup;
+//      lookup CPU = the thread CPU time of lookup (wall time minus preemption: the machine
+//                  is shared, and a 2-core box with other builds running preempts for ~4 ms).
+//    The query set is timed --repeats times after one fill; the tables give the median over
+//    the repeats of each repeat's p50 and p99 (the machine is shared and noisy).
 // 2. Publish and fetch throughput to Redis on loopback: RedisTier::Put / Get of full-size
 //    records (2,048 tokens x 30 layers x kv_dim 192 f32, SmolLM2-135M's shape: ~95 MB, chunk
 //    values ~11.8 MB) beside `redis-benchmark -t set,get -d <chunk value size>` against the same
-//    server, in the same run. Fetch includes reassembly and full codec verification.
+//    server, in the same run (median of --repeats runs). Fetch includes reassembly and full
+//    codec verification. The MB/s figures are medians over the records.
 // Redis servers are started here (tests/redis_harness.h) on free loopback ports and killed at
 // the end. Results: markdown tables on stdout and --json FILE.
 #include <algorithm>
-#include <array>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -31,22 +48,23 @@
 #include "cache_store/memory_tier.h"
 #include "cache_store/prompt_features.h"
 #include "cache_store/redis_tier.h"
+#include "engine/model.h"
 #include "nlohmann/json.hpp"
 #include "tests/redis_harness.h"
+#include "tools/bench_pairs.h"
 #include "tools/cli_args.h"
 #include "tools/commands.h"
 
 namespace semshare::tools {
 namespace {
 
+namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using store::Namespace;
 using store::Record;
 using store::RecordHandle;
 
-constexpr int64_t kVocab = 49152;
-constexpr int kBands = 16;
-const Namespace kNs{"bench", "synthetic-fingerprint"};
+const Namespace kNs{"bench", "bench-fingerprint"};
 
 double Ms(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
@@ -57,78 +75,68 @@ double Pct(std::vector<double> v, double p) {
   const size_t i = std::min(v.size() - 1, static_cast<size_t>(std::ceil(p * v.size())) - 1);
   return v[i];
 }
-
-uint64_t Mix(uint64_t x) {  // splitmix64 finaliser
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
+double Median(std::vector<double> v) { return Pct(std::move(v), 0.5); }
+// CPU time of the calling thread (ms): unlike wall time, it excludes the time the thread
+// waited preempted by other processes on the shared machine.
+double ThreadCpuMs() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-class PromptGen {
+// Tokenized MRPC sentences and the wrapper, and the prompts built from them (see the top).
+class Corpus {
  public:
-  PromptGen() : cdf_(kVocab), perm_(kVocab) {
-    double s = 0;
-    for (int64_t r = 0; r < kVocab; ++r) cdf_[r] = s += 1.0 / std::pow(r + 1.0, 1.1);
-    for (double& c : cdf_) c /= s;
-    for (int64_t i = 0; i < kVocab; ++i) perm_[i] = static_cast<int32_t>(i);
-    std::shuffle(perm_.begin(), perm_.end(), std::mt19937_64(7));
+  Corpus(const std::vector<MrpcPair>& pairs, const engine::Tokenizer& tok) {
+    for (const MrpcPair& p : pairs) {
+      first_.push_back(tok.Encode(p.sentence1, false));
+      second_.push_back(tok.Encode(p.sentence2, false));
+    }
+    head_ = tok.Encode(
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "Summarize the following news sentences in one short paragraph.\n\n",
+        true);
+    tail_ = tok.Encode("<|im_end|>\n<|im_start|>assistant\n", true);
+    newline_ = tok.Encode("\n", false);
   }
-  std::vector<int32_t> Prompt(uint64_t seed, int64_t n) const {
-    std::mt19937_64 rng(seed);
-    std::uniform_real_distribution<double> u(0, 1);
-    std::vector<int32_t> ids(n);
-    for (int32_t& t : ids) t = Token(u(rng));
+  size_t size() const { return first_.size(); }
+
+  // Reference `r` (paraphrase = false) or its query (true), `tokens` long.
+  std::vector<int32_t> Prompt(uint64_t r, int64_t tokens, bool paraphrase) const {
+    const int64_t body_len = std::max<int64_t>(
+        0, tokens - static_cast<int64_t>(head_.size()) - static_cast<int64_t>(tail_.size()));
+    std::mt19937_64 rng(0x5eed0000 + r);
+    std::vector<size_t> order;  // the reference's pairs, then spares for a short query
+    int64_t len = 0;
+    while (len < body_len) {
+      order.push_back(rng() % first_.size());
+      len += static_cast<int64_t>(first_[order.back()].size() + newline_.size());
+    }
+    std::vector<int32_t> ids = head_;
+    if (paraphrase) {
+      for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
+    }
+    const auto& side = paraphrase ? second_ : first_;
+    for (size_t i = 0; static_cast<int64_t>(ids.size() - head_.size()) < body_len; ++i) {
+      if (i == order.size()) order.push_back(rng() % first_.size());
+      ids.insert(ids.end(), side[order[i]].begin(), side[order[i]].end());
+      ids.insert(ids.end(), newline_.begin(), newline_.end());
+    }
+    ids.resize(head_.size() + body_len);
+    ids.insert(ids.end(), tail_.begin(), tail_.end());
     return ids;
-  }
-  // 20% of the tokens replaced, then shuffled.
-  std::vector<int32_t> Variant(std::vector<int32_t> ids, uint64_t seed) const {
-    std::mt19937_64 rng(seed);
-    std::uniform_real_distribution<double> u(0, 1);
-    for (int32_t& t : ids) {
-      if (u(rng) < 0.2) t = Token(u(rng));
-    }
-    std::shuffle(ids.begin(), ids.end(), rng);
-    return ids;
-  }
-  // The PromptFeatures form: ids, and per distinct token 16 band keys of 8 bits (a token's
-  // keys are a fixed function of it, as SimHash codes of its embedding are).
-  static std::vector<uint64_t> Features(const std::vector<int32_t>& ids) {
-    std::vector<int32_t> distinct = ids;
-    std::sort(distinct.begin(), distinct.end());
-    distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
-    // Emitted in sorted order (ids, then the tagged keys by band and code): no sort needed.
-    std::vector<std::array<bool, 256>> seen(kBands);
-    for (int32_t t : distinct) {
-      const uint64_t h = Mix(static_cast<uint64_t>(t));
-      for (int b = 0; b < kBands; ++b) seen[b][(Mix(h + b) >> 56) & 0xff] = true;
-    }
-    std::vector<uint64_t> f(distinct.begin(), distinct.end());
-    for (int b = 0; b < kBands; ++b) {
-      for (uint64_t code = 0; code < 256; ++code) {
-        if (seen[b][code]) {
-          f.push_back(store::kBucketFeatureTag | (static_cast<uint64_t>(b) << 32) | code);
-        }
-      }
-    }
-    f.shrink_to_fit();  // records keep it: 100,000 of them
-    return f;
   }
 
  private:
-  int32_t Token(double x) const {
-    const size_t r = std::lower_bound(cdf_.begin(), cdf_.end(), x) - cdf_.begin();
-    return perm_[std::min<size_t>(r, kVocab - 1)];
-  }
-  std::vector<double> cdf_;
-  std::vector<int32_t> perm_;
+  std::vector<std::vector<int32_t>> first_, second_;
+  std::vector<int32_t> head_, tail_, newline_;
 };
 
 // A reference with no KV (index benchmarks).
 RecordHandle IndexRecord(std::vector<int32_t> ids) {
   Record r;
   r.ns = kNs;
-  r.features = PromptGen::Features(ids);
+  r.features = store::PromptFeatures(ids);
   r.ids = std::move(ids);
   r.id = store::RecordId(r.ns, r.ids);
   r.kv = engine::KvCache(1, 1);
@@ -138,11 +146,11 @@ RecordHandle IndexRecord(std::vector<int32_t> ids) {
 
 // A full-size reference: n tokens, `layers` x kv_dim f32 K and V.
 RecordHandle FullRecord(uint64_t seed, int64_t n, int64_t layers, int64_t kv_dim,
-                        const PromptGen& gen) {
+                        const Corpus& corpus) {
   Record r;
   r.ns = kNs;
-  r.ids = gen.Prompt(seed, n);
-  r.features = PromptGen::Features(r.ids);
+  r.ids = corpus.Prompt(seed, n, false);
+  r.features = store::PromptFeatures(r.ids);
   r.id = store::RecordId(r.ns, r.ids);
   r.kv = engine::KvCache(layers, kv_dim);
   std::mt19937 rng(static_cast<uint32_t>(seed));
@@ -162,15 +170,19 @@ RecordHandle FullRecord(uint64_t seed, int64_t n, int64_t layers, int64_t kv_dim
 
 struct LookupResult {
   std::string tier;
-  int64_t refs = 0, queries = 0;
-  double p50 = 0, p99 = 0, sig_p50 = 0, fill_s = 0, recall = 0;
+  int64_t refs = 0, queries = 0, repeats = 0;
+  // Medians over the repeats of each repeat's percentile.
+  double p50 = 0, p99 = 0, sig_p50 = 0, feat_p50 = 0, feat_p99 = 0;
+  double cpu_p50 = 0, cpu_p99 = 0;  // thread CPU time of the lookup
+  double fill_s = 0, recall = 0, features = 0;
 };
 
-// Fills `tier` with `n` references (in parallel), then times `queries` lookups.
+// Fills `tier` with `n` references (in parallel), then times `queries` lookups `repeats` times.
 absl::StatusOr<LookupResult> BenchLookup(const std::string& name, store::Tier& tier, int64_t n,
-                                         int64_t queries, int64_t tokens, int threads,
-                                         const PromptGen& gen, const store::MinHasher& hasher) {
-  LookupResult res{name, n, std::min(queries, n)};
+                                         int64_t queries, int64_t repeats, int64_t tokens,
+                                         int threads, const Corpus& corpus,
+                                         const store::MinHasher& hasher) {
+  LookupResult res{name, n, std::min(queries, n), repeats};
   const auto t0 = Clock::now();
   std::atomic<int64_t> next{0};
   std::atomic<bool> failed{false};
@@ -180,7 +192,7 @@ absl::StatusOr<LookupResult> BenchLookup(const std::string& name, store::Tier& t
   for (int t = 0; t < threads; ++t) {
     pool.emplace_back([&] {
       for (int64_t i; (i = next.fetch_add(1)) < n && !failed.load();) {
-        absl::Status s = tier.Put(IndexRecord(gen.Prompt(1000 + i, tokens)));
+        absl::Status s = tier.Put(IndexRecord(corpus.Prompt(i, tokens, false)));
         if (!s.ok()) {
           std::lock_guard<std::mutex> l(mu);
           first = s;
@@ -192,25 +204,52 @@ absl::StatusOr<LookupResult> BenchLookup(const std::string& name, store::Tier& t
   for (std::thread& t : pool) t.join();
   if (failed) return first;
   res.fill_s = Ms(t0) / 1000;
-  std::vector<double> lat, sig_lat;
-  int64_t found = 0;
+  // Queries and the ids they should find, built before any timing.
+  std::vector<std::vector<int32_t>> query_ids;
+  std::vector<uint64_t> want;
   for (int64_t q = 0; q < res.queries; ++q) {
     const int64_t target = (q * 7919) % n;  // spread over the stored prompts
-    const std::vector<int32_t> original = gen.Prompt(1000 + target, tokens);
-    const uint64_t want = store::RecordId(kNs, original);
-    const std::vector<uint64_t> f = PromptGen::Features(gen.Variant(original, 99 + q));
-    const auto t1 = Clock::now();
-    const store::Signature sig = hasher.Compute(f);
-    sig_lat.push_back(Ms(t1));
-    absl::StatusOr<std::vector<store::Candidate>> c = tier.Lookup(kNs, sig, 4);
-    lat.push_back(Ms(t1));
-    if (!c.ok()) return c.status();
-    for (const store::Candidate& cand : *c) found += cand.id == want;
+    want.push_back(store::RecordId(kNs, corpus.Prompt(target, tokens, false)));
+    query_ids.push_back(corpus.Prompt(target, tokens, true));
   }
-  res.p50 = Pct(lat, 0.5);
-  res.p99 = Pct(lat, 0.99);
-  res.sig_p50 = Pct(sig_lat, 0.5);
+  std::vector<double> p50s, p99s, sig50s, feat50s, feat99s, cpu50s, cpu99s;
+  int64_t found = 0, nfeatures = 0;
+  for (int64_t rep = 0; rep < repeats; ++rep) {
+    std::vector<double> lat, sig_lat, feat_lat, cpu_lat;
+    for (int64_t q = 0; q < res.queries; ++q) {
+      auto t1 = Clock::now();
+      const std::vector<uint64_t> f = store::PromptFeatures(query_ids[q]);
+      feat_lat.push_back(Ms(t1));
+      const double cpu0 = ThreadCpuMs();
+      t1 = Clock::now();
+      const store::Signature sig = hasher.Compute(f);
+      sig_lat.push_back(Ms(t1));
+      absl::StatusOr<std::vector<store::Candidate>> c = tier.Lookup(kNs, sig, 4);
+      lat.push_back(Ms(t1));
+      cpu_lat.push_back(ThreadCpuMs() - cpu0);
+      if (!c.ok()) return c.status();
+      if (rep == 0) {
+        nfeatures += static_cast<int64_t>(f.size());
+        for (const store::Candidate& cand : *c) found += cand.id == want[q];
+      }
+    }
+    p50s.push_back(Pct(lat, 0.5));
+    p99s.push_back(Pct(lat, 0.99));
+    sig50s.push_back(Pct(sig_lat, 0.5));
+    feat50s.push_back(Pct(feat_lat, 0.5));
+    feat99s.push_back(Pct(feat_lat, 0.99));
+    cpu50s.push_back(Pct(cpu_lat, 0.5));
+    cpu99s.push_back(Pct(cpu_lat, 0.99));
+  }
+  res.cpu_p50 = Median(cpu50s);
+  res.cpu_p99 = Median(cpu99s);
+  res.p50 = Median(p50s);
+  res.p99 = Median(p99s);
+  res.sig_p50 = Median(sig50s);
+  res.feat_p50 = Median(feat50s);
+  res.feat_p99 = Median(feat99s);
   res.recall = res.queries ? static_cast<double>(found) / res.queries : 0;
+  res.features = res.queries ? static_cast<double>(nfeatures) / res.queries : 0;
   return res;
 }
 
@@ -222,6 +261,24 @@ std::vector<int64_t> ParseSizes(const std::string& s) {
     out.push_back(v);
   }
   return out;
+}
+
+// The MRPC file: --data (a file, or a dir holding paraphrase/), else ../shared/data beside
+// $SEMSHARE_SOURCE_DIR, the working directory or the checkout holding this binary.
+fs::path MrpcPath(const std::string& flag) {
+  const fs::path rel = fs::path("paraphrase") / "msr_paraphrase_train.txt";
+  std::error_code ec;
+  if (!flag.empty()) return fs::is_directory(flag, ec) ? fs::path(flag) / rel : fs::path(flag);
+  std::vector<fs::path> roots;
+  if (const char* env = std::getenv("SEMSHARE_SOURCE_DIR")) roots.emplace_back(env);
+  roots.push_back(fs::current_path());
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) roots.push_back(exe.parent_path().parent_path().parent_path());
+  for (const fs::path& r : roots) {
+    const fs::path p = r / ".." / "shared" / "data" / rel;
+    if (fs::exists(p, ec)) return p;
+  }
+  return roots.front() / ".." / "shared" / "data" / rel;
 }
 
 // redis-benchmark's requests/s for SET and GET of `bytes`-byte values (--csv output).
@@ -254,12 +311,17 @@ absl::StatusOr<std::pair<double, double>> RedisBenchmark(int port, int64_t bytes
 
 int BenchStoreCommand(int argc, char** argv) {
   static const std::vector<FlagSpec> specs = {
+      {"model", "a .gguf file or a Hugging Face model directory ($SEMSHARE_MODEL; tokenizer)"},
+      {"data",
+       "the MRPC file, or a data dir holding paraphrase/ (default: ../shared/data beside "
+       "$SEMSHARE_SOURCE_DIR or the working directory)"},
       {"suite", "store", false, false, "store"},
-      {"quick", "memory 10,1000,100000; disk and Redis 10,1000; 100 queries; 3 full records", true},
+      {"quick", "every tier at 10,1000; 100 queries; 2 repeats; 3 full records", true},
       {"memory-sizes", "references in the memory tier", false, false, "10,1000,100000"},
-      {"disk-sizes", "references in the disk tier", false, false, "10,1000,10000"},
-      {"redis-sizes", "references in the Redis tier", false, false, "10,1000,10000"},
-      {"queries", "lookups timed per size", false, false, "300"},
+      {"disk-sizes", "references in the disk tier", false, false, "10,1000,100000"},
+      {"redis-sizes", "references in the Redis tier", false, false, "10,1000,100000"},
+      {"queries", "lookups per repeat and size", false, false, "300"},
+      {"repeats", "times the query set is timed per size (medians reported)", false, false, "3"},
       {"tokens", "prompt length in tokens", false, false, "2048"},
       {"records", "full-size records for the Redis throughput test", false, false, "6"},
       {"layers", "layers of a full-size record", false, false, "30"},
@@ -281,21 +343,30 @@ int BenchStoreCommand(int argc, char** argv) {
     return 0;
   }
   const bool quick = args->Bool("quick");
-  std::vector<int64_t> mem_sizes = ParseSizes(args->Str("memory-sizes"));
+  std::vector<int64_t> mem_sizes = ParseSizes(quick ? "10,1000" : args->Str("memory-sizes"));
   std::vector<int64_t> disk_sizes = ParseSizes(quick ? "10,1000" : args->Str("disk-sizes"));
   std::vector<int64_t> redis_sizes = ParseSizes(quick ? "10,1000" : args->Str("redis-sizes"));
   auto queries = args->Int("queries"), tokens = args->Int("tokens"), records = args->Int("records");
   auto layers = args->Int("layers"), kv_dim = args->Int("kv-dim"), threads = args->Int("threads");
+  auto repeats = args->Int("repeats");
   if (mem_sizes.empty() || disk_sizes.empty() || redis_sizes.empty())
     return fail("sizes must be comma-separated positive integers", 2);
-  for (auto* v : {&queries, &tokens, &records, &layers, &kv_dim, &threads}) {
+  for (auto* v : {&queries, &tokens, &records, &layers, &kv_dim, &threads, &repeats}) {
     if (!v->ok() || **v < 1) return fail("numeric flags must be positive integers", 2);
   }
   const int64_t n_queries = quick ? 100 : *queries;
   const int64_t n_records = quick ? 3 : *records;
+  const int64_t n_repeats = quick ? 2 : *repeats;
   if (absl::Status s = testing::RequireRedisBinaries(); !s.ok()) return fail(s.message(), 1);
+  const fs::path data = MrpcPath(args->Str("data"));
+  auto mrpc = LoadMrpc(data.string());
+  if (!mrpc.ok()) return fail(absl::StrCat(mrpc.status().message(), " (set --data)"), 2);
+  double load_ms = 0;
+  auto model = LoadModelForCli(args->Str("model"), &load_ms);
+  if (!model.ok()) return fail(model.status().message(), 1);
+  const Corpus corpus(*mrpc, *(*model)->tokenizer);
+  model->reset();  // only the tokenizer was needed
 
-  const PromptGen gen;
   const store::IndexConfig index;
   const store::MinHasher hasher(index);
   nlohmann::json lookups = nlohmann::json::array();
@@ -303,8 +374,8 @@ int BenchStoreCommand(int argc, char** argv) {
   auto run = [&](const std::string& name, store::Tier& tier, int64_t n) -> bool {
     std::fprintf(stderr, "[store bench] %s: %lld references...\n", name.c_str(),
                  static_cast<long long>(n));
-    absl::StatusOr<LookupResult> r =
-        BenchLookup(name, tier, n, n_queries, *tokens, static_cast<int>(*threads), gen, hasher);
+    absl::StatusOr<LookupResult> r = BenchLookup(name, tier, n, n_queries, n_repeats, *tokens,
+                                                 static_cast<int>(*threads), corpus, hasher);
     if (!r.ok()) {
       std::fprintf(stderr, "%s at %lld: %s\n", name.c_str(), static_cast<long long>(n),
                    std::string(r.status().message()).c_str());
@@ -314,9 +385,15 @@ int BenchStoreCommand(int argc, char** argv) {
     lookups.push_back({{"tier", r->tier},
                        {"references", r->refs},
                        {"queries", r->queries},
+                       {"repeats", r->repeats},
                        {"lookup_p50_ms", r->p50},
                        {"lookup_p99_ms", r->p99},
+                       {"lookup_cpu_p50_ms", r->cpu_p50},
+                       {"lookup_cpu_p99_ms", r->cpu_p99},
                        {"signature_p50_ms", r->sig_p50},
+                       {"features_p50_ms", r->feat_p50},
+                       {"features_p99_ms", r->feat_p99},
+                       {"features_per_query", r->features},
                        {"fill_seconds", r->fill_s},
                        {"recall_at_4", r->recall}});
     return true;
@@ -335,7 +412,7 @@ int BenchStoreCommand(int argc, char** argv) {
       ok = disk.ok() && run("disk", **disk, n);
     }
     std::error_code ec;
-    std::filesystem::remove_all(tmpl, ec);
+    fs::remove_all(tmpl, ec);
     if (!ok) return 1;
   }
   auto server = testing::RedisServer::Start(false);
@@ -351,7 +428,7 @@ int BenchStoreCommand(int argc, char** argv) {
     auto tier = store::RedisTier::Create(ro);
     if (!tier.ok()) return fail(tier.status().message(), 1);
     if (!run("redis", **tier, n)) return 1;
-    (void)(*tier)->Clear();
+    (void)(*server)->Command({"FLUSHALL"});  // faster than Clear() at 100,000 records
   }
 
   // Throughput: full-size records.
@@ -360,71 +437,98 @@ int BenchStoreCommand(int argc, char** argv) {
   ro.key_prefix = "throughput";
   auto tier = store::RedisTier::Create(ro);
   if (!tier.ok()) return fail(tier.status().message(), 1);
-  double put_ms = 0, get_ms = 0;
+  std::vector<double> put_mbs_v, get_mbs_v, put_ms_v, get_ms_v;
   int64_t bytes = 0, chunk_bytes = 0;
   for (int64_t i = 0; i < n_records; ++i) {
-    RecordHandle rec = FullRecord(77 + i, *tokens, *layers, *kv_dim, gen);
+    RecordHandle rec = FullRecord(77 + i, *tokens, *layers, *kv_dim, corpus);
     const int64_t enc = static_cast<int64_t>(store::EncodeRecord(*rec)->size());
     auto t0 = Clock::now();
     if (absl::Status s = (*tier)->Put(rec); !s.ok()) return fail(s.message(), 1);
-    put_ms += Ms(t0);
+    put_ms_v.push_back(Ms(t0));
     const uint64_t id = rec->id;
     rec.reset();
     t0 = Clock::now();
     absl::StatusOr<RecordHandle> got = (*tier)->Get(id);
-    get_ms += Ms(t0);
+    get_ms_v.push_back(Ms(t0));
     if (!got.ok()) return fail(got.status().message(), 1);
     bytes += enc;
+    put_mbs_v.push_back(enc / 1e3 / put_ms_v.back());
+    get_mbs_v.push_back(enc / 1e3 / get_ms_v.back());
     auto len = (*server)->Command({"STRLEN", (*tier)->ChunkKey(id, 0)});
     if (len.ok()) chunk_bytes = std::stoll(*len);
   }
   (void)(*tier)->Clear();
   const double mb = bytes / 1e6;
-  const double put_mbs = mb / (put_ms / 1000), get_mbs = mb / (get_ms / 1000);
+  const double put_mbs = Median(put_mbs_v), get_mbs = Median(get_mbs_v);
   const int64_t bench_n = std::max<int64_t>(20, 4 * n_records * ((*tokens + 255) / 256));
-  auto rb = RedisBenchmark((*server)->port(), chunk_bytes, bench_n);
-  if (!rb.ok()) return fail(rb.status().message(), 1);
-  const double set_mbs = rb->first * chunk_bytes / 1e6, get_rb_mbs = rb->second * chunk_bytes / 1e6;
+  std::vector<double> rb_set, rb_get;
+  for (int64_t rep = 0; rep < n_repeats; ++rep) {
+    auto rb = RedisBenchmark((*server)->port(), chunk_bytes, bench_n);
+    if (!rb.ok()) return fail(rb.status().message(), 1);
+    rb_set.push_back(rb->first);
+    rb_get.push_back(rb->second);
+  }
+  const double set_rps = Median(rb_set), get_rps = Median(rb_get);
+  const double set_mbs = set_rps * chunk_bytes / 1e6, get_rb_mbs = get_rps * chunk_bytes / 1e6;
 
-  std::printf("\n### Prompt lookup (%lld-token prompts, k = 4; signature + tier query)\n\n",
-              static_cast<long long>(*tokens));
   std::printf(
-      "| tier | references | queries | p50 ms | p99 ms | signature p50 ms | recall@4 | fill s |\n");
-  std::printf("|---|---|---|---|---|---|---|---|\n");
+      "\n### Prompt lookup (%lld-token prompts, k = 4; lookup = signature + tier query, "
+      "features outside it; medians of %lld repeats)\n\n",
+      static_cast<long long>(*tokens), static_cast<long long>(n_repeats));
+  std::printf(
+      "| tier | references | queries | lookup p50 ms | lookup p99 ms | lookup CPU p50 / p99 ms | "
+      "signature p50 ms | features p50 / p99 ms | recall@4 | fill s |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
   for (const LookupResult& r : rows) {
-    std::printf("| %s | %lld | %lld | %.3f | %.3f | %.3f | %.2f | %.1f |\n", r.tier.c_str(),
-                static_cast<long long>(r.refs), static_cast<long long>(r.queries), r.p50, r.p99,
-                r.sig_p50, r.recall, r.fill_s);
+    std::printf(
+        "| %s | %lld | %lld | %.3f | %.3f | %.3f / %.3f | %.3f | %.3f / %.3f | %.2f | %.1f |\n",
+        r.tier.c_str(), static_cast<long long>(r.refs), static_cast<long long>(r.queries), r.p50,
+        r.p99, r.cpu_p50, r.cpu_p99, r.sig_p50, r.feat_p50, r.feat_p99, r.recall, r.fill_s);
   }
   std::printf(
       "\n### Redis throughput on loopback (records of %lld tokens x %lld layers x kv_dim "
-      "%lld f32, %.1f MB each; chunk values %.2f MB)\n\n",
+      "%lld f32, %.1f MB each; chunk values %.2f MB; medians)\n\n",
       static_cast<long long>(*tokens), static_cast<long long>(*layers),
       static_cast<long long>(*kv_dim), mb / n_records, chunk_bytes / 1e6);
   std::printf("| operation | MB/s | per op |\n|---|---|---|\n");
   std::printf("| semshare publish (RedisTier::Put) | %.0f | %.1f ms / record |\n", put_mbs,
-              put_ms / n_records);
+              Median(put_ms_v));
   std::printf("| semshare fetch (RedisTier::Get, verified) | %.0f | %.1f ms / record |\n", get_mbs,
-              get_ms / n_records);
+              Median(get_ms_v));
   std::printf("| redis-benchmark SET -d %lld -c 1 | %.0f | %.0f req/s |\n",
-              static_cast<long long>(chunk_bytes), set_mbs, rb->first);
+              static_cast<long long>(chunk_bytes), set_mbs, set_rps);
   std::printf("| redis-benchmark GET -d %lld -c 1 | %.0f | %.0f req/s |\n",
-              static_cast<long long>(chunk_bytes), get_rb_mbs, rb->second);
+              static_cast<long long>(chunk_bytes), get_rb_mbs, get_rps);
   if (args->Has("json")) {
+    const std::time_t now = std::time(nullptr);
+    char utc[32];
+    std::strftime(utc, sizeof(utc), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
     nlohmann::json j = {{"suite", "store"},
+                        {"date_utc", utc},
                         {"quick", quick},
                         {"prompt_tokens", *tokens},
+                        {"corpus", data.string()},
+                        {"index",
+                         {{"bands", index.bands},
+                          {"rows", index.rows},
+                          {"max_bucket_visit", index.max_bucket_visit},
+                          {"max_scored", index.max_scored}}},
                         {"lookups", lookups},
                         {"redis_throughput",
                          {{"records", n_records},
                           {"record_bytes", bytes / n_records},
                           {"chunk_value_bytes", chunk_bytes},
-                          {"publish_mb_per_s", put_mbs},
-                          {"fetch_mb_per_s", get_mbs},
-                          {"redis_benchmark_set_mb_per_s", set_mbs},
-                          {"redis_benchmark_get_mb_per_s", get_rb_mbs},
-                          {"redis_benchmark_requests", bench_n}}}};
-    std::ofstream(args->Str("json")) << j.dump(2) << "\n";
+                          {"publish_mb_per_s_median", put_mbs},
+                          {"fetch_mb_per_s_median", get_mbs},
+                          {"publish_ms_per_record", put_ms_v},
+                          {"fetch_ms_per_record", get_ms_v},
+                          {"redis_benchmark_set_mb_per_s_median", set_mbs},
+                          {"redis_benchmark_get_mb_per_s_median", get_rb_mbs},
+                          {"redis_benchmark_requests", bench_n},
+                          {"redis_benchmark_runs", n_repeats}}}};
+    std::ofstream out(args->Str("json"));
+    out << j.dump(2) << "\n";
+    if (!out) return fail(absl::StrCat("cannot write ", args->Str("json")), 1);
   }
   return 0;
 }
