@@ -246,6 +246,34 @@ std::string PieceText(const engine::Tokenizer& tok, int32_t id) {
   return out;
 }
 
+// The common start of the methods that take a prompt input (Tokenize, AddReference,
+// LookupReference): admit, parse the raw bytes into `req`, validate its input. On refusal the
+// reactor is finished with the error and null is returned.
+template <typename Req>
+std::shared_ptr<PromptInput> AdmitPromptCall(ServiceState* state, const char* method,
+                                             grpc::CallbackServerContext* ctx,
+                                             const grpc::ByteBuffer* request,
+                                             grpc::ServerUnaryReactor* reactor, Req* req,
+                                             Principal* principal) {
+  absl::StatusOr<PromptInput> in = absl::InternalError("unset");
+  absl::StatusOr<Principal> p = state->Admit(ctx, /*admin=*/false);
+  if (!p.ok()) {
+    in = p.status();
+  } else if (absl::Status parsed = ParseRaw(request, req); !parsed.ok()) {
+    in = parsed;
+  } else {
+    *principal = *std::move(p);
+    in = ValidatePromptInput(req->input_case() == Req::kPrompt, req->prompt(),
+                             req->has_messages() ? &req->messages() : nullptr,
+                             state->core()->limits);
+  }
+  if (!in.ok()) {
+    reactor->Finish(state->Complete(method, in.status()));
+    return nullptr;
+  }
+  return std::make_shared<PromptInput>(*std::move(in));
+}
+
 }  // namespace
 
 // ---- ServiceState ----
@@ -383,16 +411,12 @@ grpc::ServerUnaryReactor* SemShareService::Tokenize(grpc::CallbackServerContext*
     reactor->Finish(state->Complete("Tokenize", s));
     return reactor;
   };
-  absl::StatusOr<Principal> p = state->Admit(ctx, false);
-  if (!p.ok()) return fail(p.status());
-  ServingCore* core = state->core();
   v1::TokenizeRequest r;
-  if (auto s = ParseRaw(request, &r); !s.ok()) return fail(s);
-  absl::StatusOr<PromptInput> in =
-      ValidatePromptInput(r.input_case() == v1::TokenizeRequest::kPrompt, r.prompt(),
-                          r.has_messages() ? &r.messages() : nullptr, core->limits);
-  if (!in.ok()) return fail(in.status());
-  auto input = std::make_shared<PromptInput>(*std::move(in));
+  Principal principal;
+  std::shared_ptr<PromptInput> input =
+      AdmitPromptCall(state, "Tokenize", ctx, request, reactor, &r, &principal);
+  if (input == nullptr) return reactor;
+  ServingCore* core = state->core();
   absl::Status submitted = core->scheduler->Submit([=](InferenceWorker& w) {
     absl::StatusOr<std::vector<int32_t>> ids = w.Tokenize(*input);
     if (!ids.ok()) {
@@ -420,17 +444,13 @@ grpc::ServerUnaryReactor* SemShareService::AddReference(grpc::CallbackServerCont
     reactor->Finish(state->Complete("AddReference", s));
     return reactor;
   };
-  absl::StatusOr<Principal> p = state->Admit(ctx, false);
-  if (!p.ok()) return fail(p.status());
-  ServingCore* core = state->core();
   v1::AddReferenceRequest r;
-  if (auto s = ParseRaw(request, &r); !s.ok()) return fail(s);
-  absl::StatusOr<PromptInput> in =
-      ValidatePromptInput(r.input_case() == v1::AddReferenceRequest::kPrompt, r.prompt(),
-                          r.has_messages() ? &r.messages() : nullptr, core->limits);
-  if (!in.ok()) return fail(in.status());
-  auto input = std::make_shared<PromptInput>(*std::move(in));
-  const store::Namespace ns = state->NamespaceOf(*p);
+  Principal principal;
+  std::shared_ptr<PromptInput> input =
+      AdmitPromptCall(state, "AddReference", ctx, request, reactor, &r, &principal);
+  if (input == nullptr) return reactor;
+  ServingCore* core = state->core();
+  const store::Namespace ns = state->NamespaceOf(principal);
   absl::Status submitted = core->scheduler->Submit([=](InferenceWorker& w) {
     if (ctx->IsCancelled()) {
       reactor->Finish(state->Complete("AddReference", CancelStatus(ctx)));
@@ -461,23 +481,19 @@ grpc::ServerUnaryReactor* SemShareService::LookupReference(grpc::CallbackServerC
     reactor->Finish(state->Complete("LookupReference", s));
     return reactor;
   };
-  absl::StatusOr<Principal> p = state->Admit(ctx, false);
-  if (!p.ok()) return fail(p.status());
-  ServingCore* core = state->core();
   v1::LookupReferenceRequest r;
-  if (auto s = ParseRaw(request, &r); !s.ok()) return fail(s);
-  absl::StatusOr<PromptInput> in =
-      ValidatePromptInput(r.input_case() == v1::LookupReferenceRequest::kPrompt, r.prompt(),
-                          r.has_messages() ? &r.messages() : nullptr, core->limits);
-  if (!in.ok()) return fail(in.status());
+  Principal principal;
+  std::shared_ptr<PromptInput> input =
+      AdmitPromptCall(state, "LookupReference", ctx, request, reactor, &r, &principal);
+  if (input == nullptr) return reactor;
+  ServingCore* core = state->core();
   const float t = r.similarity_threshold();
   if (!std::isfinite(t) || t < 0 || t > 1) {
     return fail(absl::InvalidArgumentError(absl::StrCat(
         "similarity_threshold must be in (0, 1] (0 = the server's default), got ", t)));
   }
   const float threshold = t == 0 ? core->limits.default_threshold : t;
-  auto input = std::make_shared<PromptInput>(*std::move(in));
-  const store::Namespace ns = state->NamespaceOf(*p);
+  const store::Namespace ns = state->NamespaceOf(principal);
   absl::Status submitted = core->scheduler->Submit([=](InferenceWorker& w) {
     absl::StatusOr<LookupResult> res = w.Lookup(*input, ns, threshold);
     if (!res.ok()) {
