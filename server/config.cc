@@ -1,7 +1,5 @@
 #include "server/config.h"
 
-#include <unistd.h>
-
 #include <cmath>
 #include <fstream>
 #include <functional>

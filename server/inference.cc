@@ -82,11 +82,9 @@ absl::StatusOr<std::vector<int32_t>> InferenceWorker::Tokenize(const PromptInput
 }
 
 InferenceWorker::Best InferenceWorker::FindBest(const store::Namespace& ns,
-                                                std::span<const int32_t> ids,
                                                 const engine::TokenSketch& target,
                                                 const std::vector<uint64_t>& features,
                                                 int32_t* candidates) {
-  (void)ids;
   Best best;
   *candidates = 0;
   if (store_ == nullptr) return best;
@@ -141,7 +139,7 @@ absl::StatusOr<InferenceResult> InferenceWorker::Run(const InferenceRequest& req
     const auto tl = Clock::now();
     target = prefiller_.Sketch(ids);
     features = store::PromptFeatures(ids);
-    best = FindBest(request.ns, ids, target, features, &res.candidates);
+    best = FindBest(request.ns, target, features, &res.candidates);
     res.looked_up = true;
     if (best.record != nullptr) {
       res.similarity = best.match.similarity;
@@ -255,7 +253,7 @@ absl::StatusOr<LookupResult> InferenceWorker::Lookup(const PromptInput& input,
   out.prompt_tokens = static_cast<int64_t>(ids->size());
   const engine::TokenSketch target = prefiller_.Sketch(*ids);
   const std::vector<uint64_t> features = store::PromptFeatures(*ids);
-  Best best = FindBest(ns, *ids, target, features, &out.candidates);
+  Best best = FindBest(ns, target, features, &out.candidates);
   if (best.record != nullptr) {
     out.reference_id = best.record->id;
     out.similarity = best.match.similarity;

@@ -118,10 +118,9 @@ class InferenceWorker {
     engine::TokenSketch sketch;
     engine::TokenMatch match;
   };
-  // Scores the store's candidates for `ids` (target sketch given); best by similarity.
-  Best FindBest(const store::Namespace& ns, std::span<const int32_t> ids,
-                const engine::TokenSketch& target, const std::vector<uint64_t>& features,
-                int32_t* candidates);
+  // Scores the store's candidates for a prompt (its sketch and features given); best by similarity.
+  Best FindBest(const store::Namespace& ns, const engine::TokenSketch& target,
+                const std::vector<uint64_t>& features, int32_t* candidates);
   absl::Status Publish(const store::Namespace& ns, std::vector<int32_t> ids, engine::KvCache kv,
                        engine::TokenSketch sketch, std::vector<uint64_t> features);
 

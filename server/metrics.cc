@@ -170,10 +170,10 @@ void Metrics::SetGpuMemory(int64_t used, int64_t total) {
   gpu_total_->Set(static_cast<double>(total));
 }
 
-void Metrics::UpdateTier(TierSeries& t, const store::TierStats& s, int64_t extra_errors) {
+void Metrics::UpdateTier(TierSeries& t, const store::TierStats& s) {
   t.bytes->Set(static_cast<double>(s.bytes));
   t.entries->Set(static_cast<double>(s.entries));
-  const int64_t errors = s.errors + extra_errors;
+  const int64_t errors = s.errors;
   if (s.evictions > t.last_evictions) {
     t.evictions->Increment(static_cast<double>(s.evictions - t.last_evictions));
   }
@@ -184,9 +184,9 @@ void Metrics::UpdateTier(TierSeries& t, const store::TierStats& s, int64_t extra
 
 void Metrics::UpdateStore(const store::StoreStats& s) {
   std::lock_guard<std::mutex> lock(store_mu_);
-  UpdateTier(tiers_[0], s.memory, 0);
-  UpdateTier(tiers_[1], s.disk, 0);
-  UpdateTier(tiers_[2], s.redis, 0);
+  UpdateTier(tiers_[0], s.memory);
+  UpdateTier(tiers_[1], s.disk);
+  UpdateTier(tiers_[2], s.redis);
 }
 
 }  // namespace semshare::server

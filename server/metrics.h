@@ -60,7 +60,7 @@ class Metrics {
     prometheus::Counter* errors;
     int64_t last_evictions = 0, last_errors = 0;
   };
-  void UpdateTier(TierSeries& t, const store::TierStats& s, int64_t extra_errors);
+  void UpdateTier(TierSeries& t, const store::TierStats& s);
 
   std::shared_ptr<prometheus::Registry> registry_;
   const std::string model_;

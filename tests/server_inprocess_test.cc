@@ -97,7 +97,9 @@ TEST(ServerInProcessTest, ConcurrentCallsCancellationsAndAdmin) {
         if ((t + i) % 3 == 0) {
           v1::GenerateResponse resp;
           s = stub->Generate(&ctx, req, &resp);
-          if (s.ok()) EXPECT_FALSE(resp.cache().result().empty());
+          if (s.ok()) {
+            EXPECT_FALSE(resp.cache().result().empty());
+          }
         } else {
           auto reader = stub->GenerateStream(&ctx, req);
           v1::GenerateStreamResponse msg;
