@@ -29,6 +29,9 @@ bool CudaBackendBuilt();
 // A backend's deferred error (CudaBackend records errors of its void ops); OK for the CPU
 // backend. Check it after a forward pass run on a backend from MakeBackend.
 absl::Status BackendStatus(const Backend& backend);
+// BackendStatus, then clears it so the backend serves the next request (a sticky device error
+// fails that request's first op again, so nothing is lost by clearing).
+absl::Status TakeBackendStatus(Backend& backend);
 
 // Device memory a backend holds (the server's semshare_gpu_memory_* gauges). `device` is false
 // for host backends, whose memory the process' resident size already shows.

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cache_store/prompt_features.h"
+#include "engine/backend_factory.h"
 
 namespace semshare::server {
 namespace {
@@ -58,6 +59,13 @@ InferenceWorker::InferenceWorker(const SharedModel& shared,
       metrics_(metrics),
       prefiller_(model_, *backend_, options.reuse),
       generator_(model_, *backend_) {}
+
+absl::Status InferenceWorker::BackendError() {
+  absl::Status s = engine::TakeBackendStatus(*backend_);
+  if (s.ok()) return s;
+  return absl::Status(s.code(),
+                      absl::StrCat("backend ", std::string(backend_->name()), ": ", s.message()));
+}
 
 absl::StatusOr<std::vector<int32_t>> InferenceWorker::Tokenize(const PromptInput& input) const {
   std::vector<int32_t> ids;
@@ -146,6 +154,7 @@ absl::StatusOr<InferenceResult> InferenceWorker::Run(const InferenceRequest& req
       res.reference_id = best.record->id;
     }
     res.lookup_ms = MsBetween(tl, Clock::now());
+    if (auto s = BackendError(); !s.ok()) return s;
   }
   if (cancelled()) return absl::CancelledError("cancelled before prefill");
 
@@ -175,6 +184,7 @@ absl::StatusOr<InferenceResult> InferenceWorker::Run(const InferenceRequest& req
     res.recomputed_tokens = n;
   }
   best = Best{};  // unpin the candidates
+  if (auto s = BackendError(); !s.ok()) return s;
   const auto td = Clock::now();
   res.prefill_ms = MsBetween(tp, td);
   res.kv_bytes = cache.ByteSize();
@@ -189,11 +199,12 @@ absl::StatusOr<InferenceResult> InferenceWorker::Run(const InferenceRequest& req
       metrics_->RecordInterTokenLatency(std::chrono::duration<double>(now - last_token).count());
     }
     last_token = now;
-    return cancelled();
+    return cancelled() || !engine::BackendStatus(*backend_).ok();
   };
   absl::StatusOr<engine::GenerateResult> gen =
       generator_.Decode(n, cache, logits, decode_opt, request.on_text);
   if (!gen.ok()) return gen.status();
+  if (auto s = BackendError(); !s.ok()) return s;  // before publishing KV it computed
   if (gen->finish == engine::FinishReason::kCancelled) {
     return absl::CancelledError("cancelled during decoding");
   }
@@ -232,6 +243,7 @@ absl::StatusOr<store::RecordHandle> InferenceWorker::AddReference(const PromptIn
   if (!ids.ok()) return ids.status();
   absl::StatusOr<engine::Reference> ref = prefiller_.MakeReference(*ids);
   if (!ref.ok()) return ref.status();
+  if (auto s = BackendError(); !s.ok()) return s;
   std::vector<uint64_t> features = store::PromptFeatures(*ids);
   absl::StatusOr<store::Record> rec =
       store::RecordFromReference(ns, *std::move(ref), options_.reuse, std::move(features));
@@ -254,6 +266,7 @@ absl::StatusOr<LookupResult> InferenceWorker::Lookup(const PromptInput& input,
   const engine::TokenSketch target = prefiller_.Sketch(*ids);
   const std::vector<uint64_t> features = store::PromptFeatures(*ids);
   Best best = FindBest(ns, target, features, &out.candidates);
+  if (auto s = BackendError(); !s.ok()) return s;
   if (best.record != nullptr) {
     out.reference_id = best.record->id;
     out.similarity = best.match.similarity;

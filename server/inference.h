@@ -113,6 +113,8 @@ class InferenceWorker {
                                       float threshold);
 
  private:
+  // The backend's deferred device error since the last call (OK on the CPU backend), cleared.
+  absl::Status BackendError();
   struct Best {
     store::RecordHandle record;
     engine::TokenSketch sketch;

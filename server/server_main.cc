@@ -31,9 +31,9 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
-#include "prometheus/exposer.h"
 #include "server/config.h"
 #include "server/log.h"
+#include "server/metrics_http.h"
 #include "server/service.h"
 
 namespace semshare::server {
@@ -188,19 +188,15 @@ int Main(int argc, char** argv) {
   }
   Metrics metrics(model_name);
   core.metrics = &metrics;
-  std::unique_ptr<prometheus::Exposer> exposer;
+  std::unique_ptr<MetricsHttpServer> metrics_http;
   if (!config.metrics_listen.empty()) {
-    try {
-      exposer = std::make_unique<prometheus::Exposer>(config.metrics_listen);
-    } catch (const std::exception& e) {
-      return Fail(absl::UnavailableError(
-          absl::StrCat("cannot serve metrics on ", config.metrics_listen, ": ", e.what())));
-    }
-    exposer->RegisterCollectable(metrics.registry());
-    const std::vector<int> ports = exposer->GetListeningPorts();
+    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> started =
+        MetricsHttpServer::Start(config.metrics_listen, metrics.registry());
+    if (!started.ok()) return Fail(started.status());
+    metrics_http = *std::move(started);
     const std::string mhost = config.metrics_listen.substr(0, config.metrics_listen.rfind(':'));
     Log(LogLevel::kInfo,
-        absl::StrCat("metrics on http://", mhost, ":", ports.empty() ? 0 : ports[0], "/metrics"));
+        absl::StrCat("metrics on http://", mhost, ":", metrics_http->port(), "/metrics"));
   }
 
   store::StoreOptions so;
@@ -219,7 +215,13 @@ int Main(int argc, char** argv) {
   std::vector<engine::Backend*> backends;
   for (int32_t i = 0; i < config.workers; ++i) {
     absl::StatusOr<std::unique_ptr<engine::Backend>> backend = engine::MakeBackend(config.backend);
-    if (!backend.ok()) return Fail(backend.status());
+    if (!backend.ok()) {
+      return Fail(absl::Status(
+          backend.status().code(),
+          absl::StrCat(
+              "--backend ", config.backend, ": ", backend.status().message(),
+              config.backend == "cuda" ? " (use --backend cpu on a host without one)" : "")));
+    }
     backends.push_back(backend->get());
     workers.push_back(std::make_unique<InferenceWorker>(shared, *std::move(backend), core.serving,
                                                         core.store, &metrics));

@@ -30,16 +30,9 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(std::string_view name,
     return std::unique_ptr<Backend>(std::move(*b));
 #else
     (void)options;
-#ifdef SEMSHARE_CUDA_LEFT_OUT
-    return absl::UnimplementedError(
-        "backend 'cuda': this program is linked without the CUDA backend (semshare-server, until "
-        "the civetweb/cuBLASLt start-up conflict in engine/cuda/README.md is solved); use "
-        "--backend cpu");
-#else
     return absl::UnimplementedError(
         "backend 'cuda': this build has no CUDA (configure with "
         "-DSEMSHARE_CUDA=ON on a machine with nvcc)");
-#endif
 #endif
   }
   return absl::InvalidArgumentError(absl::StrCat("unknown backend '", std::string(name),
@@ -54,6 +47,14 @@ absl::Status BackendStatus(const Backend& backend) {
   (void)backend;
 #endif
   return absl::OkStatus();
+}
+
+absl::Status TakeBackendStatus(Backend& backend) {
+  absl::Status s = BackendStatus(backend);
+#ifdef SEMSHARE_WITH_CUDA
+  if (auto* c = dynamic_cast<cuda::CudaBackend*>(&backend)) c->ClearStatus();
+#endif
+  return s;
 }
 
 BackendMemory QueryBackendMemory(Backend& backend) {
