@@ -117,6 +117,11 @@ cudaError_t AttentionMass(const T* q, const int32_t* q_pos, const T* k, const in
   cudaError_t e = cudaFuncSetAttribute(
       MassScoresKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (e != cudaSuccess) return e;
+  // gridDim.y and gridDim.z are limited to 65535: n_kv_heads is small, and the pair tiles only
+  // exceed it past ~2M (query, head) pairs per kv group, far beyond a retention window.
+  if (s.n_kv_heads > 65535 || CeilDiv(group_pairs, kPairsPerTile) > 65535) {
+    return cudaErrorInvalidValue;
+  }
   const dim3 grid(static_cast<unsigned>(CeilDiv(s.m, kRowsPerTile)),
                   static_cast<unsigned>(s.n_kv_heads),
                   static_cast<unsigned>(CeilDiv(group_pairs, kPairsPerTile)));

@@ -93,24 +93,32 @@ __global__ void __launch_bounds__(kSelThreads)
     const int64_t n = count < kMaxSampleCandidates ? count : kMaxSampleCandidates;
     const float mx = cv[0];
     const float inv_t = 1.0f / temperature;
+    // Weights as the CPU Sampler forms them: the float argument (l - l_max) * (1 / T), its exp
+    // rounded to float (exp in double, then rounded: the correctly rounded expf), sums in
+    // double. Weights of the same bits as the CPU's keep the top-p cut and the pick identical
+    // for the same u.
+    auto weight = [&](int64_t c) {
+      return static_cast<double>(
+          static_cast<float>(exp(static_cast<double>((cv[c] - mx) * inv_t))));
+    };
     double sum = 0;
-    for (int64_t c = 0; c < n; ++c) sum += exp(static_cast<double>((cv[c] - mx) * inv_t));
+    for (int64_t c = 0; c < n; ++c) sum += weight(c);
     int64_t keep_n = n;
     if (top_p < 1.0f) {
       double cum = 0;
       keep_n = 0;
       while (keep_n < n) {
-        cum += exp(static_cast<double>((cv[keep_n] - mx) * inv_t)) / sum;
+        cum += weight(keep_n) / sum;
         ++keep_n;
         if (cum >= top_p) break;
       }
       sum = 0;
-      for (int64_t c = 0; c < keep_n; ++c) sum += exp(static_cast<double>((cv[c] - mx) * inv_t));
+      for (int64_t c = 0; c < keep_n; ++c) sum += weight(c);
     }
     double r = static_cast<double>(u) * sum;
     int32_t pick = ci[keep_n - 1];
     for (int64_t c = 0; c < keep_n; ++c) {
-      r -= exp(static_cast<double>((cv[c] - mx) * inv_t));
+      r -= weight(c);
       if (r < 0) {
         pick = ci[c];
         break;

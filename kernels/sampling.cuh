@@ -3,8 +3,9 @@
 // - SampleTopKTopP: the top min(top_k, 1024) logits (top_k = 0 means 1024: the candidate set is
 //   capped, unlike the CPU Sampler's whole vocabulary; past the first 1024 tokens the
 //   probability left is negligible at usual temperatures) found by radix select
-//   (select_impl.cuh), sorted by (logit desc, index asc) with a bitonic sort in shared memory;
-//   probabilities exp((l - l_max) / T); the smallest prefix reaching top_p kept; the token is
+//   (select_impl.cuh), sorted by (logit desc, index asc; -0.0 ties +0.0) with a bitonic sort in
+//   shared memory; weights exp((l - l_max) * (1 / T)) rounded to float and summed in double, as
+//   the CPU Sampler forms them; the smallest prefix reaching top_p kept; the token is
 //   the first whose cumulative weight exceeds u * total, u in [0, 1) supplied by the caller
 //   (the host owns the seeded generator, so a request stays reproducible).
 #ifndef SEMSHARE_KERNELS_SAMPLING_CUH_

@@ -11,9 +11,11 @@ namespace semshare::kernels {
 
 constexpr int kSelThreads = 1024;
 
-// Monotone map float -> uint32 (a > b  <=>  key(a) > key(b)); NaN sorts above +inf.
+// Monotone map float -> uint32 (a > b  <=>  key(a) > key(b)); NaN sorts above +inf. -0.0 maps
+// to +0.0's key: they compare equal as floats, so they must tie (the index rule decides, as in
+// the CPU sampler's (value desc, index asc) order), not rank -0.0 below +0.0.
 __device__ __forceinline__ uint32_t OrderKey(float x) {
-  const uint32_t u = __float_as_uint(x);
+  const uint32_t u = x == 0.0f ? 0u : __float_as_uint(x);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 

@@ -14,7 +14,8 @@
 namespace semshare::kernels {
 
 // ecache [n, dim] float, planes [bands * bits, dim] float, codes [n, bands] uint32.
-// bits in 1..32; bands * bits <= 4096; dim * 4 bytes <= 48 KB.
+// bits in 1..32; bands * bits <= 4096; dim * 4 bytes <= 44 KB (the 4 KB of sign bytes make up
+// the 48 KB default shared-memory limit). cudaErrorInvalidValue otherwise.
 cudaError_t SimHashCodes(const float* ecache, const float* planes, int64_t n, int64_t dim,
                          int bands, int bits, uint32_t* codes, cudaStream_t stream);
 

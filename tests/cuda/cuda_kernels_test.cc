@@ -301,11 +301,13 @@ TEST_F(KernelsTest, RowDistanceAndSelectTopK) {
     ASSERT_EQ(k::SelectTopK(dev.as<float>(), fd.as<uint8_t>(), n, kk, true, idx.as<int32_t>(),
                             nullptr, cnt.as<int64_t>(), stream()),
               cudaSuccess);
-    // Expected: every forced index plus the kk largest others (distinct random scores).
+    // Expected: every forced index plus the kk largest others. Random float distances can
+    // collide (a few pairs among 3001); equal scores go to the lower index (prefer_low).
     std::vector<int32_t> others;
     std::set<int32_t> want;
     for (int32_t i = 0; i < n; ++i) (forced[i] ? want.insert(i), void() : others.push_back(i));
-    std::sort(others.begin(), others.end(), [&](int32_t x, int32_t y) { return got[x] > got[y]; });
+    std::sort(others.begin(), others.end(),
+              [&](int32_t x, int32_t y) { return got[x] > got[y] || (got[x] == got[y] && x < y); });
     for (int64_t i = 0; i < std::min<int64_t>(kk, others.size()); ++i) want.insert(others[i]);
     const int64_t count = Down<int64_t>(cnt, 1)[0];
     ASSERT_EQ(count, static_cast<int64_t>(want.size())) << "k " << kk;
@@ -409,18 +411,19 @@ TEST_F(KernelsTest, SimHashBitsMatchClearlySignedProjections) {
   EXPECT_GT(checked, n * bands * bits / 2);
 }
 
-// The CPU Sampler's arithmetic (engine/sampling.cc) with a given uniform u instead of its rng.
+// The CPU Sampler's arithmetic (engine/sampling.cc: float weights exp((l - max) * (1 / T)),
+// double sums) with a given uniform u instead of its rng. top_k 0 = the whole vocabulary.
 int32_t RefSample(const std::vector<float>& logits, float t, int top_k, float top_p, double u) {
   std::vector<std::pair<float, int32_t>> c;
   for (int32_t i = 0; i < static_cast<int32_t>(logits.size()); ++i) c.push_back({logits[i], i});
   std::sort(c.begin(), c.end(), [](const auto& a, const auto& b) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   });
-  c.resize(top_k);
-  const double mx = c[0].first;
+  if (top_k > 0 && top_k < static_cast<int>(c.size())) c.resize(top_k);
+  const float mx = c[0].first, inv_t = 1.0f / t;
   std::vector<double> w;
   double sum = 0;
-  for (auto& x : c) sum += w.emplace_back(std::exp((x.first - mx) / t));
+  for (auto& x : c) sum += w.emplace_back(static_cast<float>(std::exp((x.first - mx) * inv_t)));
   size_t keep = c.size();
   if (top_p < 1.0f) {
     double cum = 0;
@@ -460,6 +463,576 @@ TEST_F(KernelsTest, ArgmaxAndTopKTopPSampling) {
                                     o.as<int32_t>(), stream()),
                   cudaSuccess);
         EXPECT_EQ(Down<int32_t>(o, 1)[0], RefSample(small, 0.8f, top_k, top_p, u))
+            << "k " << top_k << " p " << top_p << " u " << u;
+      }
+    }
+  }
+}
+
+// ---- Added coverage: strided/fused layouts, several blocks, odd shapes, fully masked rows,
+// the decode split path, the element-wise family, gather/scatter, tie rules. ----
+
+// Every element of the test's output regions must have been written (poison is NaN) and the
+// padding around them left alone.
+bool AllNan(const std::vector<float>& v) {
+  return std::all_of(v.begin(), v.end(), [](float x) { return std::isnan(x); });
+}
+
+// Self-attention prefill straight out of a fused [n, (heads + 2 kvh) * D] QKV buffer (the
+// forward pass's layout: strided rows, K and V at offsets), several 64-query blocks with a
+// partial last one, positions with gaps (a compacted cache), GQA 4:1, bf16 output into rows
+// with padding, through the dispatcher (n >= 16 takes the flash kernel).
+TEST_F(KernelsTest, FlashPrefillFusedQkvManyBlocksBf16Out) {
+  for (int64_t D : {64, 128}) {
+    for (int64_t window : {0, 50}) {
+      const int64_t n = 200, heads = 4, kvh = 1, stride = (heads + 2 * kvh) * D;
+      std::vector<int32_t> pos(n);
+      for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(3 * i + (i % 2));
+      const auto qkv = Bf16Values(Uniform(n * stride, seed_ + D + window, -2, 2));
+      k::AttnShape s = MakeShape(n, n, heads, kvh, D, window);
+      s.q_stride = stride;
+      s.kv_stride = stride;
+      s.out_stride = heads * D + 8;  // padded output rows: the pad must stay untouched
+      auto qkvd = Up(ToBf16(qkv)), pd = Up(pos);
+      const bf16* base = qkvd.as<bf16>();
+      const void *qp = base, *kp = base + heads * D, *vp = base + (heads + kvh) * D;
+      ASSERT_TRUE(k::FlashPrefillSupported(s, qp, kp, vp));
+      auto od = Poisoned<bf16>(n * s.out_stride);
+      ASSERT_EQ(k::Attention<bf16>(qp, pd.as<int32_t>(), kp, vp, pd.as<int32_t>(), s, od.as<bf16>(),
+                                   nullptr, 0, stream()),
+                cudaSuccess);
+      const auto got = DownBf16(od, n * s.out_stride);
+      std::vector<float> out, pad;
+      for (int64_t i = 0; i < n; ++i) {
+        out.insert(out.end(), got.begin() + i * s.out_stride,
+                   got.begin() + i * s.out_stride + heads * D);
+        pad.insert(pad.end(), got.begin() + i * s.out_stride + heads * D,
+                   got.begin() + (i + 1) * s.out_stride);
+      }
+      const std::vector<float> kk(qkv.begin() + heads * D, qkv.end());
+      const std::vector<float> vv(qkv.begin() + (heads + kvh) * D, qkv.end());
+      // Probabilities rounded to bf16 before P V, then the bf16 output: 1e-2.
+      EXPECT_LT(RelErr(out, RefAttention(qkv, pos, kk, vv, pos, s)), 1e-2)
+          << "D " << D << " window " << window;
+      EXPECT_TRUE(AllNan(pad)) << "wrote past head rows";
+    }
+  }
+}
+
+// Shapes the flash kernel declines (head_dim 80, an odd row stride, a pointer off 16-byte
+// alignment) are reported unsupported, FlashPrefill refuses them, and the dispatcher still
+// computes them (generic kernel) for a prefill-sized query count.
+TEST_F(KernelsTest, FlashDeclinesUnalignedAndDispatcherFallsBack) {
+  const int64_t n = 40, heads = 2, kvh = 1, D = 64;
+  const int64_t stride = (heads + 2 * kvh) * D + 1;  // odd: rows 2 bytes off alignment
+  std::vector<int32_t> pos(n);
+  std::iota(pos.begin(), pos.end(), 100);
+  const auto qkv = Bf16Values(Uniform(n * stride + 1, seed_, -2, 2));
+  k::AttnShape s = MakeShape(n, n, heads, kvh, D, 0);
+  s.q_stride = stride;
+  s.kv_stride = stride;
+  auto qkvd = Up(ToBf16(qkv)), pd = Up(pos);
+  const bf16* base = qkvd.as<bf16>();
+  const void *qp = base, *kp = base + heads * D, *vp = base + (heads + kvh) * D;
+  EXPECT_FALSE(k::FlashPrefillSupported(s, qp, kp, vp));  // odd stride
+  k::AttnShape even = s;
+  even.q_stride = even.kv_stride = stride - 1;
+  EXPECT_TRUE(k::FlashPrefillSupported(even, qp, kp, vp));
+  EXPECT_FALSE(k::FlashPrefillSupported(even, base + 1, kp, vp));  // misaligned pointer
+  k::AttnShape d80 = MakeShape(n, n, heads, kvh, 80, 0);
+  EXPECT_FALSE(k::FlashPrefillSupported(d80, qp, kp, vp));
+  auto od = Poisoned<float>(n * heads * D);
+  EXPECT_EQ(k::FlashPrefill<float>(qp, pd.as<int32_t>(), kp, vp, pd.as<int32_t>(), s,
+                                   od.as<float>(), stream()),
+            cudaErrorInvalidValue);
+  ASSERT_EQ(k::Attention<float>(qp, pd.as<int32_t>(), kp, vp, pd.as<int32_t>(), s, od.as<float>(),
+                                nullptr, 0, stream()),
+            cudaSuccess);
+  const std::vector<float> kk(qkv.begin() + heads * D, qkv.end());
+  const std::vector<float> vv(qkv.begin() + (heads + kvh) * D, qkv.end());
+  // Float accumulation of bf16-exact inputs, float output: 1e-4.
+  EXPECT_LT(RelErr(Down<float>(od, n * heads * D), RefAttention(qkv, pos, kk, vv, pos, s)), 1e-4);
+}
+
+// The generic kernel as the prefill fallback: head_dim 80 (not a flash size) with 37 queries,
+// and head_dim 128 with 5 queries (n < 16), positions in random order, some queries before
+// every key (fully masked: zeros, not NaN), a sliding window; float output.
+TEST_F(KernelsTest, AttentionGenericPrefillOddHeadDimMaskedRows) {
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{37, 80}, {5, 128}};  // (n, head_dim)
+  for (const auto& [n, D] : shapes) {
+    const int64_t m = 90, heads = 6, kvh = 2, window = 17;
+    std::vector<int32_t> kp(m), qp(n);
+    for (int64_t j = 0; j < m; ++j) kp[j] = static_cast<int32_t>(2 * j + 10);
+    std::mt19937 rng(seed_ + n);
+    for (auto& p : qp) p = static_cast<int32_t>(rng() % 200) - 10;
+    qp[0] = 3;  // before every key
+    qp[n - 1] = -10;
+    const auto s = MakeShape(n, m, heads, kvh, D, window);
+    const auto q = Bf16Values(Uniform(n * heads * D, seed_ + 1, -2, 2));
+    const auto kk = Bf16Values(Uniform(m * kvh * D, seed_ + 2, -2, 2));
+    const auto v = Bf16Values(Uniform(m * kvh * D, seed_ + 3));
+    auto qd = Up(ToBf16(q)), kd = Up(ToBf16(kk)), vd = Up(ToBf16(v)), qpd = Up(qp), kpd = Up(kp);
+    const int64_t ws_bytes = k::GenericAttentionWorkspace(s);
+    auto ws = Poisoned<char>(ws_bytes);
+    auto od = Poisoned<float>(n * heads * D);
+    ASSERT_EQ(
+        k::Attention<float>(qd.data(), qpd.as<int32_t>(), kd.data(), vd.data(), kpd.as<int32_t>(),
+                            s, od.as<float>(), ws.data(), ws_bytes, stream()),
+        cudaSuccess);
+    const auto out = Down<float>(od, n * heads * D);
+    // Float accumulation of bf16-exact inputs, float output: 1e-4.
+    EXPECT_LT(RelErr(out, RefAttention(q, qp, kk, v, kp, s)), 1e-4) << "D " << D;
+    for (int64_t c = 0; c < heads * D; ++c) {
+      ASSERT_EQ(out[c], 0.0f);
+      ASSERT_EQ(out[(n - 1) * heads * D + c], 0.0f);
+    }
+  }
+}
+
+// Decode: a few queries over 5000 kv rows (Llama-8B heads), so the kv rows split across blocks
+// and the combine kernel merges them; one query sees nothing, one is windowed. The same call
+// without a workspace falls back to one split and must agree.
+TEST_F(KernelsTest, DecodeSplitKvManyRowsAndFallback) {
+  const int64_t m = 5000, heads = 32, kvh = 8, D = 128;
+  for (int64_t window : {0, 1500}) {
+    std::vector<int32_t> kp(m);
+    std::iota(kp.begin(), kp.end(), 0);
+    const std::vector<int32_t> qp = {4999, 2000, -1};
+    const auto s = MakeShape(3, m, heads, kvh, D, window);
+    const auto q = Bf16Values(Uniform(3 * heads * D, seed_, -2, 2));
+    const auto kk = Bf16Values(Uniform(m * kvh * D, seed_ + 1, -2, 2));
+    const auto v = Bf16Values(Uniform(m * kvh * D, seed_ + 2));
+    const auto ref = RefAttention(q, qp, kk, v, kp, s);
+    auto qd = Up(ToBf16(q)), kd = Up(ToBf16(kk)), vd = Up(ToBf16(v)), qpd = Up(qp), kpd = Up(kp);
+    const int64_t ws_bytes = k::GenericAttentionWorkspace(s);
+    ASSERT_GT(ws_bytes, 0);  // this shape splits
+    auto ws = Poisoned<char>(ws_bytes);
+    for (bool with_ws : {true, false}) {
+      auto od = Poisoned<bf16>(3 * heads * D);
+      ASSERT_EQ(k::Attention<bf16>(qd.data(), qpd.as<int32_t>(), kd.data(), vd.data(),
+                                   kpd.as<int32_t>(), s, od.as<bf16>(),
+                                   with_ws ? ws.data() : nullptr, with_ws ? ws_bytes : 0, stream()),
+                cudaSuccess);
+      const auto out = DownBf16(od, 3 * heads * D);
+      EXPECT_LT(RelErr(out, ref), 8e-3) << "window " << window << " ws " << with_ws;  // bf16 out
+      for (int64_t c = 0; c < heads * D; ++c) ASSERT_EQ(out[2 * heads * D + c], 0.0f);
+    }
+  }
+}
+
+// No kv rows at all: every query gets zeros (both entry points).
+TEST_F(KernelsTest, AttentionNoKvRowsGivesZeros) {
+  const int64_t n = 20, heads = 2, D = 64;
+  const auto s = MakeShape(n, 0, heads, 1, D, 0);
+  const std::vector<int32_t> qp(n, 7);
+  auto qd = Up(ToBf16(Uniform(n * heads * D, seed_))), qpd = Up(qp);
+  auto kd = Up(std::vector<bf16>(D)), vd = Up(std::vector<bf16>(D));
+  auto kpd = Up(std::vector<int32_t>(1, 0));
+  for (bool flash : {true, false}) {
+    auto od = Poisoned<float>(n * heads * D);
+    const cudaError_t e =
+        flash ? k::FlashPrefill<float>(qd.data(), qpd.as<int32_t>(), kd.data(), vd.data(),
+                                       kpd.as<int32_t>(), s, od.as<float>(), stream())
+              : k::GenericAttention<bf16, float>(qd.as<bf16>(), qpd.as<int32_t>(), kd.as<bf16>(),
+                                                 vd.as<bf16>(), kpd.as<int32_t>(), s,
+                                                 od.as<float>(), nullptr, 0, stream());
+    ASSERT_EQ(e, cudaSuccess);
+    for (float x : Down<float>(od, n * heads * D)) ASSERT_EQ(x, 0.0f) << "flash " << flash;
+  }
+}
+
+// RMSNorm on a strided input (a slice of wider rows), d > 1024 (the 512-thread path) and odd,
+// float -> float, bf16 -> bf16, and in place.
+TEST_F(KernelsTest, RmsNormStridedWideAndInPlace) {
+  const int64_t n = 3, d = 4099, stride = 4200;
+  const auto x = Bf16Values(Uniform(n * stride, seed_, -3, 3));
+  const auto g = Uniform(d, seed_ + 1, 0.5, 1.5);
+  std::vector<double> ref(n * d);
+  for (int64_t i = 0; i < n; ++i) {
+    double ss = 0;
+    for (int64_t c = 0; c < d; ++c) ss += double(x[i * stride + c]) * x[i * stride + c];
+    const double inv = 1.0 / std::sqrt(ss / d + 1e-5);
+    for (int64_t c = 0; c < d; ++c) ref[i * d + c] = x[i * stride + c] * inv * g[c];
+  }
+  auto gd = Up(g);
+  {
+    auto xd = Up(x);
+    auto yd = Poisoned<float>(n * d);
+    ASSERT_EQ((k::RmsNorm<float, float>(xd.as<float>(), stride, gd.as<float>(), n, d, 1e-5f,
+                                        yd.as<float>(), stream())),
+              cudaSuccess);
+    EXPECT_LT(RelErr(Down<float>(yd, n * d), ref), 1e-5);  // float
+  }
+  {
+    auto xd = Up(ToBf16(x));
+    auto yd = Poisoned<bf16>(n * d);
+    ASSERT_EQ((k::RmsNorm<bf16, bf16>(xd.as<bf16>(), stride, gd.as<float>(), n, d, 1e-5f,
+                                      yd.as<bf16>(), stream())),
+              cudaSuccess);
+    EXPECT_LT(RelErr(DownBf16(yd, n * d), ref), 8e-3);  // bf16 output
+  }
+  {
+    std::vector<float> packed(n * d);
+    for (int64_t i = 0; i < n; ++i) {
+      std::copy(x.begin() + i * stride, x.begin() + i * stride + d, packed.begin() + i * d);
+    }
+    auto xd = Up(packed);
+    ASSERT_EQ((k::RmsNorm<float, float>(xd.as<float>(), d, gd.as<float>(), n, d, 1e-5f,
+                                        xd.as<float>(), stream())),
+              cudaSuccess);
+    EXPECT_LT(RelErr(Down<float>(xd, n * d), ref), 1e-5);  // float, y aliases x
+  }
+}
+
+// RoPE into scattered cache rows: strided input (the K slice of a fused row), a row map,
+// rope_dim < head_dim (tail copied), both pairings, bf16 and float inputs to bf16.
+TEST_F(KernelsTest, RopeScatterRowsStridedBf16) {
+  const int64_t n = 9, heads = 3, hd = 10, rd = 6, x_stride = 41, y_rows = 15;
+  const int64_t y_stride = heads * hd;
+  std::vector<float> inv(rd / 2);
+  for (int64_t i = 0; i < rd / 2; ++i) inv[i] = std::pow(10000.0f, -2.0f * i / rd);
+  std::vector<int32_t> pos(n), rows(n);
+  std::mt19937 rng(seed_);
+  std::vector<int32_t> perm(y_rows);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  for (int64_t i = 0; i < n; ++i) {
+    pos[i] = static_cast<int32_t>(rng() % 20000) - 5000;
+    rows[i] = perm[i];
+  }
+  auto pd = Up(pos), rdv = Up(rows), fd = Up(inv);
+  for (bool adjacent : {true, false}) {
+    for (bool bf16_in : {true, false}) {
+      const auto x = Bf16Values(Uniform(n * x_stride, seed_ + adjacent + 2 * bf16_in));
+      k::RopeArgs a;
+      a.kind = adjacent ? k::RopeKind::kAdjacent : k::RopeKind::kHalfSplit;
+      a.heads = heads;
+      a.head_dim = hd;
+      a.rope_dim = rd;
+      a.inv_freq = fd.as<float>();
+      auto yd = Poisoned<bf16>(y_rows * y_stride);
+      auto xf = Up(x), xb = Up(ToBf16(x));
+      const cudaError_t e =
+          bf16_in ? k::Rope<bf16, bf16>(xb.as<bf16>(), x_stride, pd.as<int32_t>(), n, a,
+                                        yd.as<bf16>(), y_stride, rdv.as<int32_t>(), stream())
+                  : k::Rope<float, bf16>(xf.as<float>(), x_stride, pd.as<int32_t>(), n, a,
+                                         yd.as<bf16>(), y_stride, rdv.as<int32_t>(), stream());
+      ASSERT_EQ(e, cudaSuccess);
+      const auto y = DownBf16(yd, y_rows * y_stride);
+      std::vector<double> ref;
+      std::vector<float> got;
+      std::vector<bool> written(y_rows, false);
+      for (int64_t i = 0; i < n; ++i) {
+        std::vector<double> row(x.begin() + i * x_stride, x.begin() + i * x_stride + y_stride);
+        RefRope(row, heads, hd, rd, adjacent, inv, pos[i]);
+        ref.insert(ref.end(), row.begin(), row.end());
+        got.insert(got.end(), y.begin() + rows[i] * y_stride, y.begin() + (rows[i] + 1) * y_stride);
+        written[rows[i]] = true;
+      }
+      EXPECT_LT(RelErr(got, ref), 8e-3) << "adjacent " << adjacent << " bf16 " << bf16_in;
+      for (int64_t r = 0; r < y_rows; ++r) {
+        if (written[r]) continue;
+        EXPECT_TRUE(
+            AllNan(std::vector<float>(y.begin() + r * y_stride, y.begin() + (r + 1) * y_stride)))
+            << "row " << r << " not in the map was written";
+      }
+    }
+  }
+}
+
+// SwiGLU (separate, in place over gate; bf16 output; packed from float), add, bias add,
+// conversions, fill and the seeded random fill, on odd counts.
+TEST_F(KernelsTest, ElementwiseFamily) {
+  const int64_t n = 7, f = 333, count = n * f;
+  const auto g = Uniform(count, seed_, -6, 6), u = Uniform(count, seed_ + 1, -2, 2);
+  std::vector<double> ref(count);
+  for (int64_t i = 0; i < count; ++i) ref[i] = g[i] / (1 + std::exp(-double(g[i]))) * u[i];
+  {
+    auto gd = Up(g), ud = Up(u);
+    ASSERT_EQ(
+        (k::SwiGlu<float, float>(gd.as<float>(), ud.as<float>(), count, gd.as<float>(), stream())),
+        cudaSuccess);
+    EXPECT_LT(RelErr(Down<float>(gd, count), ref), 1e-5);  // float, out aliases gate
+    auto gd2 = Up(g);
+    auto od = Poisoned<bf16>(count);
+    ASSERT_EQ(
+        (k::SwiGlu<float, bf16>(gd2.as<float>(), ud.as<float>(), count, od.as<bf16>(), stream())),
+        cudaSuccess);
+    EXPECT_LT(RelErr(DownBf16(od, count), ref), 8e-3);  // bf16 output
+  }
+  {
+    std::vector<float> gu(n * 2 * f);
+    for (int64_t i = 0; i < n; ++i) {
+      std::copy(g.begin() + i * f, g.begin() + (i + 1) * f, gu.begin() + i * 2 * f);
+      std::copy(u.begin() + i * f, u.begin() + (i + 1) * f, gu.begin() + i * 2 * f + f);
+    }
+    auto gud = Up(gu);
+    auto od = Poisoned<bf16>(count);
+    ASSERT_EQ((k::SwiGluPacked<float, bf16>(gud.as<float>(), n, f, od.as<bf16>(), stream())),
+              cudaSuccess);
+    EXPECT_LT(RelErr(DownBf16(od, count), ref), 8e-3);  // bf16 output
+  }
+  {
+    const auto b = Uniform(f, seed_ + 2);
+    auto xd = Up(g), yd = Up(u), bd = Up(b);
+    ASSERT_EQ(k::AddInPlace(xd.as<float>(), yd.as<float>(), count, stream()), cudaSuccess);
+    ASSERT_EQ(k::AddBias(xd.as<float>(), bd.as<float>(), n, f, stream()), cudaSuccess);
+    const auto x = Down<float>(xd, count);
+    for (int64_t i = 0; i < count; ++i) ASSERT_EQ(x[i], (g[i] + u[i]) + b[i % f]) << i;  // exact
+  }
+  {
+    auto xd = Up(g);
+    auto bd = Poisoned<bf16>(count);
+    auto fd = Poisoned<float>(count);
+    ASSERT_EQ((k::Convert<float, bf16>(xd.as<float>(), count, bd.as<bf16>(), stream())),
+              cudaSuccess);
+    ASSERT_EQ((k::Convert<bf16, float>(bd.as<bf16>(), count, fd.as<float>(), stream())),
+              cudaSuccess);
+    const auto back = Down<float>(fd, count);
+    for (int64_t i = 0; i < count; ++i) ASSERT_EQ(back[i], RoundBf16(g[i])) << i;  // exact RN
+  }
+  {
+    auto fd = Poisoned<float>(count);
+    auto bd = Poisoned<bf16>(count);
+    ASSERT_EQ(k::Fill<float>(fd.as<float>(), count, -2.5f, stream()), cudaSuccess);
+    ASSERT_EQ(k::Fill<bf16>(bd.as<bf16>(), count, 0.75f, stream()), cudaSuccess);
+    for (float x : Down<float>(fd, count)) ASSERT_EQ(x, -2.5f);
+    for (float x : DownBf16(bd, count)) ASSERT_EQ(x, 0.75f);
+  }
+  {
+    // Counter-based: the same seed gives the same values; values in offset +- scale, mean near
+    // the offset (|mean - offset| < 0.05: ~8 sigma of the mean of 2331 uniforms; the seed is
+    // fixed, so the outcome does not vary between runs).
+    auto a = Poisoned<float>(count), b = Poisoned<float>(count);
+    ASSERT_EQ(k::FillRandom<float>(a.as<float>(), count, 42, 0.5f, 1.0f, stream()), cudaSuccess);
+    ASSERT_EQ(k::FillRandom<float>(b.as<float>(), count, 42, 0.5f, 1.0f, stream()), cudaSuccess);
+    const auto va = Down<float>(a, count), vb = Down<float>(b, count);
+    EXPECT_EQ(va, vb);
+    double mean = 0;
+    for (float x : va) {
+      ASSERT_GE(x, 0.5f);
+      ASSERT_LE(x, 1.5f);
+      mean += x / count;
+    }
+    EXPECT_LT(std::abs(mean - 1.0), 0.05);
+  }
+}
+
+// Row gather and scatter (exact copies), and the float re-rotation with a partial rope_dim
+// and adjacent pairs.
+TEST_F(KernelsTest, GatherScatterRowsAndFloatRerotate) {
+  const int64_t rows = 31, row_len = 77, n = 12;
+  const auto src = Uniform(rows * row_len, seed_);
+  std::mt19937 rng(seed_);
+  std::vector<int32_t> perm(rows);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  const std::vector<int32_t> idx(perm.begin(), perm.begin() + n);
+  auto sd = Up(src), id = Up(idx);
+  {
+    auto od = Poisoned<float>(n * row_len);
+    ASSERT_EQ(k::GatherRows<float>(sd.as<float>(), row_len, id.as<int32_t>(), n, od.as<float>(),
+                                   stream()),
+              cudaSuccess);
+    const auto out = Down<float>(od, n * row_len);
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t c = 0; c < row_len; ++c)
+        ASSERT_EQ(out[i * row_len + c], src[idx[i] * row_len + c]);
+    }
+  }
+  {
+    auto sb = Up(ToBf16(src));
+    auto od = Poisoned<bf16>(rows * row_len);
+    ASSERT_EQ(
+        k::ScatterRows<bf16>(sb.as<bf16>(), row_len, id.as<int32_t>(), n, od.as<bf16>(), stream()),
+        cudaSuccess);
+    const auto out = DownBf16(od, rows * row_len);
+    std::vector<bool> hit(rows, false);
+    for (int64_t i = 0; i < n; ++i) {
+      hit[idx[i]] = true;
+      for (int64_t c = 0; c < row_len; ++c) {
+        ASSERT_EQ(out[idx[i] * row_len + c], RoundBf16(src[i * row_len + c]));
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      if (!hit[r]) {
+        EXPECT_TRUE(
+            AllNan(std::vector<float>(out.begin() + r * row_len, out.begin() + (r + 1) * row_len)));
+      }
+    }
+  }
+  {
+    const int64_t kvh = 3, hd = 20, rd = 12;
+    std::vector<float> inv(rd / 2);
+    for (int64_t i = 0; i < rd / 2; ++i) inv[i] = std::pow(10000.0f, -2.0f * i / rd);
+    const auto ks = Uniform(rows * kvh * hd, seed_ + 5);
+    std::vector<int32_t> delta(n);
+    for (auto& d : delta) d = static_cast<int32_t>(rng() % 20001) - 10000;
+    auto kd = Up(ks), dd = Up(delta), fd = Up(inv);
+    auto od = Poisoned<float>(n * kvh * hd);
+    k::RopeArgs a;
+    a.kind = k::RopeKind::kAdjacent;
+    a.heads = kvh;
+    a.head_dim = hd;
+    a.rope_dim = rd;
+    a.inv_freq = fd.as<float>();
+    ASSERT_EQ(k::GatherRerotate<float>(kd.as<float>(), id.as<int32_t>(), dd.as<int32_t>(), n, a,
+                                       od.as<float>(), stream()),
+              cudaSuccess);
+    std::vector<double> ref;
+    for (int64_t i = 0; i < n; ++i) {
+      std::vector<double> row(ks.begin() + idx[i] * kvh * hd, ks.begin() + (idx[i] + 1) * kvh * hd);
+      RefRope(row, kvh, hd, rd, true, inv, delta[i]);
+      ref.insert(ref.end(), row.begin(), row.end());
+    }
+    EXPECT_LT(RelErr(Down<float>(od, n * kvh * hd), ref), 1e-5);  // float rotation
+  }
+}
+
+// Attention mass on bf16 inputs with head_dim 128 (the score pass's shared memory exceeds the
+// 48 KB default), more (query, head) pairs per kv group than one block takes, a sliding
+// window, and a query that sees nothing (it contributes no mass).
+TEST_F(KernelsTest, AttentionMassBf16WindowMaskedQuery) {
+  const int64_t w = 10, m = 300, heads = 8, kvh = 2, D = 128, window = 120;
+  std::vector<int32_t> kp(m), qp(w);
+  std::iota(kp.begin(), kp.end(), 0);
+  for (int64_t i = 0; i < w; ++i) qp[i] = static_cast<int32_t>(m - w + i);
+  qp[3] = -5;  // before every key
+  const auto s = MakeShape(w, m, heads, kvh, D, window);
+  const auto q = Bf16Values(Uniform(w * heads * D, seed_, -1, 1));
+  const auto kk = Bf16Values(Uniform(m * kvh * D, seed_ + 1, -1, 1));
+  auto qd = Up(ToBf16(q)), kd = Up(ToBf16(kk)), qpd = Up(qp), kpd = Up(kp);
+  auto mass = Poisoned<float>(m);
+  auto ws = Poisoned<float>(k::AttentionMassWorkspace(s));
+  ASSERT_EQ(
+      k::AttentionMass<bf16>(qd.as<bf16>(), qpd.as<int32_t>(), kd.as<bf16>(), kpd.as<int32_t>(), s,
+                             mass.as<float>(), ws.as<float>(), stream()),
+      cudaSuccess);
+  std::vector<double> ref(m, 0.0);
+  for (int64_t i = 0; i < w; ++i) {
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t g = h / (heads / kvh);
+      std::vector<double> sc(m, -INFINITY);
+      double mx = -INFINITY, sum = 0;
+      for (int64_t j = 0; j < m; ++j) {
+        if (kp[j] > qp[i] || qp[i] - kp[j] >= window) continue;
+        double dot = 0;
+        for (int64_t c = 0; c < D; ++c)
+          dot += double(q[(i * heads + h) * D + c]) * kk[(j * kvh + g) * D + c];
+        sc[j] = dot * s.scale;
+        mx = std::max(mx, sc[j]);
+      }
+      if (mx == -INFINITY) continue;
+      for (int64_t j = 0; j < m; ++j) sum += sc[j] == -INFINITY ? 0 : std::exp(sc[j] - mx);
+      for (int64_t j = 0; j < m; ++j) ref[j] += sc[j] == -INFINITY ? 0 : std::exp(sc[j] - mx) / sum;
+    }
+  }
+  const auto got = Down<float>(mass, m);
+  EXPECT_LT(RelErr(got, ref), 1e-4);  // float accumulation of bf16-exact inputs
+  for (int64_t j = 0; j < m - w - window + 1; ++j) ASSERT_EQ(got[j], 0.0f) << j;  // out of window
+}
+
+TEST_F(KernelsTest, EmbedBf16Output) {
+  const int64_t vocab = 1000, d = 129;
+  const auto table = Bf16Values(Uniform(vocab * d, seed_));
+  std::mt19937 rng(seed_);
+  std::vector<int32_t> ids(33);
+  for (auto& i : ids) i = rng() % vocab;
+  ids[0] = static_cast<int32_t>(vocab - 1);
+  auto td = Up(ToBf16(table)), idd = Up(ids);
+  auto od = Poisoned<bf16>(ids.size() * d);
+  ASSERT_EQ(k::EmbedGather<bf16>(td.data(), vocab, d, idd.as<int32_t>(), ids.size(), od.as<bf16>(),
+                                 stream()),
+            cudaSuccess);
+  const auto out = DownBf16(od, ids.size() * d);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    for (int64_t c = 0; c < d; ++c) ASSERT_EQ(out[i * d + c], table[ids[i] * d + c]);  // exact
+  }
+}
+
+// Selection over many elements with heavy ties (8 distinct scores): the threshold value's
+// elements are taken from the low (prefer_low) or high indices, forced elements always kept,
+// mask and indices consistent.
+TEST_F(KernelsTest, SelectTopKHeavyTiesLargeN) {
+  const int64_t n = 200003;
+  std::mt19937 rng(seed_);
+  std::vector<float> sc(n);
+  std::vector<uint8_t> forced(n);
+  for (int64_t i = 0; i < n; ++i) {
+    sc[i] = static_cast<float>(rng() % 8) * 0.25f;
+    forced[i] = rng() % 7 == 0;
+  }
+  auto sd = Up(sc), fd = Up(forced);
+  for (bool low : {true, false}) {
+    for (int64_t kk : {int64_t{1}, int64_t{12345}, int64_t{100000}}) {
+      auto idx = Poisoned<int32_t>(n);
+      auto mask = Poisoned<uint8_t>(n);
+      auto cnt = Poisoned<int64_t>(1);
+      ASSERT_EQ(k::SelectTopK(sd.as<float>(), fd.as<uint8_t>(), n, kk, low, idx.as<int32_t>(),
+                              mask.as<uint8_t>(), cnt.as<int64_t>(), stream()),
+                cudaSuccess);
+      std::vector<int32_t> others;
+      std::vector<uint8_t> want(n, 0);
+      for (int32_t i = 0; i < n; ++i) {
+        if (forced[i]) {
+          want[i] = 1;
+        } else {
+          others.push_back(i);
+        }
+      }
+      std::stable_sort(others.begin(), others.end(), [&](int32_t a, int32_t b) {
+        return sc[a] > sc[b] || (sc[a] == sc[b] && (low ? a < b : a > b));
+      });
+      for (int64_t i = 0; i < std::min<int64_t>(kk, others.size()); ++i) want[others[i]] = 1;
+      const int64_t count = Down<int64_t>(cnt, 1)[0];
+      ASSERT_EQ(count, std::accumulate(want.begin(), want.end(), int64_t{0})) << kk;
+      const auto m = Down<uint8_t>(mask, n);
+      ASSERT_TRUE(m == want) << "mask differs, k " << kk << " low " << low;
+      const auto out = Down<int32_t>(idx, count);
+      std::vector<int32_t> want_idx;
+      for (int32_t i = 0; i < n; ++i) {
+        if (want[i]) want_idx.push_back(i);
+      }
+      ASSERT_TRUE(out == want_idx) << "indices differ, k " << kk << " low " << low;
+    }
+  }
+}
+
+// Argmax over a Llama-3 vocabulary (128256), the maximum at the last index, then tied with a
+// lower index; -0.0 and +0.0 tie in sampling (the lower index first, as the CPU's float compare).
+TEST_F(KernelsTest, ArgmaxLargeVocabAndSamplingTies) {
+  const int64_t vocab = 128256;
+  auto logits = Uniform(vocab, seed_, -10, 10);
+  logits[vocab - 1] = 25.0f;
+  {
+    auto ld = Up(logits);
+    auto out = Poisoned<int32_t>(1);
+    ASSERT_EQ(k::Argmax(ld.as<float>(), vocab, out.as<int32_t>(), stream()), cudaSuccess);
+    EXPECT_EQ(Down<int32_t>(out, 1)[0], vocab - 1);
+  }
+  logits[1000] = 25.0f;
+  {
+    auto ld = Up(logits);
+    auto out = Poisoned<int32_t>(1);
+    ASSERT_EQ(k::Argmax(ld.as<float>(), vocab, out.as<int32_t>(), stream()), cudaSuccess);
+    EXPECT_EQ(Down<int32_t>(out, 1)[0], 1000);
+  }
+  // A small vocabulary (every token a candidate: top_k 0 and top_k >= vocab) with many tied
+  // logits, some of them -0.0 / +0.0, so top-k cuts run through tie groups.
+  const int64_t small = 300;
+  std::mt19937 rng(seed_ + 3);
+  std::vector<float> l(small);
+  for (auto& x : l) x = static_cast<float>(static_cast<int>(rng() % 13) - 6) * 0.5f;
+  for (int64_t i = 0; i < small; i += 7) l[i] = (i % 2) ? -0.0f : 0.0f;
+  auto ld = Up(l);
+  for (int top_k : {0, 1, 7, 40, 500}) {
+    for (float top_p : {1.0f, 0.5f}) {
+      for (float u : {0.0f, 0.4f, 0.95f}) {
+        auto o = Poisoned<int32_t>(1);
+        ASSERT_EQ(k::SampleTopKTopP(ld.as<float>(), small, 1.3f, top_k, top_p, u, o.as<int32_t>(),
+                                    stream()),
+                  cudaSuccess);
+        EXPECT_EQ(Down<int32_t>(o, 1)[0], RefSample(l, 1.3f, top_k, top_p, u))
             << "k " << top_k << " p " << top_p << " u " << u;
       }
     }

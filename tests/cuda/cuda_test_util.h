@@ -78,8 +78,10 @@ class CudaTest : public ::testing::Test {
     auto b = ctx_->pool().Allocate(static_cast<int64_t>(std::max<size_t>(v.size(), 1) * sizeof(T)));
     EXPECT_TRUE(b.ok()) << b.status();
     if (!v.empty()) {
+      Settle();  // a pooled block may still be in use by a kernel on the context's stream
       EXPECT_EQ(cudaMemcpy(b->data(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice),
                 cudaSuccess);
+      Settle();
     }
     return std::move(*b);
   }
@@ -90,9 +92,18 @@ class CudaTest : public ::testing::Test {
   engine::cuda::DeviceBuffer Poisoned(size_t n) {
     auto b = ctx_->pool().Allocate(static_cast<int64_t>(std::max<size_t>(n, 1) * sizeof(T)));
     EXPECT_TRUE(b.ok()) << b.status();
+    Settle();
     EXPECT_EQ(cudaMemset(b->data(), 0xFF, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess);
+    Settle();
     return std::move(*b);
   }
+
+  // cudaMemcpy from pageable memory and cudaMemset may return before the device has finished
+  // them, and they run on the legacy default stream, which does not order with the context's
+  // cudaStreamNonBlocking stream: without this, a kernel could read the input before it lands,
+  // or the NaN poison could land on top of the kernel's output (or on a pooled block a
+  // previous kernel still uses). A device-wide synchronisation orders both.
+  static void Settle() { EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess); }
 
   template <typename T>
   std::vector<T> Down(const engine::cuda::DeviceBuffer& b, size_t n) {
