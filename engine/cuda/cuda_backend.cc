@@ -115,6 +115,7 @@ absl::StatusOr<const void*> CudaBackend::Weight(const Matrix& w) {
 
 void CudaBackend::MatMul(const float* x, int64_t n, const Matrix& w, const Matrix& bias, float* y) {
   if (!status_.ok() || n <= 0) return;
+  const ScopedDevice on = ctx_->Activate();
   SEMSHARE_OP_ASSIGN(wd, Weight(w));
   SEMSHARE_OP_ASSIGN(xf, StageIn(0, x, n * w.cols * 4));
   SEMSHARE_OP_ASSIGN(xb, Stage(1, n * w.cols * 2));
@@ -134,6 +135,7 @@ void CudaBackend::MatMul(const float* x, int64_t n, const Matrix& w, const Matri
 void CudaBackend::RmsNorm(const float* x, const float* gamma, int64_t n, int64_t d, float eps,
                           float* y) {
   if (!status_.ok() || n <= 0) return;
+  const ScopedDevice on = ctx_->Activate();
   SEMSHARE_OP_ASSIGN(xd, StageIn(0, x, n * d * 4));
   SEMSHARE_OP_ASSIGN(gd, StageIn(1, gamma, d * 4));
   SEMSHARE_OP_ASSIGN(yd, Stage(2, n * d * 4));
@@ -147,6 +149,7 @@ void CudaBackend::RmsNorm(const float* x, const float* gamma, int64_t n, int64_t
 void CudaBackend::Rope(float* x, const int32_t* pos, int64_t n, int64_t heads, int64_t head_dim,
                        const RopeParams& rope) {
   if (!status_.ok() || n <= 0) return;
+  const ScopedDevice on = ctx_->Activate();
   const int64_t row = heads * head_dim;
   SEMSHARE_OP_ASSIGN(xd, StageIn(0, x, n * row * 4));
   SEMSHARE_OP_ASSIGN(pd, StageIn(1, pos, n * 4));
@@ -168,6 +171,7 @@ void CudaBackend::Attention(const float* q, const int32_t* q_pos, int64_t n, con
                             const float* v, const int32_t* k_pos, int64_t m,
                             const AttentionParams& p, float* out) {
   if (!status_.ok() || n <= 0) return;
+  const ScopedDevice on = ctx_->Activate();
   const k::AttnShape s = Shape(n, m, p);
   const int64_t qn = n * s.q_stride, kn = std::max<int64_t>(m, 1) * s.kv_stride;
   SEMSHARE_OP_ASSIGN(qf, StageIn(0, q, qn * 4));
@@ -197,6 +201,7 @@ void CudaBackend::Attention(const float* q, const int32_t* q_pos, int64_t n, con
 
 void CudaBackend::SwiGlu(const float* gate, const float* up, int64_t count, float* out) {
   if (!status_.ok() || count <= 0) return;
+  const ScopedDevice on = ctx_->Activate();
   SEMSHARE_OP_ASSIGN(gd, StageIn(0, gate, count * 4));
   SEMSHARE_OP_ASSIGN(ud, StageIn(1, up, count * 4));
   SEMSHARE_OP_LAUNCH(
@@ -208,6 +213,7 @@ void CudaBackend::SwiGlu(const float* gate, const float* up, int64_t count, floa
 
 void CudaBackend::Embed(const Matrix& table, const int32_t* ids, int64_t n, float* out) {
   if (!status_.ok() || n <= 0) return;
+  const ScopedDevice on = ctx_->Activate();
   SEMSHARE_OP_ASSIGN(td, Weight(table));
   SEMSHARE_OP_ASSIGN(idd, StageIn(0, ids, n * 4));
   SEMSHARE_OP_ASSIGN(od, Stage(1, n * table.cols * 4));
@@ -221,6 +227,7 @@ void CudaBackend::Embed(const Matrix& table, const int32_t* ids, int64_t n, floa
 void CudaBackend::GatherRows(const float* src, int64_t row_len, const int32_t* idx, int64_t n,
                              float* dst) {
   if (!status_.ok() || n <= 0) return;
+  const ScopedDevice on = ctx_->Activate();
   const int64_t rows = *std::max_element(idx, idx + n) + 1;  // src holds at least these rows
   SEMSHARE_OP_ASSIGN(sd, StageIn(0, src, rows * row_len * 4));
   SEMSHARE_OP_ASSIGN(idd, StageIn(1, idx, n * 4));
@@ -234,6 +241,7 @@ void CudaBackend::GatherRows(const float* src, int64_t row_len, const int32_t* i
 
 void CudaBackend::Add(float* x, const float* y, int64_t count) {
   if (!status_.ok() || count <= 0) return;
+  const ScopedDevice on = ctx_->Activate();
   SEMSHARE_OP_ASSIGN(xd, StageIn(0, x, count * 4));
   SEMSHARE_OP_ASSIGN(yd, StageIn(1, y, count * 4));
   SEMSHARE_OP_LAUNCH(
@@ -246,6 +254,7 @@ void CudaBackend::AttentionMass(const float* q, const int32_t* q_pos, int64_t n,
                                 const int32_t* k_pos, int64_t m, const AttentionParams& p,
                                 float* mass) {
   if (!status_.ok() || m <= 0) return;
+  const ScopedDevice on = ctx_->Activate();
   const k::AttnShape s = Shape(n, m, p);
   SEMSHARE_OP_ASSIGN(qd, StageIn(0, q, std::max<int64_t>(n, 1) * s.q_stride * 4));
   SEMSHARE_OP_ASSIGN(qp, StageIn(1, q_pos, std::max<int64_t>(n, 1) * 4));
@@ -263,6 +272,7 @@ void CudaBackend::AttentionMass(const float* q, const int32_t* q_pos, int64_t n,
 
 void CudaBackend::RowDistance(const float* a, const float* b, int64_t n, int64_t dim, float* out) {
   if (!status_.ok() || n <= 0) return;
+  const ScopedDevice on = ctx_->Activate();
   SEMSHARE_OP_ASSIGN(ad, StageIn(0, a, n * dim * 4));
   SEMSHARE_OP_ASSIGN(bd, StageIn(1, b, n * dim * 4));
   SEMSHARE_OP_ASSIGN(od, Stage(2, n * 4));

@@ -13,6 +13,19 @@ int DeviceCount() {
   return n;
 }
 
+ScopedDevice::ScopedDevice(int device) {
+  int current = -1;
+  if (cudaGetDevice(&current) != cudaSuccess) {
+    cudaGetLastError();
+    return;
+  }
+  if (current != device && cudaSetDevice(device) == cudaSuccess) previous_ = current;
+}
+
+ScopedDevice::~ScopedDevice() {
+  if (previous_ >= 0) cudaSetDevice(previous_);
+}
+
 absl::StatusOr<std::unique_ptr<CudaContext>> CudaContext::Create(int device) {
   const int count = DeviceCount();
   if (device < 0 || device >= count) {
@@ -21,6 +34,8 @@ absl::StatusOr<std::unique_ptr<CudaContext>> CudaContext::Create(int device) {
   }
   std::unique_ptr<CudaContext> c(new CudaContext());
   c->device_ = device;
+  c->pool_.BindDevice(device);
+  // Also leaves `device` current on the creating thread (single-device callers rely on it).
   SEMSHARE_CUDA_RETURN(cudaSetDevice(device));
   cudaDeviceProp prop{};
   SEMSHARE_CUDA_RETURN(cudaGetDeviceProperties(&prop, device));
@@ -41,6 +56,8 @@ absl::StatusOr<std::unique_ptr<CudaContext>> CudaContext::Create(int device) {
 }
 
 CudaContext::~CudaContext() {
+  ScopedDevice on(device_);
+  if (copy_stream_ != nullptr) cudaStreamSynchronize(copy_stream_);
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
   if (cublas_ != nullptr) cublasDestroy(cublas_);
   cublas_workspace_.Reset();

@@ -20,6 +20,22 @@ namespace semshare::engine::cuda {
 // Number of CUDA devices, 0 when the driver or runtime is missing (never an error).
 int DeviceCount();
 
+// Makes `device` current on this thread for the guard's lifetime and restores the previous
+// device after. The current device is per host thread, so every entry point of engine/cuda
+// that launches, allocates or frees takes one: a context created for device 1 may be used from
+// a worker thread whose current device is 0. Cheap (no call when the device is already
+// current); errors are left to the first CUDA call after it, which reports them.
+class ScopedDevice {
+ public:
+  explicit ScopedDevice(int device);
+  ~ScopedDevice();
+  ScopedDevice(const ScopedDevice&) = delete;
+  ScopedDevice& operator=(const ScopedDevice&) = delete;
+
+ private:
+  int previous_ = -1;
+};
+
 class CudaContext {
  public:
   static absl::StatusOr<std::unique_ptr<CudaContext>> Create(int device = 0);
@@ -28,6 +44,8 @@ class CudaContext {
   CudaContext& operator=(const CudaContext&) = delete;
 
   int device() const { return device_; }
+  // A guard that makes this context's device current (see ScopedDevice).
+  ScopedDevice Activate() const { return ScopedDevice(device_); }
   const std::string& device_name() const { return name_; }
   cudaStream_t stream() const { return stream_; }
   cudaStream_t copy_stream() const { return copy_stream_; }

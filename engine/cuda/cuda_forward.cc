@@ -45,7 +45,7 @@ T* At(const DeviceBuffer& b, int64_t offset) {
 }  // namespace
 
 CudaForward::CudaForward(CudaContext& ctx, const DeviceModel& model, int64_t max_chunk)
-    : ctx_(ctx), model_(model), max_chunk_(max_chunk) {
+    : ctx_(ctx), model_(model), max_chunk_(std::max<int64_t>(max_chunk, 1)) {
   const ModelConfig& c = model.config;
   d_ = c.d_model;
   qd_ = c.n_heads * c.head_dim;
@@ -160,6 +160,7 @@ absl::Status CudaForward::Forward(std::span<const int32_t> ids, std::span<const 
   if (ids.size() != pos.size() || ids.empty()) {
     return absl::InvalidArgumentError("forward: ids and positions must be non-empty and equal");
   }
+  const ScopedDevice on = ctx_.Activate();
   if (cache.n_layers() != c.n_layers || cache.kv_dim() != kvd_) {
     return absl::InvalidArgumentError("forward: KV cache shape does not match the model");
   }
@@ -210,6 +211,7 @@ absl::StatusOr<int32_t> CudaForward::ForwardSample(std::span<const int32_t> ids,
                                                    std::span<const int32_t> pos,
                                                    DeviceKvCache& cache, float temperature,
                                                    int top_k, float top_p, float u) {
+  const ScopedDevice on = ctx_.Activate();
   SEMSHARE_STATUS_RETURN(Forward(ids, pos, cache, nullptr));
   SEMSHARE_STATUS_RETURN(Logits(At<float>(x_, (last_rows_ - 1) * d_), nullptr));
   const int64_t vocab = model_.config.vocab_size;
@@ -296,6 +298,18 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
                                            DeviceKvCache& cache, float* logits, PrefillStats* st) {
   const ModelConfig& c = model_.config;
   const int64_t n = static_cast<int64_t>(ids.size());
+  const ScopedDevice on = ctx_.Activate();
+  // On every return, errors included, the reference's copies are over: the caller may have
+  // started its upload (StartUpload), an error return would leave later layers in flight on
+  // the copy stream, and the caller may free or refill the pinned source at once. (After a
+  // successful hit the compute stream waited for every layer and synchronised: no cost.)
+  struct CopyDrain {
+    cudaStream_t stream;
+    bool armed;
+    ~CopyDrain() {
+      if (armed) cudaStreamSynchronize(stream);
+    }
+  } drain{ctx_.copy_stream(), reference != nullptr};
   if (n == 0) return absl::InvalidArgumentError("prefill: the prompt has no tokens");
   if (cache.rows() != 0 || cache.n_layers() != c.n_layers || cache.kv_dim() != kvd_) {
     return absl::InvalidArgumentError("prefill: the cache must be empty and shaped for the model");
@@ -307,11 +321,19 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
     }
   }
   SEMSHARE_STATUS_RETURN(config.Validate());
-  const bool hit = reference != nullptr && match != nullptr &&
-                   static_cast<int64_t>(match->ref_index.size()) == n;
+  const bool hit = reference != nullptr && match != nullptr;
   if (hit) {
+    if (static_cast<int64_t>(match->ref_index.size()) != n) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "prefill: the match covers ", match->ref_index.size(), " tokens, the prompt ", n));
+    }
     if (reference->n_layers() != c.n_layers || reference->kv_dim() != kvd_) {
       return absl::InvalidArgumentError("prefill: reference KV shape does not match the model");
+    }
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      if (reference->layer(l).rows != reference->rows()) {
+        return absl::InvalidArgumentError("prefill: reference layers differ in rows (trimmed?)");
+      }
     }
     for (int32_t r : match->ref_index) {
       if (r >= reference->rows()) {
@@ -344,7 +366,9 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
 
   SEMSHARE_STATUS_RETURN(Reserve(n));
   SEMSHARE_STATUS_RETURN(cache.ReserveAll(n));
-  SEMSHARE_STATUS_RETURN(p.EnsureSize(xs_, n * d_ * 4));
+  // xs_ and x_ swap below, so both must hold Reserve()'s reserved_ rows (which may exceed n):
+  // a later Forward trusts reserved_ and writes that many rows into x_.
+  SEMSHARE_STATUS_RETURN(p.EnsureSize(xs_, x_.bytes()));
   SEMSHARE_STATUS_RETURN(p.EnsureSize(set_, n * 4));
   SEMSHARE_STATUS_RETURN(p.EnsureSize(iota_, n * 4));
   SEMSHARE_STATUS_RETURN(p.EnsureSize(dev_, n * 4));
@@ -366,6 +390,7 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
   SEMSHARE_STATUS_RETURN(ctx_.Sync());  // host vectors above may go out of scope below
 
   int64_t held_rows = 0;
+  st->mode = config.mode;
   st->layer_computed.assign(c.n_layers, 0);
   st->layer_rows.assign(c.n_layers, 0);
   std::vector<int32_t> sel, next;

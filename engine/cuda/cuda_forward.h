@@ -48,6 +48,8 @@ class CudaForward {
   // match.ref_index[n], from TokenMatcher), layer 0 is computed for all tokens and deeper
   // layers for a shrinking set chosen by KV deviation; without a reference, every token at
   // every layer. Retention per config. Fills st like ReusePrefiller (timings excluded).
+  // InvalidArgument when the match does not cover the prompt or names a row past the reference.
+  // With a reference uploaded by StartUpload, waits for each of its layers before reading it.
   absl::Status SelectivePrefill(std::span<const int32_t> ids, DeviceKvCache* reference,
                                 const TokenMatch* match, const ReuseConfig& config,
                                 DeviceKvCache& cache, float* logits, PrefillStats* st);

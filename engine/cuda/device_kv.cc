@@ -11,6 +11,16 @@ namespace semshare::engine::cuda {
 
 using bf16 = __nv_bfloat16;
 
+namespace {
+
+// Pinned host memory usable by every device's context (portable), so a reference pinned on
+// one thread uploads to a context of any device.
+cudaError_t PinnedAlloc(void** p, int64_t bytes) {
+  return cudaHostAlloc(p, static_cast<size_t>(bytes), cudaHostAllocPortable);
+}
+
+}  // namespace
+
 PinnedKv::~PinnedKv() { Release(); }
 
 void PinnedKv::Release() {
@@ -24,7 +34,8 @@ void PinnedKv::Release() {
 
 absl::Status PinnedKv::PinPositions(Layer& l) {
   void* p = nullptr;
-  SEMSHARE_CUDA_RETURN(cudaMallocHost(&p, std::max<size_t>(l.pos.size(), 1) * 4));
+  SEMSHARE_CUDA_RETURN(
+      PinnedAlloc(&p, std::max<int64_t>(static_cast<int64_t>(l.pos.size()), 1) * 4));
   l.pos_pinned = static_cast<int32_t*>(p);
   std::copy(l.pos.begin(), l.pos.end(), l.pos_pinned);
   return absl::OkStatus();
@@ -40,8 +51,8 @@ absl::Status PinnedKv::From(const KvCache& kv) {
     const LayerKv& src = kv.layer(l);
     if (src.rows() != rows_) return absl::InvalidArgumentError("PinnedKv: layers differ in rows");
     Layer& d = layers_[l];
-    SEMSHARE_CUDA_RETURN(cudaMallocHost(&d.k, std::max<int64_t>(count, 1) * 2));
-    SEMSHARE_CUDA_RETURN(cudaMallocHost(&d.v, std::max<int64_t>(count, 1) * 2));
+    SEMSHARE_CUDA_RETURN(PinnedAlloc(&d.k, std::max<int64_t>(count, 1) * 2));
+    SEMSHARE_CUDA_RETURN(PinnedAlloc(&d.v, std::max<int64_t>(count, 1) * 2));
     bf16* k = static_cast<bf16*>(d.k);
     bf16* v = static_cast<bf16*>(d.v);
     for (int64_t i = 0; i < count; ++i) {
@@ -60,27 +71,36 @@ absl::Status PinnedKv::FromDevice(const DeviceKvCache& kv) {
   kv_dim_ = kv.kv_dim();
   layers_.resize(kv.n_layers());
   const int64_t bytes = std::max<int64_t>(rows_ * kv_dim_ * 2, 2);
+  CudaContext& ctx = kv.context();
+  const ScopedDevice on = ctx.Activate();
+  // The cache was written on the context's compute stream, a non-blocking stream that a plain
+  // cudaMemcpy (legacy default stream) would not wait for: copy on that stream, then sync.
   for (int64_t l = 0; l < kv.n_layers(); ++l) {
     const DeviceLayerKv& src = kv.layer(l);
     if (src.rows != rows_) return absl::InvalidArgumentError("PinnedKv: layers differ in rows");
     Layer& d = layers_[l];
-    SEMSHARE_CUDA_RETURN(cudaMallocHost(&d.k, bytes));
-    SEMSHARE_CUDA_RETURN(cudaMallocHost(&d.v, bytes));
-    SEMSHARE_CUDA_RETURN(
-        cudaMemcpy(d.k, src.k.data(), rows_ * kv_dim_ * 2, cudaMemcpyDeviceToHost));
-    SEMSHARE_CUDA_RETURN(
-        cudaMemcpy(d.v, src.v.data(), rows_ * kv_dim_ * 2, cudaMemcpyDeviceToHost));
+    SEMSHARE_CUDA_RETURN(PinnedAlloc(&d.k, bytes));
+    SEMSHARE_CUDA_RETURN(PinnedAlloc(&d.v, bytes));
+    SEMSHARE_STATUS_RETURN(ctx.Download(d.k, src.k.data(), rows_ * kv_dim_ * 2));
+    SEMSHARE_STATUS_RETURN(ctx.Download(d.v, src.v.data(), rows_ * kv_dim_ * 2));
     d.pos = src.host_pos;
     SEMSHARE_STATUS_RETURN(PinPositions(d));
   }
-  return absl::OkStatus();
+  return ctx.Sync();
 }
 
 DeviceKvCache::DeviceKvCache(CudaContext& ctx, int64_t n_layers, int64_t kv_dim)
     : ctx_(ctx), kv_dim_(kv_dim), layers_(n_layers) {}
 
 DeviceKvCache::~DeviceKvCache() {
-  for (cudaEvent_t e : events_) cudaEventDestroy(e);
+  if (events_.empty()) return;
+  const ScopedDevice on = ctx_.Activate();
+  // An upload may still be writing into the buffers about to return to the pool, where the
+  // compute stream could take them next: let the copy stream finish first.
+  cudaStreamSynchronize(ctx_.copy_stream());
+  for (cudaEvent_t e : events_) {
+    if (e != nullptr) cudaEventDestroy(e);
+  }
 }
 
 int32_t DeviceKvCache::next_position() const {
@@ -100,6 +120,7 @@ int64_t DeviceKvCache::ByteSize() const {
 absl::Status DeviceKvCache::Reserve(int64_t li, int64_t rows) {
   DeviceLayerKv& l = layers_[li];
   if (l.capacity >= rows) return absl::OkStatus();
+  const ScopedDevice on = ctx_.Activate();
   const int64_t cap = std::max<int64_t>(rows, l.capacity + l.capacity / 2);
   auto k = ctx_.pool().Allocate(cap * kv_dim_ * 2);
   if (!k.ok()) return k.status();
@@ -141,6 +162,7 @@ absl::Status DeviceKvCache::FromHost(const KvCache& kv) {
   if (kv.n_layers() != n_layers() || kv.kv_dim() != kv_dim_) {
     return absl::InvalidArgumentError("DeviceKvCache::FromHost: shape mismatch");
   }
+  const ScopedDevice on = ctx_.Activate();
   std::vector<bf16> tmp;
   for (int64_t li = 0; li < n_layers(); ++li) {
     const LayerKv& src = kv.layer(li);
@@ -164,6 +186,7 @@ absl::Status DeviceKvCache::FromHost(const KvCache& kv) {
 }
 
 absl::Status DeviceKvCache::ToHost(KvCache* kv) {
+  const ScopedDevice on = ctx_.Activate();
   *kv = KvCache(n_layers(), kv_dim_);
   std::vector<bf16> tmp;
   for (int64_t li = 0; li < n_layers(); ++li) {
@@ -190,11 +213,16 @@ absl::Status DeviceKvCache::StartUpload(const PinnedKv& ref) {
   if (ref.n_layers() != n_layers() || ref.kv_dim() != kv_dim_) {
     return absl::InvalidArgumentError("DeviceKvCache::StartUpload: shape mismatch");
   }
+  const ScopedDevice on = ctx_.Activate();
   if (events_.empty()) {
     events_.resize(n_layers(), nullptr);
     for (cudaEvent_t& e : events_) {
       SEMSHARE_CUDA_RETURN(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     }
+  } else {
+    // A previous upload into this cache: the compute stream passes all of its copies before
+    // Reserve below may hand those buffers back to the pool.
+    for (cudaEvent_t e : events_) SEMSHARE_CUDA_RETURN(cudaStreamWaitEvent(ctx_.stream(), e, 0));
   }
   // Capacity first (on the compute stream), then the copy stream waits for that.
   for (int64_t li = 0; li < n_layers(); ++li) {

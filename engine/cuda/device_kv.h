@@ -8,7 +8,9 @@
 // DeviceKvCache::StartUpload copies it layer by layer on the context's copy stream and records
 // an event per layer, and WaitLayer(l) makes the compute stream wait for layer l only, so the
 // transfer of deeper layers overlaps the computation of the first ones (layer 0's embedding
-// and projections run while the reference's layers arrive).
+// and projections run while the reference's layers arrive). The PinnedKv must stay alive and
+// unchanged until the compute stream has passed WaitLayer of every layer and synchronised (or
+// the DeviceKvCache is destroyed, which waits for the copy stream).
 #ifndef SEMSHARE_ENGINE_CUDA_DEVICE_KV_H_
 #define SEMSHARE_ENGINE_CUDA_DEVICE_KV_H_
 
@@ -41,7 +43,8 @@ class PinnedKv {
   PinnedKv& operator=(const PinnedKv&) = delete;
   // BF16 copy of a host KvCache (every layer must have the same rows).
   absl::Status From(const KvCache& kv);
-  // Copy of a device cache (what a store would keep after a GPU prefill); synchronous.
+  // Copy of a device cache (what a store would keep after a GPU prefill); synchronous, and
+  // ordered after the work already queued on the cache's compute stream.
   absl::Status FromDevice(const DeviceKvCache& kv);
   int64_t ByteSize() const { return 2 * n_layers() * rows_ * kv_dim_ * 2; }
   int64_t n_layers() const { return static_cast<int64_t>(layers_.size()); }
@@ -74,6 +77,7 @@ class DeviceKvCache {
 
   int64_t n_layers() const { return static_cast<int64_t>(layers_.size()); }
   int64_t kv_dim() const { return kv_dim_; }
+  CudaContext& context() const { return ctx_; }
   DeviceLayerKv& layer(int64_t l) { return layers_[l]; }
   const DeviceLayerKv& layer(int64_t l) const { return layers_[l]; }
   int64_t rows() const { return layers_.empty() ? 0 : layers_[0].rows; }
@@ -90,7 +94,8 @@ class DeviceKvCache {
   absl::Status ToHost(KvCache* kv);
 
   // Asynchronous upload of a pinned reference (see the file comment); the cache is resized to
-  // the reference's rows. WaitLayer(l) orders the compute stream after layer l's copy.
+  // the reference's rows. WaitLayer(l) orders the compute stream after layer l's copy. Reading
+  // a layer on the compute stream before WaitLayer(l) races with its copy.
   absl::Status StartUpload(const PinnedKv& ref);
   absl::Status WaitLayer(int64_t l);
 

@@ -69,6 +69,7 @@ int64_t DeviceModel::ByteSize() const {
 
 absl::StatusOr<std::unique_ptr<DeviceModel>> DeviceModel::Upload(CudaContext& ctx,
                                                                  const Model& model) {
+  const ScopedDevice on = ctx.Activate();
   auto dm = std::make_unique<DeviceModel>();
   dm->config = model.config;
   const ModelWeights& w = model.weights;
@@ -96,6 +97,7 @@ absl::StatusOr<std::unique_ptr<DeviceModel>> DeviceModel::Random(CudaContext& ct
                                                                  const ModelConfig& c,
                                                                  uint64_t seed) {
   SEMSHARE_STATUS_RETURN(c.Validate());
+  const ScopedDevice on = ctx.Activate();
   auto dm = std::make_unique<DeviceModel>();
   dm->config = c;
   const int64_t d = c.d_model, qd = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;

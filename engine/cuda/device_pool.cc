@@ -2,6 +2,10 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <optional>
+
+#include "engine/cuda/cuda_context.h"
 #include "engine/cuda/cuda_status.h"
 
 namespace semshare::engine::cuda {
@@ -52,6 +56,8 @@ absl::StatusOr<DeviceBuffer> DevicePool::Allocate(int64_t bytes) {
     }
   }
   if (ptr == nullptr) {
+    std::optional<ScopedDevice> on;
+    if (device_ >= 0) on.emplace(device_);
     cudaError_t e = cudaMalloc(&ptr, cap);
     if (e == cudaErrorMemoryAllocation) {
       cudaGetLastError();  // clear the sticky-free error state of this thread
@@ -94,6 +100,8 @@ void DevicePool::Free(void* ptr, int64_t bytes, int64_t capacity) {
 PoolStats DevicePool::Stats() const {
   PoolStats s;
   size_t free_b = 0, total_b = 0;
+  std::optional<ScopedDevice> on;
+  if (device_ >= 0) on.emplace(device_);
   if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) cudaGetLastError();
   std::lock_guard<std::mutex> lock(mu_);
   s.used = used_;
@@ -116,6 +124,9 @@ void DevicePool::ReleaseCache() {
     cache.swap(cache_);
     for (const auto& [cap, p] : cache) reserved_ -= cap;
   }
+  if (cache.empty()) return;
+  std::optional<ScopedDevice> on;
+  if (device_ >= 0) on.emplace(device_);
   for (const auto& [cap, p] : cache) cudaFree(p);
 }
 

@@ -60,6 +60,9 @@ class DevicePool {
  public:
   DevicePool() = default;
   ~DevicePool();  // releases the cache
+  // The device whose memory this pool holds: made current around cudaMalloc / cudaFree /
+  // cudaMemGetInfo, so a pool serves any host thread. -1 (default): the thread's current device.
+  void BindDevice(int device) { device_ = device; }
   DevicePool(const DevicePool&) = delete;
   DevicePool& operator=(const DevicePool&) = delete;
 
@@ -78,6 +81,7 @@ class DevicePool {
   void Free(void* ptr, int64_t bytes, int64_t capacity);
   static int64_t RoundUp(int64_t bytes);
 
+  int device_ = -1;
   mutable std::mutex mu_;
   std::multimap<int64_t, void*> cache_;  // capacity -> free block
   int64_t used_ = 0, peak_ = 0, reserved_ = 0, allocations_ = 0;
