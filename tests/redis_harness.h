@@ -77,12 +77,14 @@ inline bool PortFree(int port) {
   return ok;
 }
 
-// A free port p in [20000, 55000) with p + 10000 (the cluster bus port) free too.
+// A free port p in [20000, 22700) with p + 10000 (the cluster bus port) free too: both below
+// Linux's ephemeral range (32768 and up), so the outgoing connections and port-0 listeners of
+// tests running beside this one cannot take them between this check and redis-server's bind.
 inline int FreeRedisPort() {
   static std::mt19937 rng(static_cast<uint32_t>(::getpid()) * 7919u +
                           static_cast<uint32_t>(std::time(nullptr)));
   for (int i = 0; i < 1000; ++i) {
-    const int p = 20000 + static_cast<int>(rng() % 35000);
+    const int p = 20000 + static_cast<int>(rng() % 2700);
     if (PortFree(p) && PortFree(p + 10000)) return p;
   }
   return 0;
@@ -107,21 +109,28 @@ class RedisServer {
   static absl::StatusOr<std::unique_ptr<RedisServer>> Start(bool cluster) {
     if (absl::Status s = RequireRedisBinaries(); !s.ok()) return s;
     std::unique_ptr<RedisServer> r(new RedisServer);
-    r->port_ = FreeRedisPort();
-    if (r->port_ == 0) return absl::UnavailableError("no free loopback port");
     char tmpl[] = "/tmp/semshare-redis-XXXXXX";
     if (::mkdtemp(tmpl) == nullptr) return absl::InternalError("mkdtemp failed");
     r->dir_ = tmpl;
-    std::ofstream conf(r->dir_ + "/redis.conf");
-    conf << "port " << r->port_ << "\nbind 127.0.0.1\ndir " << r->dir_
-         << "\ndaemonize no\nprotected-mode no\nsave \"\"\nappendonly yes\n"
-         << "appendfsync always\nenable-debug-command yes\nlogfile " << r->dir_ << "/redis.log\n";
-    if (cluster) {
-      conf << "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 2000\n"
-           << "cluster-require-full-coverage no\n";
+    // Another process (a parallel test) may still bind the port first: a server that exits at
+    // start gets a new port, a few times.
+    absl::Status launched;
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      r->port_ = FreeRedisPort();
+      if (r->port_ == 0) return absl::UnavailableError("no free loopback port");
+      std::ofstream conf(r->dir_ + "/redis.conf");
+      conf << "port " << r->port_ << "\nbind 127.0.0.1\ndir " << r->dir_
+           << "\ndaemonize no\nprotected-mode no\nsave \"\"\nappendonly yes\n"
+           << "appendfsync always\nenable-debug-command yes\nlogfile " << r->dir_ << "/redis.log\n";
+      if (cluster) {
+        conf << "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 2000\n"
+             << "cluster-require-full-coverage no\n";
+      }
+      conf.close();
+      launched = r->Launch();
+      if (launched.ok() || launched.code() != absl::StatusCode::kInternal) break;
     }
-    conf.close();
-    if (absl::Status s = r->Launch(); !s.ok()) return s;
+    if (!launched.ok()) return launched;
     return r;
   }
 

@@ -124,7 +124,10 @@ def _port_free(port) -> bool:
         s.close()
 
 
-def free_port(lo=20000, hi=55000) -> int:
+def free_port(lo=22700, hi=22768) -> int:
+    """A free port p with p + 10000 free too, both below Linux's ephemeral range (32768 and up),
+    so parallel tests' outgoing connections cannot take it before our server binds it. Disjoint
+    from tests/redis_harness.h's [20000, 22700)."""
     rng = random.Random(os.getpid() * 7919 + time.time_ns())
     for _ in range(1000):
         p = rng.randrange(lo, hi)
