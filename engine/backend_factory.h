@@ -11,6 +11,9 @@
 
 #include "absl/status/statusor.h"
 #include "engine/backend.h"
+#include "engine/model.h"
+#include "engine/reuse/reuse_config.h"
+#include "engine/reuse/serving_session.h"
 
 namespace semshare::engine {
 
@@ -42,6 +45,27 @@ struct BackendMemory {
   int64_t total = 0;  // the device's memory
 };
 BackendMemory QueryBackendMemory(Backend& backend);
+
+// What a server keeps per process for a device backend: the weights on the device, shared by
+// every worker's session, each with its own streams and KV (engine/reuse/serving_session.h).
+// Sessions must be destroyed before their runtime.
+class ServingRuntime {
+ public:
+  virtual ~ServingRuntime() = default;
+  // A session for one worker.
+  virtual absl::StatusOr<std::unique_ptr<ServingSession>> NewSession() = 0;
+  // The device memory of the weights and every live session (used and peak summed over them;
+  // the peaks of different sessions may not coincide).
+  virtual BackendMemory Memory() const = 0;
+};
+
+// "cuda": uploads `model` (its weights in BF16) to device options.device. Null for "cpu",
+// whose sessions the worker builds on its own ReusePrefiller (CpuServingSession). Errors as
+// MakeBackend's.
+absl::StatusOr<std::unique_ptr<ServingRuntime>> MakeServingRuntime(std::string_view name,
+                                                                   const Model& model,
+                                                                   const ReuseConfig& reuse,
+                                                                   const BackendOptions& options);
 
 }  // namespace semshare::engine
 

@@ -110,6 +110,18 @@ absl::StatusOr<GenerateResult> Generator::Decode(int64_t prompt_tokens, KvCache&
                                                  std::span<float> logits,
                                                  const GenerateOptions& options,
                                                  const TextCallback& on_text) {
+  const DecodeStep step = [&](int32_t id, float* out) {
+    const int32_t p = cache.next_position();
+    return forward_.Forward({&id, 1}, {&p, 1}, cache, out);
+  };
+  return DecodeWith(prompt_tokens, step, logits, options, on_text);
+}
+
+absl::StatusOr<GenerateResult> Generator::DecodeWith(int64_t prompt_tokens,
+                                                     const DecodeStep& forward_step,
+                                                     std::span<float> logits,
+                                                     const GenerateOptions& options,
+                                                     const TextCallback& on_text) {
   const auto t0 = std::chrono::steady_clock::now();
   if (auto s = CheckOptions(prompt_tokens, options); !s.ok()) return s;
   if (static_cast<int64_t>(logits.size()) != model_.config.vocab_size) {
@@ -165,8 +177,7 @@ absl::StatusOr<GenerateResult> Generator::Decode(int64_t prompt_tokens, KvCache&
       break;
     }
     if (step + 1 == options.max_tokens) break;
-    const int32_t p = cache.next_position();
-    if (auto s = forward_.Forward({&id, 1}, {&p, 1}, cache, logits.data()); !s.ok()) return s;
+    if (auto s = forward_step(id, logits.data()); !s.ok()) return s;
   }
   if (result.finish != FinishReason::kStopString && result.finish != FinishReason::kCancelled) {
     text += decoder.Flush();

@@ -75,6 +75,14 @@ class Generator {
                                         std::span<float> logits, const GenerateOptions& options,
                                         const TextCallback& on_text = nullptr);
 
+  // Decode with the forward step supplied: forward_step(id, logits) appends token `id` at the next
+  // position to the caller's KV (wherever it lives: the server's CUDA sessions keep it on the
+  // device) and writes its logits[vocab]. Decode() is this with LlamaForward on `cache`.
+  using DecodeStep = std::function<absl::Status(int32_t id, float* logits)>;
+  absl::StatusOr<GenerateResult> DecodeWith(int64_t prompt_tokens, const DecodeStep& forward_step,
+                                            std::span<float> logits, const GenerateOptions& options,
+                                            const TextCallback& on_text = nullptr);
+
   // InvalidArgument naming the problem: max_tokens < 1, sampling out of range, an empty stop
   // string, or prompt + max_tokens over the model's context.
   absl::Status CheckOptions(int64_t prompt_tokens, const GenerateOptions& options) const;

@@ -50,7 +50,7 @@ class KvBytesHold {
 InferenceWorker::InferenceWorker(const SharedModel& shared,
                                  std::unique_ptr<engine::Backend> backend,
                                  const ServingOptions& options, store::ReferenceStore* store,
-                                 Metrics* metrics)
+                                 Metrics* metrics, std::unique_ptr<engine::ServingSession> session)
     : shared_(shared),
       model_(*shared.model),
       backend_(std::move(backend)),
@@ -58,7 +58,9 @@ InferenceWorker::InferenceWorker(const SharedModel& shared,
       store_(store),
       metrics_(metrics),
       prefiller_(model_, *backend_, options.reuse),
-      generator_(model_, *backend_) {}
+      generator_(model_, *backend_),
+      session_(session != nullptr ? std::move(session)
+                                  : std::make_unique<engine::CpuServingSession>(prefiller_)) {}
 
 absl::Status InferenceWorker::BackendError() {
   absl::Status s = engine::TakeBackendStatus(*backend_);
@@ -90,7 +92,7 @@ absl::StatusOr<std::vector<int32_t>> InferenceWorker::Tokenize(const PromptInput
 }
 
 InferenceWorker::Best InferenceWorker::FindBest(const store::Namespace& ns,
-                                                const engine::TokenSketch& target,
+                                                std::span<const int32_t> ids,
                                                 const std::vector<uint64_t>& features,
                                                 int32_t* candidates) {
   Best best;
@@ -100,6 +102,8 @@ InferenceWorker::Best InferenceWorker::FindBest(const store::Namespace& ns,
       store_->Lookup(ns, features, options_.lookup_candidates);
   if (!cands.ok()) return best;  // counted by the store; a miss
   *candidates = static_cast<int32_t>(cands->size());
+  // The target's sketch even without candidates: a miss publishes its codes with the record.
+  if (!session_->SetTarget(ids).ok()) return best;  // a device error: a miss
   const engine::ModelConfig& c = model_.config;
   for (const store::Candidate& cand : *cands) {
     absl::StatusOr<store::RecordHandle> rec = store_->Get(ns, cand.id);
@@ -112,11 +116,11 @@ InferenceWorker::Best InferenceWorker::FindBest(const store::Namespace& ns,
         r.kv.rows() != static_cast<int64_t>(r.ids.size())) {
       continue;
     }
-    engine::TokenSketch sketch = prefiller_.Sketch(r.ids);
-    engine::TokenMatch match = prefiller_.Match(target, sketch);
+    absl::StatusOr<engine::TokenMatch> scored = session_->MatchReference(r.ids);
+    if (!scored.ok()) continue;
+    engine::TokenMatch match = *std::move(scored);
     if (best.record == nullptr || match.similarity > best.match.similarity) {
       best.record = *std::move(rec);
-      best.sketch = std::move(sketch);
       best.match = std::move(match);
     }
   }
@@ -140,14 +144,12 @@ absl::StatusOr<InferenceResult> InferenceWorker::Run(const InferenceRequest& req
   InferenceResult res;
   const bool lookup = store_ != nullptr && request.policy != CachePolicy::kBypass &&
                       n >= options_.reuse.min_reuse_tokens;
-  engine::TokenSketch target;
   std::vector<uint64_t> features;
   Best best;
   if (lookup) {
     const auto tl = Clock::now();
-    target = prefiller_.Sketch(ids);
     features = store::PromptFeatures(ids);
-    best = FindBest(request.ns, target, features, &res.candidates);
+    best = FindBest(request.ns, ids, features, &res.candidates);
     res.looked_up = true;
     if (best.record != nullptr) {
       res.similarity = best.match.similarity;
@@ -158,28 +160,21 @@ absl::StatusOr<InferenceResult> InferenceWorker::Run(const InferenceRequest& req
   }
   if (cancelled()) return absl::CancelledError("cancelled before prefill");
 
-  engine::KvCache cache = prefiller_.forward().NewCache();
-  cache.Reserve(n + opt.max_tokens);
+  if (auto s = session_->Begin(n + opt.max_tokens); !s.ok()) return s;
   std::vector<float> logits(model_.config.vocab_size);
   KvBytesHold kv_hold(metrics_);
   const auto tp = Clock::now();
   const bool hit = best.record != nullptr && best.match.similarity >= request.threshold;
   if (hit) {
-    engine::Reference ref;
-    ref.ids = best.record->ids;
-    ref.kv = best.record->kv.Copy();
-    ref.sketch = std::move(best.sketch);
-    kv_hold.Set(ref.kv.ByteSize());
+    kv_hold.Set(best.record->kv.ByteSize());  // the reference's KV is read while prefilling
     absl::StatusOr<engine::PrefillStats> st =
-        prefiller_.PrefillHit(ids, ref, best.match, &cache, logits.data());
+        session_->PrefillHit(ids, best.record->ids, best.record->kv, best.match, logits.data());
     if (!st.ok()) return st.status();
     res.cache_result = CacheResult::kHit;
     res.reused_tokens = st->reused_tokens;
     res.recomputed_tokens = st->recomputed_tokens;
   } else {
-    std::vector<int32_t> pos(n);
-    for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(i);
-    if (auto s = prefiller_.forward().Forward(ids, pos, cache, logits.data()); !s.ok()) return s;
+    if (auto s = session_->PrefillFull(ids, logits.data()); !s.ok()) return s;
     res.cache_result = lookup ? CacheResult::kMiss : CacheResult::kBypass;
     res.recomputed_tokens = n;
   }
@@ -187,7 +182,7 @@ absl::StatusOr<InferenceResult> InferenceWorker::Run(const InferenceRequest& req
   if (auto s = BackendError(); !s.ok()) return s;
   const auto td = Clock::now();
   res.prefill_ms = MsBetween(tp, td);
-  res.kv_bytes = cache.ByteSize();
+  res.kv_bytes = session_->KvBytes();
   kv_hold.Set(res.kv_bytes);
 
   engine::GenerateOptions decode_opt = opt;
@@ -201,8 +196,11 @@ absl::StatusOr<InferenceResult> InferenceWorker::Run(const InferenceRequest& req
     last_token = now;
     return cancelled() || !engine::BackendStatus(*backend_).ok();
   };
+  const engine::Generator::DecodeStep step = [this](int32_t id, float* out) {
+    return session_->Step(id, out);
+  };
   absl::StatusOr<engine::GenerateResult> gen =
-      generator_.Decode(n, cache, logits, decode_opt, request.on_text);
+      generator_.DecodeWith(n, step, logits, decode_opt, request.on_text);
   if (!gen.ok()) return gen.status();
   if (auto s = BackendError(); !s.ok()) return s;  // before publishing KV it computed
   if (gen->finish == engine::FinishReason::kCancelled) {
@@ -212,12 +210,21 @@ absl::StatusOr<InferenceResult> InferenceWorker::Run(const InferenceRequest& req
   res.gen = *std::move(gen);
 
   if (lookup && !hit && request.policy == CachePolicy::kAuto) {
-    TrimToPrompt(cache, n);
-    res.published =
-        Publish(request.ns, ids, std::move(cache), std::move(target), std::move(features)).ok();
+    absl::StatusOr<engine::KvCache> kv = session_->TakeKv();
+    if (kv.ok()) {
+      TrimToPrompt(*kv, n);
+      res.published =
+          Publish(request.ns, ids, *std::move(kv), TargetSketch(ids), std::move(features)).ok();
+    }
   }
   res.total_ms = MsBetween(t0, Clock::now());
   return res;
+}
+
+engine::TokenSketch InferenceWorker::TargetSketch(std::span<const int32_t> ids) {
+  engine::TokenSketch s = session_->TakeTargetSketch();
+  if (s.n != static_cast<int64_t>(ids.size())) s = engine::TokenSketch{};  // no CPU sketch made
+  return s;
 }
 
 absl::Status InferenceWorker::Publish(const store::Namespace& ns, std::vector<int32_t> ids,
@@ -241,12 +248,20 @@ absl::StatusOr<store::RecordHandle> InferenceWorker::AddReference(const PromptIn
   if (store_ == nullptr) return absl::FailedPreconditionError("this server has no store");
   absl::StatusOr<std::vector<int32_t>> ids = Tokenize(input);
   if (!ids.ok()) return ids.status();
-  absl::StatusOr<engine::Reference> ref = prefiller_.MakeReference(*ids);
-  if (!ref.ok()) return ref.status();
+  // A full prefill on the session's backend; its KV and the prompt's sketch make the record.
+  const int64_t n = static_cast<int64_t>(ids->size());
+  if (auto s = session_->Begin(n); !s.ok()) return s;
+  if (auto s = session_->PrefillFull(*ids, nullptr); !s.ok()) return s;
   if (auto s = BackendError(); !s.ok()) return s;
-  std::vector<uint64_t> features = store::PromptFeatures(*ids);
+  absl::StatusOr<engine::KvCache> kv = session_->TakeKv();
+  if (!kv.ok()) return kv.status();
+  engine::Reference ref;
+  ref.kv = *std::move(kv);
+  ref.sketch = prefiller_.Sketch(*ids);
+  ref.ids = *std::move(ids);
+  std::vector<uint64_t> features = store::PromptFeatures(ref.ids);
   absl::StatusOr<store::Record> rec =
-      store::RecordFromReference(ns, *std::move(ref), options_.reuse, std::move(features));
+      store::RecordFromReference(ns, std::move(ref), options_.reuse, std::move(features));
   if (!rec.ok()) return rec.status();
   auto handle = std::make_shared<const store::Record>(*std::move(rec));
   if (!store_->Publish(handle)) {
@@ -263,9 +278,8 @@ absl::StatusOr<LookupResult> InferenceWorker::Lookup(const PromptInput& input,
   if (!ids.ok()) return ids.status();
   LookupResult out;
   out.prompt_tokens = static_cast<int64_t>(ids->size());
-  const engine::TokenSketch target = prefiller_.Sketch(*ids);
   const std::vector<uint64_t> features = store::PromptFeatures(*ids);
-  Best best = FindBest(ns, target, features, &out.candidates);
+  Best best = FindBest(ns, *ids, features, &out.candidates);
   if (auto s = BackendError(); !s.ok()) return s;
   if (best.record != nullptr) {
     out.reference_id = best.record->id;

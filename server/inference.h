@@ -8,17 +8,19 @@
 // and the metrics — is immutable or thread-safe.
 //
 // Cost notes: a lookup computes the prompt's token sketch and its position-free features (the
-// sorted distinct token ids) once, asks
-// the store for lookup_candidates ids, and scores each candidate's token sketch (one embedding
-// gather + GEMM per candidate). A hit copies the reference's KV once (KvCache::Copy; the record
-// stays shared and pinned meanwhile); a miss keeps its cache and, after decoding, trims the
-// generated rows and moves the prompt's KV into the published record without a copy.
+// sorted distinct token ids) once, asks the store for lookup_candidates ids, and scores each
+// candidate's token sketch (one embedding gather + GEMM per candidate; on the device with
+// --backend cuda, engine/reuse/serving_session.h). A hit copies the reference's KV once
+// (KvCache::Copy; the record stays shared and pinned meanwhile); a miss keeps its cache and, after
+// decoding, trims the generated rows and moves the prompt's KV into the published record without a
+// copy.
 #ifndef SEMSHARE_SERVER_INFERENCE_H_
 #define SEMSHARE_SERVER_INFERENCE_H_
 
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -30,6 +32,7 @@
 #include "engine/generator.h"
 #include "engine/model.h"
 #include "engine/reuse/reuse_prefill.h"
+#include "engine/reuse/serving_session.h"
 #include "engine/reuse/token_matcher.h"
 #include "server/metrics.h"
 
@@ -93,9 +96,13 @@ struct SharedModel {
 
 class InferenceWorker {
  public:
-  // Borrows shared, store (may be null: no reuse) and metrics; owns backend.
+  // Borrows shared, store (may be null: no reuse) and metrics; owns backend (the host ops:
+  // token sketches, and the prefill and decode unless `session` is given) and session (a
+  // device session, engine/backend_factory.h's ServingRuntime::NewSession; null: prefill and
+  // decode on `backend`, CpuServingSession).
   InferenceWorker(const SharedModel& shared, std::unique_ptr<engine::Backend> backend,
-                  const ServingOptions& options, store::ReferenceStore* store, Metrics* metrics);
+                  const ServingOptions& options, store::ReferenceStore* store, Metrics* metrics,
+                  std::unique_ptr<engine::ServingSession> session = nullptr);
 
   // Token ids of the input (chat template applied for conversations). InvalidArgument for a
   // conversation the template cannot render; OUT_OF_RANGE over max_prompt_tokens.
@@ -117,12 +124,15 @@ class InferenceWorker {
   absl::Status BackendError();
   struct Best {
     store::RecordHandle record;
-    engine::TokenSketch sketch;
     engine::TokenMatch match;
   };
-  // Scores the store's candidates for a prompt (its sketch and features given); best by similarity.
-  Best FindBest(const store::Namespace& ns, const engine::TokenSketch& target,
+  // Scores the store's candidates for a prompt (its features given) with the session's token
+  // matcher; best by similarity.
+  Best FindBest(const store::Namespace& ns, std::span<const int32_t> ids,
                 const std::vector<uint64_t>& features, int32_t* candidates);
+  // The lookup's target sketch when the session kept a host one (its codes go into the
+  // published record; records without codes are valid), else empty.
+  engine::TokenSketch TargetSketch(std::span<const int32_t> ids);
   absl::Status Publish(const store::Namespace& ns, std::vector<int32_t> ids, engine::KvCache kv,
                        engine::TokenSketch sketch, std::vector<uint64_t> features);
 
@@ -134,6 +144,7 @@ class InferenceWorker {
   Metrics* metrics_;
   engine::ReusePrefiller prefiller_;
   engine::Generator generator_;
+  std::unique_ptr<engine::ServingSession> session_;  // the request's prefill, decode and KV
 };
 
 }  // namespace semshare::server

@@ -93,6 +93,10 @@ int Main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // A peer that closes its socket while we write (a Redis node killed or black-holed, a
+  // scraper gone) must give that write an EPIPE error, not kill the process. gRPC and the
+  // metrics endpoint pass MSG_NOSIGNAL themselves; hiredis does not.
+  signal(SIGPIPE, SIG_IGN);
 
   bool help = false;
   absl::StatusOr<ServerConfig> parsed = ParseServerConfig(argc, argv, ProcessEnvironment(), &help);
@@ -210,21 +214,32 @@ int Main(int argc, char** argv) {
   std::unique_ptr<store::ReferenceStore> ref_store = *std::move(opened);
   core.store = ref_store.get();
 
-  // One backend per worker (each owns its scratch; a CUDA backend its streams and staging).
+  // One worker per scheduler thread, each with its own backend (scratch). With --backend cuda
+  // the weights go to the device once (the runtime) and each worker gets a device session (its
+  // streams and KV on the device); its backend is then the CPU's, for the token sketches.
+  auto backend_failed = [&](const absl::Status& s) {
+    return Fail(absl::Status(
+        s.code(),
+        absl::StrCat(
+            "--backend ", config.backend, ": ", s.message(),
+            config.backend == "cuda" ? " (use --backend cpu on a host without one)" : "")));
+  };
+  absl::StatusOr<std::unique_ptr<engine::ServingRuntime>> runtime =
+      engine::MakeServingRuntime(config.backend, *shared.model, core.serving.reuse, {});
+  if (!runtime.ok()) return backend_failed(runtime.status());
   std::vector<std::unique_ptr<InferenceWorker>> workers;
-  std::vector<engine::Backend*> backends;
   for (int32_t i = 0; i < config.workers; ++i) {
-    absl::StatusOr<std::unique_ptr<engine::Backend>> backend = engine::MakeBackend(config.backend);
-    if (!backend.ok()) {
-      return Fail(absl::Status(
-          backend.status().code(),
-          absl::StrCat(
-              "--backend ", config.backend, ": ", backend.status().message(),
-              config.backend == "cuda" ? " (use --backend cpu on a host without one)" : "")));
+    std::unique_ptr<engine::ServingSession> session;
+    if (*runtime != nullptr) {
+      absl::StatusOr<std::unique_ptr<engine::ServingSession>> s = (*runtime)->NewSession();
+      if (!s.ok()) return backend_failed(s.status());
+      session = *std::move(s);
     }
-    backends.push_back(backend->get());
+    absl::StatusOr<std::unique_ptr<engine::Backend>> backend =
+        engine::MakeBackend(*runtime != nullptr ? "cpu" : config.backend);
+    if (!backend.ok()) return backend_failed(backend.status());
     workers.push_back(std::make_unique<InferenceWorker>(shared, *std::move(backend), core.serving,
-                                                        core.store, &metrics));
+                                                        core.store, &metrics, std::move(session)));
   }
   Scheduler scheduler(std::move(workers), config.max_queue, [&metrics](int64_t r, int64_t w) {
     metrics.SetRunning(r);
@@ -240,15 +255,10 @@ int Main(int argc, char** argv) {
     std::unique_lock<std::mutex> lock(stats_mu);
     do {
       metrics.UpdateStore(ref_store->Stats());
-      int64_t used = 0, total = 0;
-      bool device = false;
-      for (engine::Backend* b : backends) {  // workers share one device: sum used, one total
-        const engine::BackendMemory m = engine::QueryBackendMemory(*b);
-        device = device || m.device;
-        used += m.used;
-        total = std::max(total, m.total);
+      if (*runtime != nullptr) {
+        const engine::BackendMemory m = (*runtime)->Memory();
+        metrics.SetGpuMemory(m.used, m.total);
       }
-      if (device) metrics.SetGpuMemory(used, total);
     } while (!stats_cv.wait_for(lock, std::chrono::seconds(1), [&] { return stats_stop; }));
   });
 

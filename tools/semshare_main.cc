@@ -1,4 +1,5 @@
 // `semshare`: the command-line front end; dispatches to a subcommand.
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 
@@ -10,13 +11,16 @@ int main(int argc, char** argv) {
       "commands:\n"
       "  generate   generate a completion for a prompt on the CPU backend\n"
       "  forward    run token ids through the model; print logits and greedy tokens (oracle)\n"
-      "  bench      measure throughput (--suite forward | reuse | store)\n"
+      "  bench      measure throughput (--suite forward | reuse | store | cuda)\n"
       "  client     call a semshare-server (generate, stream, tokenize, info, lookup, ...)\n"
       "  loadgen    drive a semshare-server with concurrent requests; TTFT percentiles\n";
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "help") == 0) {
     std::fputs(usage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
+  // Writes to a closed socket (a Redis node gone during `bench --suite store`) fail with EPIPE
+  // instead of killing the process.
+  std::signal(SIGPIPE, SIG_IGN);
   const char* cmd = argv[1];
   if (std::strcmp(cmd, "generate") == 0)
     return semshare::tools::GenerateCommand(argc - 2, argv + 2);

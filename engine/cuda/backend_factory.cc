@@ -8,6 +8,7 @@
 #include "engine/cpu/cpu_backend.h"
 #ifdef SEMSHARE_WITH_CUDA
 #include "engine/cuda/cuda_backend.h"
+#include "engine/cuda/cuda_serving.h"
 #endif
 
 namespace semshare::engine {
@@ -71,6 +72,27 @@ BackendMemory QueryBackendMemory(Backend& backend) {
   (void)backend;
 #endif
   return m;
+}
+
+absl::StatusOr<std::unique_ptr<ServingRuntime>> MakeServingRuntime(std::string_view name,
+                                                                   const Model& model,
+                                                                   const ReuseConfig& reuse,
+                                                                   const BackendOptions& options) {
+  if (name == "cpu") return std::unique_ptr<ServingRuntime>();
+  if (name == "cuda") {
+#ifdef SEMSHARE_WITH_CUDA
+    auto r = cuda::CudaServingRuntime::Create(model, reuse, options.device);
+    if (!r.ok()) return r.status();
+    return std::unique_ptr<ServingRuntime>(std::move(*r));
+#else
+    (void)model;
+    (void)reuse;
+    (void)options;
+#endif
+  }
+  // The same answers as MakeBackend for names it rejects.
+  absl::StatusOr<std::unique_ptr<Backend>> b = MakeBackend(name, options);
+  return b.ok() ? absl::InternalError("unreachable") : b.status();
 }
 
 }  // namespace semshare::engine

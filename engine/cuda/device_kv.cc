@@ -3,6 +3,8 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <thread>
+#include <vector>
 
 #include "engine/cuda/cuda_status.h"
 #include "kernels/swiglu.cuh"
@@ -23,54 +25,99 @@ cudaError_t PinnedAlloc(void** p, int64_t bytes) {
 
 PinnedKv::~PinnedKv() { Release(); }
 
+namespace {
+
+void FreeLayer(void* k, void* v, void* pos) {
+  if (k != nullptr) cudaFreeHost(k);
+  if (v != nullptr) cudaFreeHost(v);
+  if (pos != nullptr) cudaFreeHost(pos);
+}
+
+// Pinned buffer *p of at least `bytes` (capacity in *cap); the old contents are not kept.
+cudaError_t EnsurePinned(void** p, int64_t* cap, int64_t bytes) {
+  bytes = std::max<int64_t>(bytes, 1);
+  if (*p != nullptr && *cap >= bytes) return cudaSuccess;
+  if (*p != nullptr) cudaFreeHost(*p);
+  *p = nullptr;
+  *cap = 0;
+  const cudaError_t e = PinnedAlloc(p, bytes);
+  if (e == cudaSuccess) *cap = bytes;
+  return e;
+}
+
+}  // namespace
+
 void PinnedKv::Release() {
-  for (Layer& l : layers_) {
-    if (l.k != nullptr) cudaFreeHost(l.k);
-    if (l.v != nullptr) cudaFreeHost(l.v);
-    if (l.pos_pinned != nullptr) cudaFreeHost(l.pos_pinned);
-  }
+  for (Layer& l : layers_) FreeLayer(l.k, l.v, l.pos_pinned);
   layers_.clear();
 }
 
+absl::Status PinnedKv::Prepare(int64_t n_layers, int64_t bytes) {
+  for (int64_t l = n_layers; l < static_cast<int64_t>(layers_.size()); ++l) {
+    FreeLayer(layers_[l].k, layers_[l].v, layers_[l].pos_pinned);
+  }
+  layers_.resize(n_layers);
+  for (Layer& d : layers_) {
+    SEMSHARE_CUDA_RETURN(EnsurePinned(&d.k, &d.k_bytes, bytes));
+    SEMSHARE_CUDA_RETURN(EnsurePinned(&d.v, &d.v_bytes, bytes));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status PinnedKv::PinPositions(Layer& l) {
-  void* p = nullptr;
-  SEMSHARE_CUDA_RETURN(
-      PinnedAlloc(&p, std::max<int64_t>(static_cast<int64_t>(l.pos.size()), 1) * 4));
+  void* p = l.pos_pinned;
+  SEMSHARE_CUDA_RETURN(EnsurePinned(&p, &l.pos_bytes, static_cast<int64_t>(l.pos.size()) * 4));
   l.pos_pinned = static_cast<int32_t*>(p);
   std::copy(l.pos.begin(), l.pos.end(), l.pos_pinned);
   return absl::OkStatus();
 }
 
 absl::Status PinnedKv::From(const KvCache& kv) {
-  Release();
   rows_ = kv.rows();
   kv_dim_ = kv.kv_dim();
-  layers_.resize(kv.n_layers());
-  const int64_t count = rows_ * kv_dim_;
   for (int64_t l = 0; l < kv.n_layers(); ++l) {
-    const LayerKv& src = kv.layer(l);
-    if (src.rows() != rows_) return absl::InvalidArgumentError("PinnedKv: layers differ in rows");
-    Layer& d = layers_[l];
-    SEMSHARE_CUDA_RETURN(PinnedAlloc(&d.k, std::max<int64_t>(count, 1) * 2));
-    SEMSHARE_CUDA_RETURN(PinnedAlloc(&d.v, std::max<int64_t>(count, 1) * 2));
-    bf16* k = static_cast<bf16*>(d.k);
-    bf16* v = static_cast<bf16*>(d.v);
-    for (int64_t i = 0; i < count; ++i) {
-      k[i] = __float2bfloat16_rn(src.k[i]);
-      v[i] = __float2bfloat16_rn(src.v[i]);
+    if (kv.layer(l).rows() != rows_) {
+      return absl::InvalidArgumentError("PinnedKv: layers differ in rows");
     }
-    d.pos = src.pos;
-    SEMSHARE_STATUS_RETURN(PinPositions(d));
   }
+  const int64_t count = rows_ * kv_dim_;
+  SEMSHARE_STATUS_RETURN(Prepare(kv.n_layers(), count * 2));
+  for (int64_t l = 0; l < kv.n_layers(); ++l) {
+    layers_[l].pos = kv.layer(l).pos;
+    SEMSHARE_STATUS_RETURN(PinPositions(layers_[l]));
+  }
+  // float -> bf16, layers spread over threads (a 5k-token reference of an 8B model is 3e8
+  // values: ~0.3 s on one core).
+  const int64_t n_layers = kv.n_layers();
+  const int64_t workers =
+      std::clamp<int64_t>(std::min<int64_t>(std::thread::hardware_concurrency(), n_layers), 1, 16);
+  auto convert = [&](int64_t w) {
+    for (int64_t l = w; l < n_layers; l += workers) {
+      const LayerKv& src = kv.layer(l);
+      bf16* k = static_cast<bf16*>(layers_[l].k);
+      bf16* v = static_cast<bf16*>(layers_[l].v);
+      for (int64_t i = 0; i < count; ++i) {
+        k[i] = __float2bfloat16_rn(src.k[i]);
+        v[i] = __float2bfloat16_rn(src.v[i]);
+      }
+    }
+  };
+  if (workers == 1 || count * n_layers < (int64_t{1} << 20)) {
+    for (int64_t w = 0; w < workers; ++w) convert(w);
+    return absl::OkStatus();
+  }
+  std::vector<std::thread> threads;
+  for (int64_t w = 1; w < workers; ++w) threads.emplace_back(convert, w);
+  convert(0);
+  for (std::thread& t : threads) t.join();
   return absl::OkStatus();
 }
 
 absl::Status PinnedKv::FromDevice(const DeviceKvCache& kv) {
-  Release();
   rows_ = kv.rows();
   kv_dim_ = kv.kv_dim();
-  layers_.resize(kv.n_layers());
   const int64_t bytes = std::max<int64_t>(rows_ * kv_dim_ * 2, 2);
+  SEMSHARE_STATUS_RETURN(Prepare(kv.n_layers(), bytes));
   CudaContext& ctx = kv.context();
   const ScopedDevice on = ctx.Activate();
   // The cache was written on the context's compute stream, a non-blocking stream that a plain
@@ -79,8 +126,6 @@ absl::Status PinnedKv::FromDevice(const DeviceKvCache& kv) {
     const DeviceLayerKv& src = kv.layer(l);
     if (src.rows != rows_) return absl::InvalidArgumentError("PinnedKv: layers differ in rows");
     Layer& d = layers_[l];
-    SEMSHARE_CUDA_RETURN(PinnedAlloc(&d.k, bytes));
-    SEMSHARE_CUDA_RETURN(PinnedAlloc(&d.v, bytes));
     SEMSHARE_STATUS_RETURN(ctx.Download(d.k, src.k.data(), rows_ * kv_dim_ * 2));
     SEMSHARE_STATUS_RETURN(ctx.Download(d.v, src.v.data(), rows_ * kv_dim_ * 2));
     d.pos = src.host_pos;

@@ -59,10 +59,16 @@ class PinnedKv {
   struct Layer {
     void* k = nullptr;
     void* v = nullptr;
-    int32_t* pos_pinned = nullptr;  // [rows], the copy source (pinned, so the copy is async)
-    std::vector<int32_t> pos;       // host mirror
+    int32_t* pos_pinned = nullptr;     // [rows], the copy source (pinned, so the copy is async)
+    std::vector<int32_t> pos;          // host mirror
+    int64_t k_bytes = 0, v_bytes = 0;  // capacities of k and v
+    int64_t pos_bytes = 0;             // capacity of pos_pinned
   };
   void Release();
+  // Sizes layers_ to n with room for `bytes` of K and of V each; the pinned buffers are kept
+  // and reused while large enough (pinning is slow and cudaFreeHost may synchronise the
+  // device, so a server's session pins once, not per hit).
+  absl::Status Prepare(int64_t n_layers, int64_t bytes);
   absl::Status PinPositions(Layer& l);
   std::vector<Layer> layers_;
   int64_t rows_ = 0, kv_dim_ = 0;

@@ -1,0 +1,143 @@
+#include "engine/cuda/cuda_serving.h"
+
+#include <algorithm>
+#include <numeric>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "engine/cuda/cuda_status.h"
+
+namespace semshare::engine::cuda {
+
+CudaServingSession::CudaServingSession(CudaServingRuntime& runtime,
+                                       std::unique_ptr<CudaContext> ctx, const DeviceModel& model,
+                                       const ReuseConfig& reuse,
+                                       std::unique_ptr<DeviceMatcher> matcher)
+    : runtime_(runtime),
+      ctx_(std::move(ctx)),
+      config_(model.config),
+      reuse_(reuse),
+      fwd_(*ctx_, model),
+      cache_(fwd_.NewCache()),
+      ref_(fwd_.NewCache()),
+      matcher_(std::move(matcher)) {}
+
+CudaServingSession::~CudaServingSession() { runtime_.Unregister(this); }
+
+absl::Status CudaServingSession::SetTarget(std::span<const int32_t> ids) {
+  absl::StatusOr<DeviceSketch> s = matcher_->Sketch(ids);
+  if (!s.ok()) return s.status();
+  target_ = *std::move(s);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TokenMatch> CudaServingSession::MatchReference(std::span<const int32_t> ref_ids) {
+  absl::StatusOr<DeviceSketch> ref = matcher_->Sketch(ref_ids);
+  if (!ref.ok()) return ref.status();
+  return matcher_->Match(target_, *ref);
+}
+
+absl::Status CudaServingSession::Begin(int64_t rows) {
+  cache_.Clear();  // capacity stays: the next request's rows reuse it
+  ref_.Clear();
+  return cache_.ReserveAll(rows);
+}
+
+absl::Status CudaServingSession::PrefillFull(std::span<const int32_t> ids, float* logits) {
+  std::vector<int32_t> pos(ids.size());
+  std::iota(pos.begin(), pos.end(), 0);
+  return fwd_.Forward(ids, pos, cache_, logits);
+}
+
+absl::StatusOr<PrefillStats> CudaServingSession::PrefillHit(std::span<const int32_t> ids,
+                                                            std::span<const int32_t> ref_ids,
+                                                            const KvCache& ref_kv,
+                                                            const TokenMatch& match,
+                                                            float* logits) {
+  const int64_t m = static_cast<int64_t>(ref_ids.size());
+  if (match.ref_index.size() != ids.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prefill: the match covers ", match.ref_index.size(), " tokens, the prompt ", ids.size()));
+  }
+  for (int32_t r : match.ref_index) {
+    if (r >= m) return absl::InvalidArgumentError("prefill: the match points past the reference");
+  }
+  if (ref_kv.rows() != m) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prefill: the reference has ", m, " tokens but ", ref_kv.rows(), " KV rows"));
+  }
+  // The previous hit's upload finished before its prefill returned (or its error path below
+  // waited for it), so the pinned buffer is free to refill.
+  SEMSHARE_STATUS_RETURN(pinned_.From(ref_kv));
+  PrefillStats st;
+  absl::Status s = ref_.StartUpload(pinned_);
+  if (s.ok()) s = fwd_.SelectivePrefill(ids, &ref_, &match, reuse_, cache_, logits, &st);
+  if (!s.ok()) {
+    // The copy stream may still read pinned_: wait for it before anything reuses the buffer.
+    const ScopedDevice on = ctx_->Activate();
+    (void)cudaStreamSynchronize(ctx_->copy_stream());
+    return s;
+  }
+  st.similarity = match.similarity;
+  return st;
+}
+
+absl::Status CudaServingSession::Step(int32_t id, float* logits) {
+  const int32_t p = cache_.next_position();
+  return fwd_.Forward({&id, 1}, {&p, 1}, cache_, logits);
+}
+
+absl::StatusOr<KvCache> CudaServingSession::TakeKv() {
+  KvCache out;
+  SEMSHARE_STATUS_RETURN(cache_.ToHost(&out));
+  cache_.Clear();
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<CudaServingRuntime>> CudaServingRuntime::Create(
+    const Model& model, const ReuseConfig& reuse, int device) {
+  absl::StatusOr<std::unique_ptr<CudaContext>> ctx = CudaContext::Create(device);
+  if (!ctx.ok()) return ctx.status();
+  absl::StatusOr<std::unique_ptr<DeviceModel>> dm = DeviceModel::Upload(**ctx, model);
+  if (!dm.ok()) return dm.status();
+  SEMSHARE_STATUS_RETURN((*ctx)->Sync());
+  return std::unique_ptr<CudaServingRuntime>(
+      new CudaServingRuntime(*std::move(ctx), *std::move(dm), reuse));
+}
+
+absl::StatusOr<std::unique_ptr<ServingSession>> CudaServingRuntime::NewSession() {
+  absl::StatusOr<std::unique_ptr<CudaContext>> ctx = CudaContext::Create(ctx_->device());
+  if (!ctx.ok()) return ctx.status();
+  const ModelConfig& c = model_->config;
+  absl::StatusOr<std::unique_ptr<DeviceMatcher>> matcher =
+      DeviceMatcher::Create(**ctx, model_->tok_embd.data(), c.vocab_size, c.d_model, reuse_);
+  if (!matcher.ok()) return matcher.status();
+  auto session = std::make_unique<CudaServingSession>(*this, *std::move(ctx), *model_, reuse_,
+                                                      *std::move(matcher));
+  std::lock_guard<std::mutex> lock(mu_);
+  sessions_.push_back(session.get());
+  return std::unique_ptr<ServingSession>(std::move(session));
+}
+
+void CudaServingRuntime::Unregister(CudaServingSession* s) {
+  std::lock_guard<std::mutex> lock(mu_);
+  sessions_.erase(std::remove(sessions_.begin(), sessions_.end(), s), sessions_.end());
+}
+
+BackendMemory CudaServingRuntime::Memory() const {
+  BackendMemory m;
+  m.device = true;
+  const PoolStats w = ctx_->pool().Stats();
+  m.used = w.used;
+  m.peak = w.peak;
+  m.total = w.total;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (CudaServingSession* s : sessions_) {
+    const PoolStats p = s->context().pool().Stats();
+    m.used += p.used;
+    m.peak += p.peak;
+  }
+  return m;
+}
+
+}  // namespace semshare::engine::cuda

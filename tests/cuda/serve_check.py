@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""semshare-server end to end on the GPU (scripts/gpu-check runs it on the device machine).
+
+Starts the real server with --backend cuda (and, as the reference, --backend cpu) on a real
+GGUF model (the device run uses bench/slim_gguf.py's 2-block SmolLM2: real tokenizer and
+shapes, fewer layers, small enough to carry) and drives it with the real C++ client:
+
+  1. a miss (250-token prompt, greedy, 16 tokens): published to the store;
+  2. a paraphrase of it: must be a hit that reuses tokens (the device selective prefill with
+     the reference KV uploaded from the store's host record);
+  3. a streamed request;
+  4. 8 concurrent requests through 2 workers (two device sessions sharing the weights);
+  5. /metrics: request counters, and for cuda the GPU memory gauges above zero;
+  6. SIGTERM: clean drain, exit 0.
+
+Then the CUDA server's answers beside the CPU server's: the same cache decisions and token
+counts are required; identical greedy text is reported (bf16 may flip a near tie, so a
+differing text is a note, not a failure). Only the Python standard library: the GPU machine
+has none of our packages. Writes OUT/serve_check.json; exit 1 on any failure.
+
+usage: serve_check.py --bin DIR --model FILE --out DIR [--backends cuda,cpu]
+"""
+import argparse
+import concurrent.futures
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prompt(seed, n_words=250):
+    rng = random.Random(seed)
+    words = ("the cache stores keys and values for every token of a prompt so that later "
+             "prompts can reuse them when they are similar enough to save time on the first "
+             "token while the server keeps memory within its budget").split()
+    return " ".join(rng.choice(words) for _ in range(n_words))
+
+
+class Server:
+    def __init__(self, bin_dir, model, backend, workdir):
+        self.client = os.path.join(bin_dir, "semshare")
+        self.port, self.mport = free_port(), free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.log_path = os.path.join(workdir, f"server-{backend}.log")
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [os.path.join(bin_dir, "semshare-server"), "--model", model, "--backend", backend,
+             "--listen", self.target, "--metrics-listen", f"127.0.0.1:{self.mport}",
+             "--min-reuse-tokens", "64", "--workers", "2"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        self.workdir = workdir
+        self.backend = backend
+
+    def wait_ready(self, timeout_s=180):
+        t0 = time.time()
+        while time.time() - t0 < timeout_s:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.tail()}")
+            with open(self.log_path) as f:
+                if "ready in" in f.read():
+                    return time.time() - t0
+            time.sleep(0.2)
+        raise RuntimeError(f"server not ready after {timeout_s} s: {self.tail()}")
+
+    def tail(self):
+        with open(self.log_path) as f:
+            return "".join(f.readlines()[-15:])
+
+    def call(self, verb, text, max_tokens=16, tag="x"):
+        out = os.path.join(self.workdir, f"{self.backend}-{verb}-{tag}.json")
+        r = subprocess.run([self.client, "client", verb, "--target", self.target, "--prompt",
+                            text, "--max-tokens", str(max_tokens), "--timeout-s", "120",
+                            "--json", out], capture_output=True, text=True, timeout=180)
+        if r.returncode != 0:
+            raise RuntimeError(f"client {verb} failed ({r.returncode}): {r.stderr.strip()}")
+        with open(out) as f:
+            return json.load(f)
+
+    def metrics(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.mport}/metrics", timeout=10) as r:
+            return r.read().decode()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+def metric_values(text, name):
+    return [float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
+
+
+def run_backend(args, backend, workdir):
+    res = {"backend": backend, "failures": []}
+    fail = res["failures"].append
+    srv = Server(args.bin, args.model, backend, workdir)
+    try:
+        res["ready_s"] = srv.wait_ready()
+        a = prompt(1)
+        miss = srv.call("generate", a, tag="miss")
+        res["miss"] = miss
+        if miss["cache"]["result"] != "miss" or not miss["cache"].get("published"):
+            fail(f"first request: expected a published miss, got {miss['cache']}")
+        time.sleep(1.0)  # the publish is asynchronous
+        hit = srv.call("generate", "Note: " + a, tag="hit")
+        res["hit"] = hit
+        if hit["cache"]["result"] != "hit" or int(hit["usage"].get("reusedTokens", 0)) <= 0:
+            fail(f"paraphrase: expected a hit reusing tokens, got {hit['cache']} {hit['usage']}")
+        stream = srv.call("stream", prompt(2, 40), tag="stream")
+        res["stream_text"] = stream.get("text", "")
+        if int(stream.get("usage", {}).get("completionTokens", 0)) <= 0:
+            fail(f"stream: no tokens: {stream}")
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            futs = [pool.submit(srv.call, "generate", prompt(100 + i, 120), 8, f"c{i}")
+                    for i in range(8)]
+            conc = []
+            for f in futs:
+                try:
+                    conc.append(f.result())
+                except Exception as e:  # noqa: BLE001 - reported as a failure
+                    fail(f"concurrent request: {e}")
+        res["concurrent_ok"] = len(conc)
+        m = srv.metrics()
+        ok_total = sum(v for v in metric_values(m, "semshare_requests_total"))
+        res["requests_total"] = ok_total
+        if ok_total < 11:
+            fail(f"/metrics: semshare_requests_total sums to {ok_total}, expected >= 11")
+        if backend == "cuda":
+            used = metric_values(m, "semshare_gpu_memory_used_bytes")
+            total = metric_values(m, "semshare_gpu_memory_total_bytes")
+            res["gpu_memory_used_bytes"] = used
+            res["gpu_memory_total_bytes"] = total
+            if not used or used[0] <= 0 or not total or total[0] <= used[0]:
+                fail(f"/metrics: GPU memory gauges used={used} total={total}")
+    except Exception as e:  # noqa: BLE001 - every failure is reported, then the server stops
+        fail(str(e))
+    rc = srv.stop()
+    res["exit_code"] = rc
+    if rc != 0:
+        fail(f"server exit code {rc} after SIGTERM")
+    if res["failures"]:
+        res["server_log_tail"] = srv.tail()
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bin", required=True, help="directory with semshare-server and semshare")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--backends", default="cuda,cpu")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="serve-check-", dir=args.out)
+    results = {b: run_backend(args, b, workdir) for b in args.backends.split(",")}
+    failures = [f"{b}: {f}" for b, r in results.items() for f in r["failures"]]
+    notes = []
+    if "cuda" in results and "cpu" in results:
+        g, c = results["cuda"], results["cpu"]
+        for key in ("miss", "hit"):
+            if key in g and key in c:
+                gu, cu = g[key]["usage"], c[key]["usage"]
+                if g[key]["cache"]["result"] != c[key]["cache"]["result"]:
+                    failures.append(f"{key}: cuda {g[key]['cache']['result']} vs cpu "
+                                    f"{c[key]['cache']['result']}")
+                if gu.get("promptTokens") != cu.get("promptTokens"):
+                    failures.append(f"{key}: prompt tokens differ: {gu} vs {cu}")
+                notes.append(f"{key}: reused/recomputed cuda {gu.get('reusedTokens')}/"
+                             f"{gu.get('recomputedTokens')} cpu {cu.get('reusedTokens')}/"
+                             f"{cu.get('recomputedTokens')}; same text: "
+                             f"{g[key]['text'] == c[key]['text']}; ttft ms cuda "
+                             f"{g[key]['timings']['ttftMs']:.1f} cpu "
+                             f"{c[key]['timings']['ttftMs']:.1f}")
+    results["failures"] = failures
+    results["notes"] = notes
+    with open(os.path.join(args.out, "serve_check.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    for n in notes:
+        print("serve_check:", n)
+    for fl in failures:
+        print("serve_check FAIL:", fl)
+    print("serve_check:", "PASS" if not failures else f"FAIL ({len(failures)})")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
