@@ -66,6 +66,9 @@ absl::StatusOr<PrefillStats> CudaServingSession::PrefillHit(std::span<const int3
     return absl::InvalidArgumentError(
         absl::StrCat("prefill: the reference has ", m, " tokens but ", ref_kv.rows(), " KV rows"));
   }
+  // The session's device current for the pinning (cudaHostAlloc / cudaFreeHost would otherwise
+  // run on, and may initialise or synchronise, whatever device this worker thread has current).
+  const ScopedDevice on = ctx_->Activate();
   // The previous hit's upload finished before its prefill returned (or its error path below
   // waited for it), so the pinned buffer is free to refill.
   SEMSHARE_STATUS_RETURN(pinned_.From(ref_kv));
@@ -74,7 +77,6 @@ absl::StatusOr<PrefillStats> CudaServingSession::PrefillHit(std::span<const int3
   if (s.ok()) s = fwd_.SelectivePrefill(ids, &ref_, &match, reuse_, cache_, logits, &st);
   if (!s.ok()) {
     // The copy stream may still read pinned_: wait for it before anything reuses the buffer.
-    const ScopedDevice on = ctx_->Activate();
     (void)cudaStreamSynchronize(ctx_->copy_stream());
     return s;
   }

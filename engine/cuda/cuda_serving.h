@@ -4,7 +4,7 @@
 // CudaForward and its KV on the device. Per request:
 //   miss:  CudaForward::Forward of the prompt (chunks of 8k tokens) into the device KV;
 //   lookup: the prompt's and each candidate's token sketches and the token match on the device
-//          (DeviceMatcher: TokenMatcher's semantics, a few ms where the CPU takes ~100s);
+//          (DeviceMatcher: TokenMatcher's semantics, a few ms where the CPU takes hundreds);
 //   hit:   the reference's host KV -> pinned BF16 (PinnedKv) -> device layer by layer on the
 //          copy stream, overlapped with layer 0, then CudaForward::SelectivePrefill with the
 //          server's plan (semshare recompute schedule and retention of the ReuseConfig);

@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -41,7 +42,14 @@ cudaError_t EnsurePinned(void** p, int64_t* cap, int64_t bytes) {
   *p = nullptr;
   *cap = 0;
   const cudaError_t e = PinnedAlloc(p, bytes);
-  if (e == cudaSuccess) *cap = bytes;
+  if (e == cudaSuccess) {
+    *cap = bytes;
+  } else {
+    *p = nullptr;
+    // Returned as a status; not left in the thread's last-error slot, where the next
+    // CudaContext::Check (cudaGetLastError) would blame it on a good launch.
+    (void)cudaGetLastError();
+  }
   return e;
 }
 
@@ -66,21 +74,27 @@ absl::Status PinnedKv::Prepare(int64_t n_layers, int64_t bytes) {
 
 absl::Status PinnedKv::PinPositions(Layer& l) {
   void* p = l.pos_pinned;
-  SEMSHARE_CUDA_RETURN(EnsurePinned(&p, &l.pos_bytes, static_cast<int64_t>(l.pos.size()) * 4));
+  const cudaError_t e = EnsurePinned(&p, &l.pos_bytes, static_cast<int64_t>(l.pos.size()) * 4);
+  // Also on failure: EnsurePinned may have freed the old block (p is then null), which must not
+  // stay behind in pos_pinned to be freed a second time.
   l.pos_pinned = static_cast<int32_t*>(p);
+  SEMSHARE_CUDA_RETURN(e);
   std::copy(l.pos.begin(), l.pos.end(), l.pos_pinned);
   return absl::OkStatus();
 }
 
 absl::Status PinnedKv::From(const KvCache& kv) {
-  rows_ = kv.rows();
-  kv_dim_ = kv.kv_dim();
+  // Until the copy is complete the object describes no reference: a failure below (a ragged
+  // cache, pinning refused) must not leave rows_ naming more bytes than the buffers hold.
+  rows_ = 0;
+  kv_dim_ = 0;
+  const int64_t rows = kv.rows();
   for (int64_t l = 0; l < kv.n_layers(); ++l) {
-    if (kv.layer(l).rows() != rows_) {
+    if (kv.layer(l).rows() != rows) {
       return absl::InvalidArgumentError("PinnedKv: layers differ in rows");
     }
   }
-  const int64_t count = rows_ * kv_dim_;
+  const int64_t count = rows * kv.kv_dim();
   SEMSHARE_STATUS_RETURN(Prepare(kv.n_layers(), count * 2));
   for (int64_t l = 0; l < kv.n_layers(); ++l) {
     layers_[l].pos = kv.layer(l).pos;
@@ -102,36 +116,58 @@ absl::Status PinnedKv::From(const KvCache& kv) {
       }
     }
   };
-  if (workers == 1 || count * n_layers < (int64_t{1} << 20)) {
-    for (int64_t w = 0; w < workers; ++w) convert(w);
-    return absl::OkStatus();
-  }
+  int64_t started = 1;  // worker 0 is this thread
   std::vector<std::thread> threads;
-  for (int64_t w = 1; w < workers; ++w) threads.emplace_back(convert, w);
+  if (workers > 1 && count * n_layers >= (int64_t{1} << 20)) {
+    for (; started < workers; ++started) {
+      try {
+        threads.emplace_back(convert, started);
+      } catch (const std::system_error&) {
+        break;  // no thread to be had: this thread converts the rest
+      }
+    }
+  }
+  for (int64_t w = started; w < workers; ++w) convert(w);
   convert(0);
   for (std::thread& t : threads) t.join();
+  rows_ = rows;
+  kv_dim_ = kv.kv_dim();
   return absl::OkStatus();
 }
 
 absl::Status PinnedKv::FromDevice(const DeviceKvCache& kv) {
-  rows_ = kv.rows();
-  kv_dim_ = kv.kv_dim();
-  const int64_t bytes = std::max<int64_t>(rows_ * kv_dim_ * 2, 2);
+  rows_ = 0;
+  kv_dim_ = 0;
+  const int64_t rows = kv.rows();
+  // Checked before any copy is queued: an error return must not leave downloads in flight
+  // into pinned buffers that the next From() rewrites from the host.
+  for (int64_t l = 0; l < kv.n_layers(); ++l) {
+    if (kv.layer(l).rows != rows) {
+      return absl::InvalidArgumentError("PinnedKv: layers differ in rows");
+    }
+  }
+  const int64_t bytes = std::max<int64_t>(rows * kv.kv_dim() * 2, 2);
   SEMSHARE_STATUS_RETURN(Prepare(kv.n_layers(), bytes));
   CudaContext& ctx = kv.context();
   const ScopedDevice on = ctx.Activate();
   // The cache was written on the context's compute stream, a non-blocking stream that a plain
   // cudaMemcpy (legacy default stream) would not wait for: copy on that stream, then sync.
-  for (int64_t l = 0; l < kv.n_layers(); ++l) {
+  absl::Status s;
+  for (int64_t l = 0; l < kv.n_layers() && s.ok(); ++l) {
     const DeviceLayerKv& src = kv.layer(l);
-    if (src.rows != rows_) return absl::InvalidArgumentError("PinnedKv: layers differ in rows");
     Layer& d = layers_[l];
-    SEMSHARE_STATUS_RETURN(ctx.Download(d.k, src.k.data(), rows_ * kv_dim_ * 2));
-    SEMSHARE_STATUS_RETURN(ctx.Download(d.v, src.v.data(), rows_ * kv_dim_ * 2));
+    s = ctx.Download(d.k, src.k.data(), rows * kv.kv_dim() * 2);
+    if (s.ok()) s = ctx.Download(d.v, src.v.data(), rows * kv.kv_dim() * 2);
     d.pos = src.host_pos;
-    SEMSHARE_STATUS_RETURN(PinPositions(d));
+    if (s.ok()) s = PinPositions(d);
   }
-  return ctx.Sync();
+  // Also after a failed enqueue: the copies already queued finish before the buffers are reused.
+  const absl::Status synced = ctx.Sync();
+  if (!s.ok()) return s;
+  SEMSHARE_STATUS_RETURN(synced);
+  rows_ = rows;
+  kv_dim_ = kv.kv_dim();
+  return absl::OkStatus();
 }
 
 DeviceKvCache::DeviceKvCache(CudaContext& ctx, int64_t n_layers, int64_t kv_dim)

@@ -2,8 +2,9 @@
 // (CpuServingSession) on a small random-weight model, through the ServingSession interface the
 // server's workers call: a miss (full prefill, 16 decode steps, TakeKv of every row), the
 // lookup's token matching (device vs CPU matcher), then a hit against the miss' KV as the
-// reference (selective prefill with the same plan, retention, 16 decode steps), two sessions
-// sharing one runtime's weights, the memory gauge's figures, and bad plans refused with
+// reference (selective prefill with the same plan, retention, 16 decode steps), a second hit
+// against a shorter reference (the session's pinned buffers and upload events reused), two
+// sessions sharing one runtime's weights, the memory gauge's figures, and bad plans refused with
 // InvalidArgument. Logits within 3e-2 (full) and 5e-2 (selective) of the CPU's, as
 // cuda_forward_test.cc; the decode is teacher-forced with the CPU's greedy token.
 #include "engine/cuda/cuda_serving.h"
@@ -125,6 +126,29 @@ TEST_F(CudaServingTest, MissThenHitMatchTheCpuSession) {
   EXPECT_EQ(sg->reused_tokens, sc->reused_tokens);
   EXPECT_LT(RelDiff(lg, lc), 5e-2);
   DecodeBoth(cs, g, lc, lg, steps, 5e-2, "hit");
+
+  // A second hit on the same session against a shorter reference (the first 150 tokens): the
+  // pinned buffers are refilled in place (PinnedKv keeps them) and the upload waits for the
+  // previous one's events, the path every hit after a server's first takes.
+  const std::vector<int32_t> short_ids(ref_ids.begin(), ref_ids.begin() + 150);
+  engine::KvCache short_kv = ref_kv.Copy();
+  for (int64_t l = 0; l < short_kv.n_layers(); ++l) {
+    engine::LayerKv& layer = short_kv.layer(l);
+    layer.pos.resize(150);
+    layer.k.resize(150 * short_kv.kv_dim());
+    layer.v.resize(150 * short_kv.kv_dim());
+  }
+  const engine::TokenMatch prefix_match = pc.Match(pc.Sketch(ids), pc.Sketch(short_ids));
+  ASSERT_TRUE(cs.Begin(300 + steps).ok());
+  ASSERT_TRUE(g.Begin(300 + steps).ok());
+  auto sc2 = cs.PrefillHit(ids, short_ids, short_kv, prefix_match, lc.data());
+  auto sg2 = g.PrefillHit(ids, short_ids, short_kv, prefix_match, lg.data());
+  ASSERT_TRUE(sc2.ok()) << sc2.status();
+  ASSERT_TRUE(sg2.ok()) << sg2.status();
+  EXPECT_EQ(sg2->layer_rows, sc2->layer_rows);
+  EXPECT_EQ(sg2->reused_tokens, sc2->reused_tokens);
+  EXPECT_LT(RelDiff(lg, lc), 5e-2);
+  DecodeBoth(cs, g, lc, lg, 4, 5e-2, "second hit");
 
   // A second session shares the weights: same logits for the same prompt, and the memory
   // figures count the weights once plus both sessions' KV.

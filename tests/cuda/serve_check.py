@@ -18,7 +18,12 @@ counts are required; identical greedy text is reported (bf16 may flip a near tie
 differing text is a note, not a failure). Only the Python standard library: the GPU machine
 has none of our packages. Writes OUT/serve_check.json; exit 1 on any failure.
 
-usage: serve_check.py --bin DIR --model FILE --out DIR [--backends cuda,cpu]
+Both servers listen on port 0 and the script reads the ports they bound from their logs (no
+port picked here and then raced for). With --budget-s every wait is cut to what is left, so the
+script ends, stops its servers and writes its JSON within the budget; SIGTERM (the caller's
+timeout) does the same at once.
+
+usage: serve_check.py --bin DIR --model FILE --out DIR [--backends cuda,cpu] [--budget-s S]
 """
 import argparse
 import concurrent.futures
@@ -27,7 +32,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,10 +39,39 @@ import time
 import urllib.request
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Everything here talks to 127.0.0.1: a proxy from the environment (gRPC honours http_proxy and
+# grpc_proxy, urllib http_proxy) would route the calls away from the local servers.
+PROXY_VARS = ("http_proxy", "https_proxy", "grpc_proxy", "all_proxy")
+LOCAL_ENV = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARS}
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class Terminated(BaseException):
+    """SIGTERM from the caller: not an Exception, so no per-step handler swallows it."""
+
+
+def on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    # Once: `timeout` signals this process and then its whole process group, so a second
+    # SIGTERM may follow at once; it must not interrupt the cleanup the first one started.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
+
+
+class Deadline:
+    def __init__(self, budget_s):
+        self.end = None if budget_s is None else time.time() + budget_s
+
+    def minus(self, reserve_s):
+        """The same deadline with reserve_s kept back (for the steps after this one)."""
+        d = Deadline(None)
+        d.end = None if self.end is None else self.end - reserve_s
+        return d
+
+    def left(self, cap):
+        """Seconds for the next wait: cap, cut to what is left (at least 1)."""
+        if self.end is None:
+            return cap
+        return max(1.0, min(cap, self.end - time.time()))
 
 
 def prompt(seed, n_words=250):
@@ -50,58 +83,83 @@ def prompt(seed, n_words=250):
 
 
 class Server:
-    def __init__(self, bin_dir, model, backend, workdir):
+    def __init__(self, bin_dir, model, backend, workdir, deadline):
         self.client = os.path.join(bin_dir, "semshare")
-        self.port, self.mport = free_port(), free_port()
-        self.target = f"127.0.0.1:{self.port}"
-        self.log_path = os.path.join(workdir, f"server-{backend}.log")
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [os.path.join(bin_dir, "semshare-server"), "--model", model, "--backend", backend,
-             "--listen", self.target, "--metrics-listen", f"127.0.0.1:{self.mport}",
-             "--min-reuse-tokens", "64", "--workers", "2"],
-            stdout=self.log, stderr=subprocess.STDOUT)
         self.workdir = workdir
         self.backend = backend
+        self.deadline = deadline
+        self.target = None
+        self.mport = None
+        self.log_path = os.path.join(workdir, f"server-{backend}.log")
+        self.log = open(self.log_path, "w")
+        try:
+            # Port 0: the server binds free ports itself and logs them ("grpc listening on
+            # HOST:PORT", "metrics on http://HOST:PORT/metrics"; server/server_main.cc).
+            self.proc = subprocess.Popen(
+                [os.path.join(bin_dir, "semshare-server"), "--model", model, "--backend", backend,
+                 "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                 "--min-reuse-tokens", "64", "--workers", "2"],
+                stdout=self.log, stderr=subprocess.STDOUT, env=LOCAL_ENV)
+        except BaseException:
+            self.log.close()
+            raise
 
     def wait_ready(self, timeout_s=180):
         t0 = time.time()
+        timeout_s = self.deadline.left(timeout_s)
         while time.time() - t0 < timeout_s:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.tail()}")
             with open(self.log_path) as f:
-                if "ready in" in f.read():
-                    return time.time() - t0
+                text = f.read()
+            if "ready in" in text:
+                grpc_port = re.search(r"grpc listening on [^\s:]+:(\d+)", text)
+                metrics_port = re.search(r"metrics on http://[^\s/]+:(\d+)/metrics", text)
+                if not grpc_port or not metrics_port:
+                    raise RuntimeError(f"no bound ports in the server log: {self.tail()}")
+                self.target = f"127.0.0.1:{grpc_port.group(1)}"
+                self.mport = int(metrics_port.group(1))
+                return time.time() - t0
             time.sleep(0.2)
-        raise RuntimeError(f"server not ready after {timeout_s} s: {self.tail()}")
+        raise RuntimeError(f"server not ready after {timeout_s:.0f} s: {self.tail()}")
 
     def tail(self):
         with open(self.log_path) as f:
             return "".join(f.readlines()[-15:])
 
     def call(self, verb, text, max_tokens=16, tag="x"):
+        """The client's --json response, plus the text it printed as "_stdout" (a stream's
+        last message carries no text)."""
         out = os.path.join(self.workdir, f"{self.backend}-{verb}-{tag}.json")
+        wait_s = self.deadline.left(180)
         r = subprocess.run([self.client, "client", verb, "--target", self.target, "--prompt",
-                            text, "--max-tokens", str(max_tokens), "--timeout-s", "120",
-                            "--json", out], capture_output=True, text=True, timeout=180)
+                            text, "--max-tokens", str(max_tokens),
+                            "--timeout-s", str(max(1, int(wait_s) - 5)), "--json", out],
+                           capture_output=True, text=True, errors="replace", timeout=wait_s,
+                           env=LOCAL_ENV)
         if r.returncode != 0:
             raise RuntimeError(f"client {verb} failed ({r.returncode}): {r.stderr.strip()}")
         with open(out) as f:
-            return json.load(f)
+            res = json.load(f)
+        res["_stdout"] = r.stdout
+        return res
 
     def metrics(self):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.mport}/metrics", timeout=10) as r:
+        with NO_PROXY.open(f"http://127.0.0.1:{self.mport}/metrics",
+                           timeout=self.deadline.left(10)) as r:
             return r.read().decode()
 
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+    def stop(self, wait_s=60):
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=wait_s)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+        finally:
+            self.log.close()
         return self.proc.returncode
 
 
@@ -109,10 +167,14 @@ def metric_values(text, name):
     return [float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
 
 
-def run_backend(args, backend, workdir):
+def run_backend(args, backend, workdir, deadline):
     res = {"backend": backend, "failures": []}
     fail = res["failures"].append
-    srv = Server(args.bin, args.model, backend, workdir)
+    try:
+        srv = Server(args.bin, args.model, backend, workdir, deadline)
+    except OSError as e:
+        fail(f"cannot start semshare-server: {e}")
+        return res
     try:
         res["ready_s"] = srv.wait_ready()
         a = prompt(1)
@@ -126,7 +188,7 @@ def run_backend(args, backend, workdir):
         if hit["cache"]["result"] != "hit" or int(hit["usage"].get("reusedTokens", 0)) <= 0:
             fail(f"paraphrase: expected a hit reusing tokens, got {hit['cache']} {hit['usage']}")
         stream = srv.call("stream", prompt(2, 40), tag="stream")
-        res["stream_text"] = stream.get("text", "")
+        res["stream_text"] = stream["_stdout"]
         if int(stream.get("usage", {}).get("completionTokens", 0)) <= 0:
             fail(f"stream: no tokens: {stream}")
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -140,10 +202,10 @@ def run_backend(args, backend, workdir):
                     fail(f"concurrent request: {e}")
         res["concurrent_ok"] = len(conc)
         m = srv.metrics()
-        ok_total = sum(v for v in metric_values(m, "semshare_requests_total"))
-        res["requests_total"] = ok_total
-        if ok_total < 11:
-            fail(f"/metrics: semshare_requests_total sums to {ok_total}, expected >= 11")
+        requests_total = sum(v for v in metric_values(m, "semshare_requests_total"))
+        res["requests_total"] = requests_total
+        if requests_total < 11:
+            fail(f"/metrics: semshare_requests_total sums to {requests_total}, expected >= 11")
         if backend == "cuda":
             used = metric_values(m, "semshare_gpu_memory_used_bytes")
             total = metric_values(m, "semshare_gpu_memory_total_bytes")
@@ -153,7 +215,13 @@ def run_backend(args, backend, workdir):
                 fail(f"/metrics: GPU memory gauges used={used} total={total}")
     except Exception as e:  # noqa: BLE001 - every failure is reported, then the server stops
         fail(str(e))
-    rc = srv.stop()
+    except Terminated:
+        fail("terminated (SIGTERM) before the checks finished")
+        res["terminated"] = True
+        res["exit_code"] = srv.stop(wait_s=5)
+        res["server_log_tail"] = srv.tail()
+        return res
+    rc = srv.stop(wait_s=deadline.left(60))
     res["exit_code"] = rc
     if rc != 0:
         fail(f"server exit code {rc} after SIGTERM")
@@ -168,10 +236,25 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--backends", default="cuda,cpu")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="finish (servers stopped, JSON written) within this many seconds")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, on_sigterm)
     os.makedirs(args.out, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="serve-check-", dir=args.out)
-    results = {b: run_backend(args, b, workdir) for b in args.backends.split(",")}
+    deadline = Deadline(args.budget_s)
+    results = {}
+    backends = args.backends.split(",")
+    for i, b in enumerate(backends):
+        # Each later backend keeps 40 s of the budget (the CPU run takes ~5 s on 2 cores).
+        try:
+            results[b] = run_backend(args, b, workdir,
+                                     deadline.minus(40 * (len(backends) - 1 - i)))
+        except Terminated:  # while stopping the server: it had its SIGTERM too
+            results[b] = {"backend": b, "terminated": True,
+                          "failures": ["terminated (SIGTERM) while stopping the server"]}
+        if results[b].get("terminated"):
+            break
     failures = [f"{b}: {f}" for b, r in results.items() for f in r["failures"]]
     notes = []
     if "cuda" in results and "cpu" in results:
