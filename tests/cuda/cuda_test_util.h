@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -52,6 +53,12 @@ double RelErr(const std::vector<A>& a, const std::vector<R>& ref) {
     den += r * r;
   }
   return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+// Every element of the test's output regions must have been written (poison is NaN) and the
+// padding around them left alone.
+inline bool AllNan(const std::vector<float>& v) {
+  return std::all_of(v.begin(), v.end(), [](float x) { return std::isnan(x); });
 }
 
 inline std::vector<float> Uniform(size_t n, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
