@@ -29,22 +29,16 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(std::string_view name,
 // Whether this build includes the CUDA backend.
 bool CudaBackendBuilt();
 
-// A backend's deferred error (CudaBackend records errors of its void ops); OK for the CPU
-// backend. Check it after a forward pass run on a backend from MakeBackend.
-absl::Status BackendStatus(const Backend& backend);
-// BackendStatus, then clears it so the backend serves the next request (a sticky device error
-// fails that request's first op again, so nothing is lost by clearing).
-absl::Status TakeBackendStatus(Backend& backend);
-
-// Device memory a backend holds (the server's semshare_gpu_memory_* gauges). `device` is false
-// for host backends, whose memory the process' resident size already shows.
+// Device memory a serving runtime holds (the server's semshare_gpu_memory_* gauges). `device`
+// is false for host backends, whose memory the process' resident size already shows. (A
+// CudaBackend from MakeBackend reports its own: CudaBackend::context().pool().Stats(); its
+// deferred op errors: CudaBackend::status().)
 struct BackendMemory {
   bool device = false;
   int64_t used = 0;   // bytes of live device buffers (the pool's exact accounting)
   int64_t peak = 0;   // most bytes live at once
   int64_t total = 0;  // the device's memory
 };
-BackendMemory QueryBackendMemory(Backend& backend);
 
 // What a server keeps per process for a device backend: the weights on the device, shared by
 // every worker's session, each with its own streams and KV (engine/reuse/serving_session.h).

@@ -5,7 +5,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "cache_store/prompt_features.h"
-#include "engine/backend_factory.h"
 
 namespace semshare::server {
 namespace {
@@ -62,13 +61,6 @@ InferenceWorker::InferenceWorker(const SharedModel& shared,
       session_(session != nullptr ? std::move(session)
                                   : std::make_unique<engine::CpuServingSession>(prefiller_)) {}
 
-absl::Status InferenceWorker::BackendError() {
-  absl::Status s = engine::TakeBackendStatus(*backend_);
-  if (s.ok()) return s;
-  return absl::Status(s.code(),
-                      absl::StrCat("backend ", std::string(backend_->name()), ": ", s.message()));
-}
-
 absl::StatusOr<std::vector<int32_t>> InferenceWorker::Tokenize(const PromptInput& input) const {
   std::vector<int32_t> ids;
   if (input.is_chat) {
@@ -98,12 +90,13 @@ InferenceWorker::Best InferenceWorker::FindBest(const store::Namespace& ns,
   Best best;
   *candidates = 0;
   if (store_ == nullptr) return best;
+  // The target's sketch first, whatever the store answers: a miss publishes its codes with
+  // the record (and no earlier request's sketch can stand in for it).
+  if (!session_->SetTarget(ids).ok()) return best;  // a device error: a miss
   absl::StatusOr<std::vector<store::Candidate>> cands =
       store_->Lookup(ns, features, options_.lookup_candidates);
   if (!cands.ok()) return best;  // counted by the store; a miss
   *candidates = static_cast<int32_t>(cands->size());
-  // The target's sketch even without candidates: a miss publishes its codes with the record.
-  if (!session_->SetTarget(ids).ok()) return best;  // a device error: a miss
   const engine::ModelConfig& c = model_.config;
   for (const store::Candidate& cand : *cands) {
     absl::StatusOr<store::RecordHandle> rec = store_->Get(ns, cand.id);
@@ -156,7 +149,6 @@ absl::StatusOr<InferenceResult> InferenceWorker::Run(const InferenceRequest& req
       res.reference_id = best.record->id;
     }
     res.lookup_ms = MsBetween(tl, Clock::now());
-    if (auto s = BackendError(); !s.ok()) return s;
   }
   if (cancelled()) return absl::CancelledError("cancelled before prefill");
 
@@ -179,7 +171,6 @@ absl::StatusOr<InferenceResult> InferenceWorker::Run(const InferenceRequest& req
     res.recomputed_tokens = n;
   }
   best = Best{};  // unpin the candidates
-  if (auto s = BackendError(); !s.ok()) return s;
   const auto td = Clock::now();
   res.prefill_ms = MsBetween(tp, td);
   res.kv_bytes = session_->KvBytes();
@@ -194,7 +185,7 @@ absl::StatusOr<InferenceResult> InferenceWorker::Run(const InferenceRequest& req
       metrics_->RecordInterTokenLatency(std::chrono::duration<double>(now - last_token).count());
     }
     last_token = now;
-    return cancelled() || !engine::BackendStatus(*backend_).ok();
+    return cancelled();
   };
   const engine::Generator::DecodeStep step = [this](int32_t id, float* out) {
     return session_->Step(id, out);
@@ -202,7 +193,6 @@ absl::StatusOr<InferenceResult> InferenceWorker::Run(const InferenceRequest& req
   absl::StatusOr<engine::GenerateResult> gen =
       generator_.DecodeWith(n, step, logits, decode_opt, request.on_text);
   if (!gen.ok()) return gen.status();
-  if (auto s = BackendError(); !s.ok()) return s;  // before publishing KV it computed
   if (gen->finish == engine::FinishReason::kCancelled) {
     return absl::CancelledError("cancelled during decoding");
   }
@@ -252,7 +242,6 @@ absl::StatusOr<store::RecordHandle> InferenceWorker::AddReference(const PromptIn
   const int64_t n = static_cast<int64_t>(ids->size());
   if (auto s = session_->Begin(n); !s.ok()) return s;
   if (auto s = session_->PrefillFull(*ids, nullptr); !s.ok()) return s;
-  if (auto s = BackendError(); !s.ok()) return s;
   absl::StatusOr<engine::KvCache> kv = session_->TakeKv();
   if (!kv.ok()) return kv.status();
   engine::Reference ref;
@@ -280,7 +269,6 @@ absl::StatusOr<LookupResult> InferenceWorker::Lookup(const PromptInput& input,
   out.prompt_tokens = static_cast<int64_t>(ids->size());
   const std::vector<uint64_t> features = store::PromptFeatures(*ids);
   Best best = FindBest(ns, *ids, features, &out.candidates);
-  if (auto s = BackendError(); !s.ok()) return s;
   if (best.record != nullptr) {
     out.reference_id = best.record->id;
     out.similarity = best.match.similarity;

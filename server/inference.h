@@ -120,8 +120,6 @@ class InferenceWorker {
                                       float threshold);
 
  private:
-  // The backend's deferred device error since the last call (OK on the CPU backend), cleared.
-  absl::Status BackendError();
   struct Best {
     store::RecordHandle record;
     engine::TokenMatch match;

@@ -235,8 +235,7 @@ int Main(int argc, char** argv) {
       if (!s.ok()) return backend_failed(s.status());
       session = *std::move(s);
     }
-    absl::StatusOr<std::unique_ptr<engine::Backend>> backend =
-        engine::MakeBackend(*runtime != nullptr ? "cpu" : config.backend);
+    absl::StatusOr<std::unique_ptr<engine::Backend>> backend = engine::MakeBackend("cpu");
     if (!backend.ok()) return backend_failed(backend.status());
     workers.push_back(std::make_unique<InferenceWorker>(shared, *std::move(backend), core.serving,
                                                         core.store, &metrics, std::move(session)));

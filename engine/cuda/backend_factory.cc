@@ -41,39 +41,6 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(std::string_view name,
                                                  CudaBackendBuilt() ? ", cuda)" : ")"));
 }
 
-absl::Status BackendStatus(const Backend& backend) {
-#ifdef SEMSHARE_WITH_CUDA
-  if (const auto* c = dynamic_cast<const cuda::CudaBackend*>(&backend)) return c->status();
-#else
-  (void)backend;
-#endif
-  return absl::OkStatus();
-}
-
-absl::Status TakeBackendStatus(Backend& backend) {
-  absl::Status s = BackendStatus(backend);
-#ifdef SEMSHARE_WITH_CUDA
-  if (auto* c = dynamic_cast<cuda::CudaBackend*>(&backend)) c->ClearStatus();
-#endif
-  return s;
-}
-
-BackendMemory QueryBackendMemory(Backend& backend) {
-  BackendMemory m;
-#ifdef SEMSHARE_WITH_CUDA
-  if (auto* c = dynamic_cast<cuda::CudaBackend*>(&backend)) {
-    const cuda::PoolStats s = c->context().pool().Stats();
-    m.device = true;
-    m.used = s.used;
-    m.peak = s.peak;
-    m.total = s.total;
-  }
-#else
-  (void)backend;
-#endif
-  return m;
-}
-
 absl::StatusOr<std::unique_ptr<ServingRuntime>> MakeServingRuntime(std::string_view name,
                                                                    const Model& model,
                                                                    const ReuseConfig& reuse,
