@@ -47,6 +47,7 @@ absl::Status LlamaForward::Forward(std::span<const int32_t> ids, std::span<const
   }
   const int64_t n = static_cast<int64_t>(ids.size());
   for (int64_t i0 = 0; i0 < n; i0 += max_chunk_) {
+    if (interrupted()) return absl::CancelledError("forward: interrupted (request cancelled)");
     ForwardChunk(ids.data() + i0, pos.data() + i0, std::min(max_chunk_, n - i0), cache);
   }
   if (logits != nullptr) {

@@ -10,6 +10,7 @@
 #define SEMSHARE_ENGINE_LLAMA_FORWARD_H_
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -31,6 +32,13 @@ class LlamaForward {
   // when logits is non-null. InvalidArgument for out-of-range ids or positions.
   absl::Status Forward(std::span<const int32_t> ids, std::span<const int32_t> pos, KvCache& cache,
                        float* logits);
+
+  // An optional stop check, consulted before each chunk of Forward and before each layer of a
+  // selective prefill (engine/reuse): when it returns true the pass stops with CANCELLED (the
+  // cache then holds what was appended so far; callers drop it). Null: never. The server sets
+  // it to "the client cancelled or the deadline passed" for the duration of a request.
+  void set_interrupt(std::function<bool()> interrupt) { interrupt_ = std::move(interrupt); }
+  bool interrupted() const { return interrupt_ && interrupt_(); }
 
   // An empty cache shaped for this model.
   KvCache NewCache() const;
@@ -73,6 +81,7 @@ class LlamaForward {
   // Scratch, sized for max_chunk tokens.
   std::vector<float> x_, h_, q_, k_, v_, att_, gate_, up_;
   std::vector<float> logit_h_;  // [d_model] normed last row for Logits
+  std::function<bool()> interrupt_;
 };
 
 }  // namespace semshare::engine

@@ -134,6 +134,14 @@ absl::StatusOr<InferenceResult> InferenceWorker::Run(const InferenceRequest& req
   }
   if (cancelled()) return absl::CancelledError("cancelled before prefill");
 
+  // Cancellation and deadlines also stop a running prefill (between chunks and layers); the
+  // check captures `request`, so it is cleared on every return.
+  session_->SetInterrupt(cancelled);
+  struct ClearInterrupt {
+    engine::ServingSession& s;
+    ~ClearInterrupt() { s.SetInterrupt(nullptr); }
+  } clear_interrupt{*session_};
+
   InferenceResult res;
   const bool lookup = store_ != nullptr && request.policy != CachePolicy::kBypass &&
                       n >= options_.reuse.min_reuse_tokens;

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <numeric>
 
 #include "engine/cpu/cpu_backend.h"
 #include "engine/llama_forward.h"
@@ -74,6 +75,29 @@ TEST_P(ForwardArchTest, ChunkingDoesNotChangeLogits) {
   auto m = semshare::testing::TinyModel(GetParam(), RopeStyle::kAdjacent, 200);
   const std::vector<int32_t> ids = Ids(40, 97);
   EXPECT_LE(MaxRelDiff(Prefill(*m, 7, ids), Prefill(*m, 512, ids)), 2e-4);
+}
+
+// The interrupt (set by the server to "cancelled or past the deadline") stops a prefill
+// between chunks with CANCELLED; cleared, the same object runs normally again.
+TEST(ForwardTest, InterruptStopsBetweenChunks) {
+  auto m = semshare::testing::TinyModel(Arch::kLlama, RopeStyle::kAdjacent, 210);
+  CpuBackend be;
+  LlamaForward f(*m, be, /*max_chunk=*/8);
+  const std::vector<int32_t> ids = Ids(40, 97);
+  std::vector<int32_t> pos(ids.size());
+  std::iota(pos.begin(), pos.end(), 0);
+  int checks = 0;
+  f.set_interrupt([&] { return ++checks > 2; });  // two chunks pass, the third stops
+  KvCache cache = f.NewCache();
+  std::vector<float> logits(m->config.vocab_size);
+  const absl::Status s = f.Forward(ids, pos, cache, logits.data());
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
+  EXPECT_EQ(checks, 3);
+  EXPECT_EQ(cache.rows(), 16);
+  f.set_interrupt(nullptr);
+  KvCache fresh = f.NewCache();
+  EXPECT_TRUE(f.Forward(ids, pos, fresh, logits.data()).ok());
+  EXPECT_EQ(fresh.rows(), 40);
 }
 
 INSTANTIATE_TEST_SUITE_P(Archs, ForwardArchTest,

@@ -136,6 +136,29 @@ TEST_F(ReusePrefillTest, IdenticalPromptHitsWithNearZeroDeviationAndSameGreedyTe
   EXPECT_EQ(greedy(cache, logits, p.forward()), greedy(full_cache, full_logits, full));
 }
 
+// A selective prefill checks the forward pass' interrupt before each layer: CANCELLED, and the
+// prefiller serves again once it is cleared.
+TEST_F(ReusePrefillTest, InterruptStopsASelectivePrefillBetweenLayers) {
+  ASSERT_NE(model_, nullptr);
+  const std::vector<int32_t> ids = Tokens(Sentences(3, 20));
+  ReuseConfig cfg;
+  CpuBackend be;
+  ReusePrefiller p(*model_, be, cfg);
+  auto ref = p.MakeReference(ids);
+  ASSERT_TRUE(ref.ok());
+  int layers = 0;
+  p.forward().set_interrupt([&] { return ++layers > 3; });
+  KvCache cache = p.forward().NewCache();
+  std::vector<float> logits(model_->config.vocab_size);
+  const TokenMatch match = p.Match(p.Sketch(ids), ref->sketch);
+  auto st = p.PrefillHit(ids, *ref, match, &cache, logits.data());
+  EXPECT_EQ(st.status().code(), absl::StatusCode::kCancelled) << st.status();
+  EXPECT_EQ(layers, 4);
+  p.forward().set_interrupt(nullptr);
+  KvCache again = p.forward().NewCache();
+  EXPECT_TRUE(p.PrefillHit(ids, *ref, match, &again, logits.data()).ok());
+}
+
 TEST_F(ReusePrefillTest, UnrelatedPromptMisses) {
   ASSERT_NE(model_, nullptr);
   const std::vector<int32_t> ref_ids = Tokens(Sentences(3, 15));

@@ -183,6 +183,7 @@ absl::Status CudaForward::Forward(std::span<const int32_t> ids, std::span<const 
   }
   int64_t last = 0;
   for (int64_t i0 = 0; i0 < n; i0 += max_chunk_) {
+    if (interrupted()) return absl::CancelledError("forward: interrupted (request cancelled)");
     const int64_t s = std::min(max_chunk_, n - i0);
     last = s;
     SEMSHARE_STATUS_RETURN(ctx_.Upload(ids_.data(), ids.data() + i0, s * 4));
@@ -396,6 +397,7 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
   std::vector<int32_t> sel, next;
   std::vector<uint8_t> in_set_forced;
   for (int64_t l = 0; l < c.n_layers; ++l) {
+    if (interrupted()) return absl::CancelledError("prefill: interrupted (request cancelled)");
     const int64_t s = static_cast<int64_t>(set.size());
     DeviceLayerKv& kv = cache.layer(l);
     st->layer_computed[l] = s;

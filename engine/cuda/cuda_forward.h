@@ -12,6 +12,7 @@
 #define SEMSHARE_ENGINE_CUDA_CUDA_FORWARD_H_
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -56,6 +57,11 @@ class CudaForward {
 
   DeviceKvCache NewCache() const;
 
+  // As LlamaForward::set_interrupt: checked on the host before each chunk of Forward and each
+  // layer of SelectivePrefill; true stops the pass with CANCELLED. Null: never.
+  void set_interrupt(std::function<bool()> interrupt) { interrupt_ = std::move(interrupt); }
+  bool interrupted() const { return interrupt_ && interrupt_(); }
+
  private:
   absl::Status Reserve(int64_t s);
   absl::Status Qkv(int64_t l, const float* x, const int32_t* pos_d, int64_t s);
@@ -77,6 +83,7 @@ class CudaForward {
   CudaContext& ctx_;
   const DeviceModel& model_;
   const int64_t max_chunk_;
+  std::function<bool()> interrupt_;
   int64_t reserved_ = 0;
   int64_t d_, qd_, kvd_, qkvd_, ff_;
   // Scratch: x [S, d] f32; h [S, d] bf16; qkv [S, qkvd] f32; q [S, qd] bf16; kcur/vcur

@@ -41,6 +41,9 @@ class CudaServingSession final : public ServingSession {
   absl::Status SetTarget(std::span<const int32_t> ids) override;
   absl::StatusOr<TokenMatch> MatchReference(std::span<const int32_t> ref_ids) override;
   TokenSketch TakeTargetSketch() override { return {}; }
+  void SetInterrupt(std::function<bool()> interrupt) override {
+    fwd_.set_interrupt(std::move(interrupt));
+  }
   absl::Status Begin(int64_t rows) override;
   absl::Status PrefillFull(std::span<const int32_t> ids, float* logits) override;
   absl::StatusOr<PrefillStats> PrefillHit(std::span<const int32_t> ids,

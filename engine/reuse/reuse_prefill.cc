@@ -213,6 +213,9 @@ absl::Status ReusePrefiller::SelectivePrefill(std::span<const int32_t> ids,
   st->layer_rows.assign(c.n_layers, 0);
 
   for (int64_t l = 0; l < c.n_layers; ++l) {
+    if (forward_.interrupted()) {
+      return absl::CancelledError("prefill: interrupted (request cancelled)");
+    }
     const int64_t s = static_cast<int64_t>(set.size());
     LayerKv& kv = cache->layer(l);
     st->layer_computed[l] = s;

@@ -11,6 +11,7 @@
 #define SEMSHARE_ENGINE_REUSE_SERVING_SESSION_H_
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string_view>
 #include <utility>
@@ -35,6 +36,10 @@ class ServingSession {
   virtual absl::StatusOr<TokenMatch> MatchReference(std::span<const int32_t> ref_ids) = 0;
   // The target's host sketch when the session made one (empty otherwise), moved out.
   virtual TokenSketch TakeTargetSketch() = 0;
+
+  // A stop check for the request in flight (LlamaForward::set_interrupt): consulted between
+  // prefill chunks and layers; true makes the prefill return CANCELLED. Null clears it.
+  virtual void SetInterrupt(std::function<bool()> interrupt) = 0;
 
   // Starts a request: drops the previous request's KV and makes room for `rows` rows.
   virtual absl::Status Begin(int64_t rows) = 0;
@@ -65,6 +70,9 @@ class CpuServingSession final : public ServingSession {
   absl::Status SetTarget(std::span<const int32_t> ids) override;
   absl::StatusOr<TokenMatch> MatchReference(std::span<const int32_t> ref_ids) override;
   TokenSketch TakeTargetSketch() override { return std::move(target_); }
+  void SetInterrupt(std::function<bool()> interrupt) override {
+    prefiller_.forward().set_interrupt(std::move(interrupt));
+  }
   absl::Status Begin(int64_t rows) override;
   absl::Status PrefillFull(std::span<const int32_t> ids, float* logits) override;
   absl::StatusOr<PrefillStats> PrefillHit(std::span<const int32_t> ids,
