@@ -54,6 +54,29 @@ absl::Status CancelStatus(const grpc::CallbackServerContext* ctx) {
   return absl::CancelledError("the client cancelled the request");
 }
 
+// Runs `work` (InferenceWorker& -> absl::StatusOr<a response message>) on a worker for a unary call
+// and finishes `reactor` with its outcome: the response serialised on success, the status
+// otherwise, counted under `method` either way. A call whose client gave up while it waited
+// in the queue finishes CANCELLED or DEADLINE_EXCEEDED without running; a full queue finishes
+// it RESOURCE_EXHAUSTED at once.
+template <typename Work>
+grpc::ServerUnaryReactor* RunOnWorker(ServiceState* state, const char* method,
+                                      grpc::CallbackServerContext* ctx,
+                                      grpc::ServerUnaryReactor* reactor, grpc::ByteBuffer* response,
+                                      Work work) {
+  absl::Status submitted = state->core()->scheduler->Submit([=](InferenceWorker& w) {
+    if (ctx->IsCancelled()) {
+      reactor->Finish(state->Complete(method, CancelStatus(ctx)));
+      return;
+    }
+    const auto out = work(w);
+    if (out.ok()) Serialize(*out, response);
+    reactor->Finish(state->Complete(method, out.status()));
+  });
+  if (!submitted.ok()) reactor->Finish(state->Complete(method, submitted));
+  return reactor;
+}
+
 v1::FinishReason ToProto(engine::FinishReason r) {
   switch (r) {
     case engine::FinishReason::kEndOfGeneration:
@@ -407,32 +430,23 @@ grpc::ServerUnaryReactor* SemShareService::Tokenize(grpc::CallbackServerContext*
                                                     grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   ServiceState* state = state_;
-  auto fail = [&](const absl::Status& s) {
-    reactor->Finish(state->Complete("Tokenize", s));
-    return reactor;
-  };
   v1::TokenizeRequest r;
   Principal principal;
   std::shared_ptr<PromptInput> input =
       AdmitPromptCall(state, "Tokenize", ctx, request, reactor, &r, &principal);
   if (input == nullptr) return reactor;
   ServingCore* core = state->core();
-  absl::Status submitted = core->scheduler->Submit([=](InferenceWorker& w) {
-    absl::StatusOr<std::vector<int32_t>> ids = w.Tokenize(*input);
-    if (!ids.ok()) {
-      reactor->Finish(state->Complete("Tokenize", ids.status()));
-      return;
-    }
-    v1::TokenizeResponse out;
-    for (int32_t id : *ids) {
-      out.add_token_ids(id);
-      out.add_pieces(PieceText(*core->model->tokenizer, id));
-    }
-    Serialize(out, response);
-    reactor->Finish(state->Complete("Tokenize", absl::OkStatus()));
-  });
-  if (!submitted.ok()) return fail(submitted);
-  return reactor;
+  return RunOnWorker(state, "Tokenize", ctx, reactor, response,
+                     [=](InferenceWorker& w) -> absl::StatusOr<v1::TokenizeResponse> {
+                       absl::StatusOr<std::vector<int32_t>> ids = w.Tokenize(*input);
+                       if (!ids.ok()) return ids.status();
+                       v1::TokenizeResponse out;
+                       for (int32_t id : *ids) {
+                         out.add_token_ids(id);
+                         out.add_pieces(PieceText(*core->model->tokenizer, id));
+                       }
+                       return out;
+                     });
 }
 
 grpc::ServerUnaryReactor* SemShareService::AddReference(grpc::CallbackServerContext* ctx,
@@ -440,36 +454,22 @@ grpc::ServerUnaryReactor* SemShareService::AddReference(grpc::CallbackServerCont
                                                         grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   ServiceState* state = state_;
-  auto fail = [&](const absl::Status& s) {
-    reactor->Finish(state->Complete("AddReference", s));
-    return reactor;
-  };
   v1::AddReferenceRequest r;
   Principal principal;
   std::shared_ptr<PromptInput> input =
       AdmitPromptCall(state, "AddReference", ctx, request, reactor, &r, &principal);
   if (input == nullptr) return reactor;
-  ServingCore* core = state->core();
   const store::Namespace ns = state->NamespaceOf(principal);
-  absl::Status submitted = core->scheduler->Submit([=](InferenceWorker& w) {
-    if (ctx->IsCancelled()) {
-      reactor->Finish(state->Complete("AddReference", CancelStatus(ctx)));
-      return;
-    }
-    absl::StatusOr<store::RecordHandle> rec = w.AddReference(*input, ns);
-    if (!rec.ok()) {
-      reactor->Finish(state->Complete("AddReference", rec.status()));
-      return;
-    }
-    v1::AddReferenceResponse out;
-    out.set_reference_id((*rec)->id);
-    out.set_prompt_tokens(static_cast<int64_t>((*rec)->ids.size()));
-    out.set_kv_bytes((*rec)->kv.ByteSize());
-    Serialize(out, response);
-    reactor->Finish(state->Complete("AddReference", absl::OkStatus()));
-  });
-  if (!submitted.ok()) return fail(submitted);
-  return reactor;
+  return RunOnWorker(state, "AddReference", ctx, reactor, response,
+                     [=](InferenceWorker& w) -> absl::StatusOr<v1::AddReferenceResponse> {
+                       absl::StatusOr<store::RecordHandle> rec = w.AddReference(*input, ns);
+                       if (!rec.ok()) return rec.status();
+                       v1::AddReferenceResponse out;
+                       out.set_reference_id((*rec)->id);
+                       out.set_prompt_tokens(static_cast<int64_t>((*rec)->ids.size()));
+                       out.set_kv_bytes((*rec)->kv.ByteSize());
+                       return out;
+                     });
 }
 
 grpc::ServerUnaryReactor* SemShareService::LookupReference(grpc::CallbackServerContext* ctx,
@@ -477,10 +477,6 @@ grpc::ServerUnaryReactor* SemShareService::LookupReference(grpc::CallbackServerC
                                                            grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   ServiceState* state = state_;
-  auto fail = [&](const absl::Status& s) {
-    reactor->Finish(state->Complete("LookupReference", s));
-    return reactor;
-  };
   v1::LookupReferenceRequest r;
   Principal principal;
   std::shared_ptr<PromptInput> input =
@@ -489,29 +485,27 @@ grpc::ServerUnaryReactor* SemShareService::LookupReference(grpc::CallbackServerC
   ServingCore* core = state->core();
   const float t = r.similarity_threshold();
   if (!std::isfinite(t) || t < 0 || t > 1) {
-    return fail(absl::InvalidArgumentError(absl::StrCat(
-        "similarity_threshold must be in (0, 1] (0 = the server's default), got ", t)));
+    reactor->Finish(state->Complete(
+        "LookupReference",
+        absl::InvalidArgumentError(absl::StrCat(
+            "similarity_threshold must be in (0, 1] (0 = the server's default), got ", t))));
+    return reactor;
   }
   const float threshold = t == 0 ? core->limits.default_threshold : t;
   const store::Namespace ns = state->NamespaceOf(principal);
-  absl::Status submitted = core->scheduler->Submit([=](InferenceWorker& w) {
-    absl::StatusOr<LookupResult> res = w.Lookup(*input, ns, threshold);
-    if (!res.ok()) {
-      reactor->Finish(state->Complete("LookupReference", res.status()));
-      return;
-    }
-    v1::LookupReferenceResponse out;
-    out.set_hit(res->hit);
-    out.set_reference_id(res->reference_id);
-    out.set_similarity(res->similarity < 0 ? 0.0f : res->similarity);
-    out.set_candidates(res->candidates);
-    out.set_prompt_tokens(res->prompt_tokens);
-    out.set_lookup_ms(res->lookup_ms);
-    Serialize(out, response);
-    reactor->Finish(state->Complete("LookupReference", absl::OkStatus()));
-  });
-  if (!submitted.ok()) return fail(submitted);
-  return reactor;
+  return RunOnWorker(state, "LookupReference", ctx, reactor, response,
+                     [=](InferenceWorker& w) -> absl::StatusOr<v1::LookupReferenceResponse> {
+                       absl::StatusOr<LookupResult> res = w.Lookup(*input, ns, threshold);
+                       if (!res.ok()) return res.status();
+                       v1::LookupReferenceResponse out;
+                       out.set_hit(res->hit);
+                       out.set_reference_id(res->reference_id);
+                       out.set_similarity(res->similarity < 0 ? 0.0f : res->similarity);
+                       out.set_candidates(res->candidates);
+                       out.set_prompt_tokens(res->prompt_tokens);
+                       out.set_lookup_ms(res->lookup_ms);
+                       return out;
+                     });
 }
 
 grpc::ServerUnaryReactor* SemShareService::GetModelInfo(grpc::CallbackServerContext* ctx,
