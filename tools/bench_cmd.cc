@@ -85,7 +85,8 @@ int BenchCommand(int argc, char** argv) {
   }
   static const std::vector<FlagSpec> specs = {
       {"model", "a .gguf file or a Hugging Face model directory ($SEMSHARE_MODEL)"},
-      {"suite", "what to measure: forward, reuse, store", false, false, "forward"},
+      {"suite", "what to measure: forward, reuse, store, cuda (= --backend cuda)", false, false,
+       "forward"},
       {"lengths", "comma-separated prompt lengths", false, false, "512,2048,4096"},
       {"decode-tokens", "tokens to decode after a 512-token prefill", false, false, "64"},
       {"repeats", "runs per measurement (median reported)", false, false, "3"},
@@ -106,7 +107,7 @@ int BenchCommand(int argc, char** argv) {
     return 0;
   }
   if (args->Str("suite") != "forward")
-    return fail("unknown --suite (available: forward, reuse, store)", 2);
+    return fail("unknown --suite (available: forward, reuse, store, cuda)", 2);
   std::vector<int64_t> lengths;
   for (absl::string_view part : absl::StrSplit(args->Str("lengths"), ',')) {
     int64_t v = 0;
