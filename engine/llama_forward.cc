@@ -8,6 +8,30 @@
 
 namespace semshare::engine {
 
+absl::Status CheckForwardArgs(const ModelConfig& c, std::span<const int32_t> ids,
+                              std::span<const int32_t> pos, int64_t cache_layers,
+                              int64_t cache_kv_dim, int32_t next_position) {
+  if (ids.size() != pos.size() || ids.empty()) {
+    return absl::InvalidArgumentError("forward: ids and positions must be non-empty and equal");
+  }
+  if (cache_layers != c.n_layers || cache_kv_dim != c.n_kv_heads * c.head_dim) {
+    return absl::InvalidArgumentError("forward: KV cache shape does not match the model");
+  }
+  int32_t prev = next_position - 1;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= c.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("forward: token id ", ids[i], " outside vocabulary of ", c.vocab_size));
+    }
+    if (pos[i] <= prev) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("forward: position ", pos[i], " is not after the previous position ", prev));
+    }
+    prev = pos[i];
+  }
+  return absl::OkStatus();
+}
+
 LlamaForward::LlamaForward(const Model& model, Backend& backend, int64_t max_chunk)
     : model_(model),
       backend_(backend),
@@ -27,23 +51,10 @@ KvCache LlamaForward::NewCache() const {
 absl::Status LlamaForward::Forward(std::span<const int32_t> ids, std::span<const int32_t> pos,
                                    KvCache& cache, float* logits) {
   const ModelConfig& c = model_.config;
-  if (ids.size() != pos.size() || ids.empty()) {
-    return absl::InvalidArgumentError("forward: ids and positions must be non-empty and equal");
-  }
-  if (cache.n_layers() != c.n_layers || cache.kv_dim() != c.n_kv_heads * c.head_dim) {
-    return absl::InvalidArgumentError("forward: KV cache shape does not match the model");
-  }
-  int32_t prev = cache.next_position() - 1;
-  for (size_t i = 0; i < ids.size(); ++i) {
-    if (ids[i] < 0 || ids[i] >= c.vocab_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("forward: token id ", ids[i], " outside vocabulary of ", c.vocab_size));
-    }
-    if (pos[i] <= prev) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("forward: position ", pos[i], " is not after the previous position ", prev));
-    }
-    prev = pos[i];
+  if (auto s =
+          CheckForwardArgs(c, ids, pos, cache.n_layers(), cache.kv_dim(), cache.next_position());
+      !s.ok()) {
+    return s;
   }
   const int64_t n = static_cast<int64_t>(ids.size());
   for (int64_t i0 = 0; i0 < n; i0 += max_chunk_) {

@@ -21,6 +21,14 @@
 
 namespace semshare::engine {
 
+// The argument contract of a forward pass (LlamaForward::Forward, cuda::CudaForward::Forward):
+// ids and positions non-empty and of equal length, ids in the vocabulary, positions ascending
+// and after `next_position` (the cache's), the cache shaped for the model. InvalidArgument
+// naming the first violation.
+absl::Status CheckForwardArgs(const ModelConfig& c, std::span<const int32_t> ids,
+                              std::span<const int32_t> pos, int64_t cache_layers,
+                              int64_t cache_kv_dim, int32_t next_position);
+
 class LlamaForward {
  public:
   // Borrows model and backend; both must outlive this object. Not thread-safe: one per

@@ -110,12 +110,11 @@ absl::Status CudaForward::StoreKv(const int32_t* pos_d, int64_t s, DeviceLayerKv
   return absl::OkStatus();
 }
 
-absl::Status CudaForward::Attend(int64_t l, float* x, const int32_t* pos_d, int64_t s,
-                                 const DeviceLayerKv& kv) {
+kernels::AttnShape CudaForward::Shape(int64_t n, int64_t m) const {
   const ModelConfig& c = model_.config;
   k::AttnShape sh;
-  sh.n = s;
-  sh.m = kv.rows;
+  sh.n = n;
+  sh.m = m;
   sh.n_heads = c.n_heads;
   sh.n_kv_heads = c.n_kv_heads;
   sh.head_dim = c.head_dim;
@@ -124,6 +123,12 @@ absl::Status CudaForward::Attend(int64_t l, float* x, const int32_t* pos_d, int6
   sh.out_stride = qd_;
   sh.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   sh.window = c.sliding_window;
+  return sh;
+}
+
+absl::Status CudaForward::Attend(int64_t l, float* x, const int32_t* pos_d, int64_t s,
+                                 const DeviceLayerKv& kv) {
+  const k::AttnShape sh = Shape(s, kv.rows);
   const int64_t ws = k::GenericAttentionWorkspace(sh);
   SEMSHARE_STATUS_RETURN(ctx_.pool().EnsureSize(ws_, ws));
   SEMSHARE_CUDA_RETURN(k::Attention<bf16>(q_.data(), pos_d, kv.k.data(), kv.v.data(),
@@ -157,25 +162,9 @@ absl::Status CudaForward::Logits(const float* x_row, float* logits_host) {
 absl::Status CudaForward::Forward(std::span<const int32_t> ids, std::span<const int32_t> pos,
                                   DeviceKvCache& cache, float* logits) {
   const ModelConfig& c = model_.config;
-  if (ids.size() != pos.size() || ids.empty()) {
-    return absl::InvalidArgumentError("forward: ids and positions must be non-empty and equal");
-  }
+  SEMSHARE_STATUS_RETURN(
+      CheckForwardArgs(c, ids, pos, cache.n_layers(), cache.kv_dim(), cache.next_position()));
   const ScopedDevice on = ctx_.Activate();
-  if (cache.n_layers() != c.n_layers || cache.kv_dim() != kvd_) {
-    return absl::InvalidArgumentError("forward: KV cache shape does not match the model");
-  }
-  int32_t prev = cache.next_position() - 1;
-  for (size_t i = 0; i < ids.size(); ++i) {
-    if (ids[i] < 0 || ids[i] >= c.vocab_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("forward: token id ", ids[i], " outside vocabulary of ", c.vocab_size));
-    }
-    if (pos[i] <= prev) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("forward: position ", pos[i], " is not after the previous position ", prev));
-    }
-    prev = pos[i];
-  }
   const int64_t n = static_cast<int64_t>(ids.size());
   SEMSHARE_STATUS_RETURN(Reserve(std::min(n, max_chunk_)));
   for (int64_t l = 0; l < c.n_layers; ++l) {
@@ -235,19 +224,8 @@ absl::Status CudaForward::Retain(const void* q_window, const int32_t* qpos_d, in
                                  DeviceLayerKv& kv) {
   const int64_t m = kv.rows;
   if (m <= budget) return absl::OkStatus();
-  const ModelConfig& c = model_.config;
   cudaStream_t st = ctx_.stream();
-  k::AttnShape sh;
-  sh.n = w;
-  sh.m = m;
-  sh.n_heads = c.n_heads;
-  sh.n_kv_heads = c.n_kv_heads;
-  sh.head_dim = c.head_dim;
-  sh.q_stride = qd_;
-  sh.kv_stride = kvd_;
-  sh.out_stride = qd_;
-  sh.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-  sh.window = c.sliding_window;
+  const k::AttnShape sh = Shape(w, m);
   DevicePool& p = ctx_.pool();
   SEMSHARE_STATUS_RETURN(p.EnsureSize(mass_, m * 4));
   SEMSHARE_STATUS_RETURN(p.EnsureSize(mass_ws_, k::AttentionMassWorkspace(sh) * 4));

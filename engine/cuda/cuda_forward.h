@@ -23,6 +23,7 @@
 #include "engine/reuse/reuse_config.h"
 #include "engine/reuse/reuse_prefill.h"
 #include "engine/reuse/token_matcher.h"
+#include "kernels/attention.cuh"
 
 namespace semshare::engine::cuda {
 
@@ -71,6 +72,8 @@ class CudaForward {
   absl::Status Attend(int64_t l, float* x, const int32_t* pos_d, int64_t s,
                       const DeviceLayerKv& kv);
   absl::Status Mlp(int64_t l, float* x, int64_t s);
+  // The attention shape of n query rows of q_ over m KV rows (strides of this model).
+  kernels::AttnShape Shape(int64_t n, int64_t m) const;
   // Final norm + output projection of one residual row into logits_ (device); copied to
   // logits_host when non-null.
   absl::Status Logits(const float* x_row, float* logits_host);
