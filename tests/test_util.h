@@ -28,32 +28,18 @@ inline engine::Matrix RandomMatrix(int64_t rows, int64_t cols, uint64_t seed, fl
   return engine::Matrix{rows, cols, RandomVector(static_cast<size_t>(rows * cols), seed, scale)};
 }
 
-// A small random-weight Llama-family model (no tokenizer) for forward-pass tests.
-inline std::unique_ptr<engine::Model> TinyModel(engine::Arch arch, engine::RopeStyle style,
-                                                uint64_t seed) {
-  auto m = std::make_unique<engine::Model>();
-  engine::ModelConfig& c = m->config;
-  c.arch = arch;
-  c.n_layers = 3;
-  c.d_model = 48;
-  c.n_heads = 6;
-  c.n_kv_heads = 2;
-  c.head_dim = 8;
-  c.d_ff = 80;
-  c.vocab_size = 97;
-  c.max_context = 4096;
-  c.rope_dim = 8;
-  c.rope_style = style;
-  c.rope_base = 10000.0f;
-  c.qkv_bias = arch == engine::Arch::kQwen2;
-  c.sliding_window = arch == engine::Arch::kMistral ? 7 : 0;
-  const float s = 0.2f;
-  engine::ModelWeights& w = m->weights;
+// Seeded random weights for m's config: embeddings uniform +-1, norm gains 1 +- 0.1, every
+// other matrix (and the qwen2 biases) uniform +-scale. Replaces any weights m had.
+inline void RandomWeights(engine::Model& m, uint64_t seed, float scale) {
+  const engine::ModelConfig& c = m.config;
+  const float s = scale;
+  engine::ModelWeights& w = m.weights;
   w.tok_embd = RandomMatrix(c.vocab_size, c.d_model, seed++, 1.0f);
   w.out_norm = RandomMatrix(1, c.d_model, seed++, 0.1f);
   for (float& x : w.out_norm.data) x += 1.0f;
   w.lm_head = RandomMatrix(c.vocab_size, c.d_model, seed++, s);
   const int64_t qd = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;
+  w.layers.clear();
   for (int64_t l = 0; l < c.n_layers; ++l) {
     engine::LayerWeights lw;
     lw.attn_norm = RandomMatrix(1, c.d_model, seed++, 0.1f);
@@ -74,6 +60,28 @@ inline std::unique_ptr<engine::Model> TinyModel(engine::Arch arch, engine::RopeS
     }
     w.layers.push_back(std::move(lw));
   }
+}
+
+// A small random-weight Llama-family model (no tokenizer) for forward-pass tests.
+inline std::unique_ptr<engine::Model> TinyModel(engine::Arch arch, engine::RopeStyle style,
+                                                uint64_t seed) {
+  auto m = std::make_unique<engine::Model>();
+  engine::ModelConfig& c = m->config;
+  c.arch = arch;
+  c.n_layers = 3;
+  c.d_model = 48;
+  c.n_heads = 6;
+  c.n_kv_heads = 2;
+  c.head_dim = 8;
+  c.d_ff = 80;
+  c.vocab_size = 97;
+  c.max_context = 4096;
+  c.rope_dim = 8;
+  c.rope_style = style;
+  c.rope_base = 10000.0f;
+  c.qkv_bias = arch == engine::Arch::kQwen2;
+  c.sliding_window = arch == engine::Arch::kMistral ? 7 : 0;
+  RandomWeights(*m, seed, 0.2f);
   return m;
 }
 

@@ -151,17 +151,12 @@ TEST_F(CudaBackendTest, EngineRunsUnchangedOnTheGpu) {
     ASSERT_TRUE(fg.Forward(ids, pos, cg, lg.data()).ok());
     ASSERT_TRUE(gpu_->status().ok()) << gpu_->status();
     EXPECT_LT(RelDiff(lg, lc), 3e-2) << engine::ArchName(arch);
-    // 16 decode steps, teacher-forced with the CPU's greedy tokens.
-    const auto [lo, hi] = std::minmax_element(lc.begin(), lc.end());
-    const float margin = 0.05f * (*hi - *lo);  // near ties bf16 may flip
-    for (int step = 0; step < 16; ++step) {
-      EXPECT_TRUE(SameTokenOrNearTie(lc, ArgmaxOf(lg), margin)) << "step " << step;
-      const int32_t tok = ArgmaxOf(lc);
-      const int32_t p = static_cast<int32_t>(ids.size()) + step;
-      ASSERT_TRUE(fc.Forward({&tok, 1}, {&p, 1}, cc, lc.data()).ok());
-      ASSERT_TRUE(fg.Forward({&tok, 1}, {&p, 1}, cg, lg.data()).ok());
-      EXPECT_LT(RelDiff(lg, lc), 3e-2) << "decode step " << step;
-    }
+    ExpectSameGreedyDecode(lc, lg, static_cast<int32_t>(ids.size()), 16, 3e-2,
+                           [&](int32_t tok, int32_t p) {
+                             SEMSHARE_STATUS_RETURN(fc.Forward({&tok, 1}, {&p, 1}, cc, lc.data()));
+                             SEMSHARE_STATUS_RETURN(fg.Forward({&tok, 1}, {&p, 1}, cg, lg.data()));
+                             return gpu_->status();
+                           });
   }
 }
 
@@ -200,18 +195,13 @@ TEST_F(CudaBackendTest, SelectivePrefillWithRetentionMatchesCpu) {
     EXPECT_EQ(sg->layer_rows, sc->layer_rows);
     EXPECT_LT(sg->recomputed_tokens, static_cast<int64_t>(ids.size()));  // selective
     EXPECT_LT(RelDiff(lg, lc), k.bound);
-    const auto [lo, hi] = std::minmax_element(lc.begin(), lc.end());
-    const float margin = 0.05f * (*hi - *lo);  // near ties bf16 may flip
-    EXPECT_TRUE(SameTokenOrNearTie(lc, ArgmaxOf(lg), margin)) << "first token";
-    // 16 decode steps on the retained caches, teacher-forced with the CPU's greedy tokens.
-    for (int step = 0; step < 16; ++step) {
-      const int32_t tok = ArgmaxOf(lc), p = static_cast<int32_t>(ids.size()) + step;
-      ASSERT_TRUE(pc.forward().Forward({&tok, 1}, {&p, 1}, cc, lc.data()).ok());
-      ASSERT_TRUE(pg.forward().Forward({&tok, 1}, {&p, 1}, cg, lg.data()).ok());
-      ASSERT_TRUE(gpu_->status().ok()) << gpu_->status();
-      EXPECT_LT(RelDiff(lg, lc), k.bound) << "decode step " << step;
-      EXPECT_TRUE(SameTokenOrNearTie(lc, ArgmaxOf(lg), margin)) << "decode step " << step;
-    }
+    // The first token and 16 decode steps on the retained caches.
+    ExpectSameGreedyDecode(
+        lc, lg, static_cast<int32_t>(ids.size()), 16, k.bound, [&](int32_t tok, int32_t p) {
+          SEMSHARE_STATUS_RETURN(pc.forward().Forward({&tok, 1}, {&p, 1}, cc, lc.data()));
+          SEMSHARE_STATUS_RETURN(pg.forward().Forward({&tok, 1}, {&p, 1}, cg, lg.data()));
+          return gpu_->status();
+        });
   }
 }
 

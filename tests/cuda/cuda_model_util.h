@@ -2,11 +2,15 @@
 #ifndef SEMSHARE_TESTS_CUDA_CUDA_MODEL_UTIL_H_
 #define SEMSHARE_TESTS_CUDA_CUDA_MODEL_UTIL_H_
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <memory>
 #include <random>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "engine/cuda/cuda_status.h"  // SEMSHARE_STATUS_RETURN for advance lambdas
 #include "engine/model.h"
 #include "tests/test_util.h"
 
@@ -25,29 +29,7 @@ inline std::unique_ptr<engine::Model> SmallLlama(uint64_t seed) {
   c.d_ff = 384;
   c.vocab_size = 211;
   c.rope_base = 500000.0f;
-  engine::ModelWeights& w = m->weights;
-  const int64_t qd = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;
-  const float s = 0.08f;
-  w.tok_embd = RandomMatrix(c.vocab_size, c.d_model, seed++, 1.0f);
-  w.out_norm = RandomMatrix(1, c.d_model, seed++, 0.1f);
-  for (float& x : w.out_norm.data) x += 1.0f;
-  w.lm_head = RandomMatrix(c.vocab_size, c.d_model, seed++, s);
-  w.layers.clear();
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    engine::LayerWeights lw;
-    lw.attn_norm = RandomMatrix(1, c.d_model, seed++, 0.1f);
-    lw.ffn_norm = RandomMatrix(1, c.d_model, seed++, 0.1f);
-    for (float& x : lw.attn_norm.data) x += 1.0f;
-    for (float& x : lw.ffn_norm.data) x += 1.0f;
-    lw.wq = RandomMatrix(qd, c.d_model, seed++, s);
-    lw.wk = RandomMatrix(kvd, c.d_model, seed++, s);
-    lw.wv = RandomMatrix(kvd, c.d_model, seed++, s);
-    lw.wo = RandomMatrix(c.d_model, qd, seed++, s);
-    lw.w_gate = RandomMatrix(c.d_ff, c.d_model, seed++, s);
-    lw.w_up = RandomMatrix(c.d_ff, c.d_model, seed++, s);
-    lw.w_down = RandomMatrix(c.d_model, c.d_ff, seed++, s);
-    w.layers.push_back(std::move(lw));
-  }
+  RandomWeights(*m, seed, 0.08f);
   return m;
 }
 
@@ -85,11 +67,36 @@ inline int32_t ArgmaxOf(const std::vector<float>& v) {
   return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
 }
 
+// The greedy continuation on both sides, compared token by token and logits by logits: first
+// the tokens of the current logits (lc: CPU, lg: device), then `steps` decode steps, each
+// teacher-forced with the CPU's greedy token (so one near-tie flip cannot derail the rest):
+// advance(tok, pos) runs that token at `pos` on both sides, rewriting lc and lg, and returns
+// the first error (SEMSHARE_STATUS_RETURN helps). Logits within `bound`; tokens equal or a near tie
+// (5% of the first CPU logits' range: bf16 rounding may flip those).
+template <typename Advance>
+void ExpectSameGreedyDecode(std::vector<float>& lc, std::vector<float>& lg, int32_t first_pos,
+                            int steps, double bound, Advance advance);
+
 // True when `got` picks the reference's argmax, or a token the reference scores within
 // `margin` of its max (a near tie that bf16 rounding may legitimately flip).
 inline bool SameTokenOrNearTie(const std::vector<float>& ref, int32_t got, float margin) {
   const int32_t want = ArgmaxOf(ref);
   return got == want || ref[want] - ref[got] < margin;
+}
+
+template <typename Advance>
+void ExpectSameGreedyDecode(std::vector<float>& lc, std::vector<float>& lg, int32_t first_pos,
+                            int steps, double bound, Advance advance) {
+  const auto [lo, hi] = std::minmax_element(lc.begin(), lc.end());
+  const float margin = 0.05f * (*hi - *lo);
+  EXPECT_TRUE(SameTokenOrNearTie(lc, ArgmaxOf(lg), margin)) << "first token";
+  for (int step = 0; step < steps; ++step) {
+    const int32_t tok = ArgmaxOf(lc);
+    const absl::Status s = advance(tok, first_pos + step);
+    ASSERT_TRUE(s.ok()) << "decode step " << step << ": " << s;
+    EXPECT_LT(RelDiff(lg, lc), bound) << "decode step " << step;
+    EXPECT_TRUE(SameTokenOrNearTie(lc, ArgmaxOf(lg), margin)) << "decode step " << step;
+  }
 }
 
 }  // namespace semshare::testing

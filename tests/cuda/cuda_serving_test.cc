@@ -33,19 +33,14 @@ class CudaServingTest : public ::testing::Test {
   uint64_t seed_ = 0;
 };
 
-// Decodes `steps` greedy tokens on both sessions, the CPU's token fed to both.
+// ExpectSameGreedyDecode through two sessions' Step.
 void DecodeBoth(engine::ServingSession& c, engine::ServingSession& g, std::vector<float>& lc,
                 std::vector<float>& lg, int steps, double bound, const char* what) {
-  const auto [lo, hi] = std::minmax_element(lc.begin(), lc.end());
-  const float margin = 0.05f * (*hi - *lo);
-  for (int step = 0; step < steps; ++step) {
-    EXPECT_TRUE(SameTokenOrNearTie(lc, ArgmaxOf(lg), margin)) << what << " step " << step;
-    const int32_t tok = ArgmaxOf(lc);
-    ASSERT_TRUE(c.Step(tok, lc.data()).ok());
-    auto s = g.Step(tok, lg.data());
-    ASSERT_TRUE(s.ok()) << s;
-    EXPECT_LT(RelDiff(lg, lc), bound) << what << " step " << step;
-  }
+  SCOPED_TRACE(what);
+  ExpectSameGreedyDecode(lc, lg, /*first_pos=*/0, steps, bound, [&](int32_t tok, int32_t) {
+    SEMSHARE_STATUS_RETURN(c.Step(tok, lc.data()));
+    return g.Step(tok, lg.data());
+  });
 }
 
 TEST_F(CudaServingTest, MissThenHitMatchTheCpuSession) {
