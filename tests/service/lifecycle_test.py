@@ -69,6 +69,17 @@ def test_health_not_serving_until_ready(started):
     assert sc.health_status(grpc.insecure_channel(s.target)) == "SERVING"
 
 
+def wait_idle(s):
+    """Polls /metrics until no request runs or waits; returns the last scrape."""
+    deadline = time.monotonic() + 10
+    while True:
+        m = s.metrics()
+        if m.get("semshare_requests_waiting") == 0 and m.get("semshare_requests_running") == 0:
+            return m
+        assert time.monotonic() < deadline, m.text
+        time.sleep(0.05)
+
+
 def test_queue_full_is_resource_exhausted(started):
     s, _, _ = started
     with s.client(sc.KEY_A) as c:
@@ -89,6 +100,9 @@ def test_queue_full_is_resource_exhausted(started):
         assert len(ok) == 2 and len(full) == 3, outcomes
         assert all(n == 32 for _, n in ok), outcomes
         assert all("queue" in d and "retry" in d for _, d in full), full
+        # The worker's job returns just after it sent the last response; until then it still
+        # holds the worker, and the streams below would find one more slot taken.
+        wait_idle(s)
         # The same through GenerateStream: of four at once, two are served, two refused.
         def read(stream_call):
             try:
@@ -111,13 +125,7 @@ def test_queue_full_is_resource_exhausted(started):
         # Everyone else is still served.
         assert c.generate("Hi", max_tokens=1).usage.completion_tokens == 1
         # The gauges drop when the worker's job returns, just after it sent the response.
-        deadline = time.monotonic() + 10
-        while True:
-            m = s.metrics()
-            if m.get("semshare_requests_waiting") == 0 and m.get("semshare_requests_running") == 0:
-                break
-            assert time.monotonic() < deadline, m.text
-            time.sleep(0.05)
+        m = wait_idle(s)
         assert m.get("semshare_requests_total", method="Generate", code="RESOURCE_EXHAUSTED") == 3
         assert m.get("semshare_requests_total", method="GenerateStream",
                      code="RESOURCE_EXHAUSTED") == 2
