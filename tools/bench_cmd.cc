@@ -78,6 +78,9 @@ int BenchCommand(int argc, char** argv) {
     if (a == "--suite=store" ||
         (a == "--suite" && i + 1 < argc && std::string(argv[i + 1]) == "store"))
       return BenchStoreCommand(argc, argv);
+    if (a == "--suite=matcher" ||
+        (a == "--suite" && i + 1 < argc && std::string(argv[i + 1]) == "matcher"))
+      return BenchMatcherCommand(argc, argv);
     if (a == "--suite=cuda" || a == "--backend=cuda" ||
         ((a == "--suite" || a == "--backend") && i + 1 < argc &&
          std::string(argv[i + 1]) == "cuda"))
@@ -85,8 +88,8 @@ int BenchCommand(int argc, char** argv) {
   }
   static const std::vector<FlagSpec> specs = {
       {"model", "a .gguf file or a Hugging Face model directory ($SEMSHARE_MODEL)"},
-      {"suite", "what to measure: forward, reuse, store, cuda (= --backend cuda)", false, false,
-       "forward"},
+      {"suite", "what to measure: forward, reuse, store, matcher, cuda (= --backend cuda)", false,
+       false, "forward"},
       {"lengths", "comma-separated prompt lengths", false, false, "512,2048,4096"},
       {"decode-tokens", "tokens to decode after a 512-token prefill", false, false, "64"},
       {"repeats", "runs per measurement (median reported)", false, false, "3"},
@@ -107,7 +110,7 @@ int BenchCommand(int argc, char** argv) {
     return 0;
   }
   if (args->Str("suite") != "forward")
-    return fail("unknown --suite (available: forward, reuse, store, cuda)", 2);
+    return fail("unknown --suite (available: forward, reuse, store, matcher, cuda)", 2);
   std::vector<int64_t> lengths;
   for (absl::string_view part : absl::StrSplit(args->Str("lengths"), ',')) {
     int64_t v = 0;

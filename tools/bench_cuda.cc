@@ -247,7 +247,8 @@ absl::Status RunShape(ec::CudaContext& ctx, const std::string& shape,
         Gib(peak)));
   }
   // Hits. The token matcher on the device, over the model's BF16 embeddings (the CPU
-  // TokenMatcher took ~350 ms for 5k tokens at dim 4096 on 2 cores: more than a full prefill).
+  // TokenMatcher takes ~270 ms for 5k tokens at dim 4096 on 2 cores, `semshare bench --suite
+  // matcher`: more than a full prefill).
   engine::ReuseConfig cfg;   // defaults: the recompute schedule and retention under test
   cfg.hit_threshold = 0.0f;  // random weights: count every match as a hit
   absl::StatusOr<std::unique_ptr<ec::DeviceMatcher> > made =

@@ -22,6 +22,8 @@ int LoadgenCommand(int argc, char** argv);
 int BenchReuseCommand(int argc, char** argv);
 // `semshare bench --suite store` (tools/bench_store.cc); BenchCommand dispatches to it.
 int BenchStoreCommand(int argc, char** argv);
+// `semshare bench --suite matcher` (tools/bench_matcher.cc): the CPU token matcher's cost.
+int BenchMatcherCommand(int argc, char** argv);
 
 // --model, else $SEMSHARE_MODEL; loads it and reports the load time on stderr.
 absl::StatusOr<std::unique_ptr<engine::Model>> LoadModelForCli(const std::string& flag_value,

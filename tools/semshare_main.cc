@@ -11,7 +11,7 @@ int main(int argc, char** argv) {
       "commands:\n"
       "  generate   generate a completion for a prompt on the CPU backend\n"
       "  forward    run token ids through the model; print logits and greedy tokens (oracle)\n"
-      "  bench      measure throughput (--suite forward | reuse | store | cuda)\n"
+      "  bench      measure throughput (--suite forward | reuse | store | matcher | cuda)\n"
       "  client     call a semshare-server (generate, stream, tokenize, info, lookup, ...)\n"
       "  loadgen    drive a semshare-server with concurrent requests; TTFT percentiles\n";
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "help") == 0) {
