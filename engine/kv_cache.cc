@@ -10,6 +10,16 @@ KvCache KvCache::Copy() const {
   return c;
 }
 
+void KvCache::AssignPrefix(const KvCache& src, int64_t rows) {
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const LayerKv& from = src.layers_[l];
+    LayerKv& to = layers_[l];
+    to.k.assign(from.k.begin(), from.k.begin() + rows * kv_dim_);
+    to.v.assign(from.v.begin(), from.v.begin() + rows * kv_dim_);
+    to.pos.assign(from.pos.begin(), from.pos.begin() + rows);
+  }
+}
+
 int32_t KvCache::next_position() const {
   int32_t next = 0;
   for (const LayerKv& l : layers_) {

@@ -26,6 +26,9 @@ class KvCache {
   KvCache(const KvCache&) = delete;  // copies are costly: use Copy()
   KvCache& operator=(const KvCache&) = delete;
   KvCache Copy() const;
+  // Replaces every layer's rows with the first `rows` rows of the same layer of `src` (same
+  // shape; rows <= every layer's row count of src).
+  void AssignPrefix(const KvCache& src, int64_t rows);
 
   int64_t n_layers() const { return static_cast<int64_t>(layers_.size()); }
   int64_t kv_dim() const { return kv_dim_; }

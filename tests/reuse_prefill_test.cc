@@ -99,10 +99,12 @@ TEST_F(ReusePrefillTest, RecomputingEveryTokenWithoutRetentionEqualsFullPrefill)
 TEST_F(ReusePrefillTest, IdenticalPromptHitsWithNearZeroDeviationAndSameGreedyText) {
   ASSERT_NE(model_, nullptr);
   const std::vector<int32_t> ids = Tokens(Sentences(3, 20));
-  // Default reuse knobs without retention: the invariant is about reuse (match, rearrange,
-  // selective recompute); retention is lossy by design and the bench measures its cost.
+  // Default reuse knobs without retention or exact reuse: the invariant is about the selective
+  // path (match, rearrange, selective recompute); retention is lossy by design and the bench
+  // measures its cost. RepeatedPromptReusesItsKvExactly covers the default path for repeats.
   ReuseConfig cfg;
   cfg.retention = RetentionSchedule::kNone;
+  cfg.exact_reuse = false;
   CpuBackend be;
   ReusePrefiller p(*model_, be, cfg);
   auto ref = p.MakeReference(ids);
@@ -136,12 +138,82 @@ TEST_F(ReusePrefillTest, IdenticalPromptHitsWithNearZeroDeviationAndSameGreedyTe
   EXPECT_EQ(greedy(cache, logits, p.forward()), greedy(full_cache, full_logits, full));
 }
 
+TEST(ExactReuseRowsTest, CopiesAllButTheWindowOnlyWhenThePromptsDifferInItsLastTokens) {
+  const std::vector<int32_t> ref = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+  EXPECT_EQ(ExactReuseRows(ref, ref, 3), 7);   // a repeat: the last 3 computed
+  EXPECT_EQ(ExactReuseRows(ref, ref, 0), 9);   // at least the last token, for its logits
+  EXPECT_EQ(ExactReuseRows(ref, ref, 20), 0);  // shorter than the window: all computed
+  const std::vector<int32_t> longer = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
+  EXPECT_EQ(ExactReuseRows(longer, ref, 2), 10);  // the suffix beyond the reference
+  EXPECT_EQ(ExactReuseRows(longer, ref, 3), 9);
+  EXPECT_EQ(ExactReuseRows(longer, ref, 1), -1);  // two new tokens, a window of one
+  const std::vector<int32_t> edited = {1, 2, 3, 4, 0, 6, 7, 8, 9, 10};
+  EXPECT_EQ(ExactReuseRows(edited, ref, 5), -1);  // differs before the last 5
+  EXPECT_EQ(ExactReuseRows(edited, ref, 6), 4);
+  const std::vector<int32_t> prefix = {1, 2, 3, 4};
+  EXPECT_EQ(ExactReuseRows(prefix, ref, 2), 2);  // the reference extends the prompt
+}
+
+// A repeated prompt (or one extending its reference by at most `window` tokens) with the
+// default knobs, retention included: the prefix KV is copied, only the window is computed, no
+// row is evicted, and the logits are a full prefill's (the same kernels on the same rows).
+TEST_F(ReusePrefillTest, RepeatedPromptReusesItsKvExactly) {
+  ASSERT_NE(model_, nullptr);
+  ReuseConfig cfg;
+  ASSERT_NE(cfg.retention, RetentionSchedule::kNone);
+  CpuBackend be;
+  ReusePrefiller p(*model_, be, cfg);
+  // Longer than a forward chunk (512 tokens): the window's rows come out of a chunk of another
+  // size than in the full prefill, and still equal.
+  const std::vector<int32_t> ref_ids = Tokens(Sentences(3, 40));
+  ASSERT_GT(ref_ids.size(), 600u);
+  auto ref = p.MakeReference(ref_ids);
+  ASSERT_TRUE(ref.ok());
+  std::vector<int32_t> extended = ref_ids;
+  for (int32_t id : model_->tokenizer->Encode(" Keep it short.", false)) extended.push_back(id);
+  ASSERT_LE(extended.size() - ref_ids.size(), static_cast<size_t>(cfg.window));
+  for (const std::vector<int32_t>* ids :
+       {&ref_ids, static_cast<const std::vector<int32_t>*>(&extended)}) {
+    const int64_t n = static_cast<int64_t>(ids->size());
+    const TokenMatch match = p.Match(p.Sketch(*ids), ref->sketch);
+    KvCache cache = p.forward().NewCache();
+    std::vector<float> logits(model_->config.vocab_size);
+    auto st = p.PrefillHit(*ids, *ref, match, &cache, logits.data());
+    ASSERT_TRUE(st.ok()) << st.status();
+    EXPECT_TRUE(st->hit);
+    EXPECT_EQ(st->reused_tokens, n - cfg.window);
+    EXPECT_EQ(st->recomputed_tokens, cfg.window);
+    for (int64_t l = 0; l < cache.n_layers(); ++l) {
+      EXPECT_EQ(cache.layer(l).rows(), n) << "layer " << l;
+      EXPECT_EQ(st->layer_computed[l], cfg.window);
+    }
+    EXPECT_EQ(logits, FullLogits(*ids)) << "max rel diff " << MaxRelDiff(logits, FullLogits(*ids));
+  }
+  // A suffix longer than the window goes through the selective path (and retention).
+  std::vector<int32_t> far = extended;
+  for (int32_t id : model_->tokenizer->Encode(
+           " Then list the three most important facts, one per line, in the order they appear, "
+           "and name every person, place and organisation involved, with the date of each event "
+           "where the sentences give one.",
+           false)) {
+    far.push_back(id);
+  }
+  ASSERT_GT(far.size() - ref_ids.size(), static_cast<size_t>(cfg.window));
+  KvCache cache = p.forward().NewCache();
+  std::vector<float> logits(model_->config.vocab_size);
+  auto st = p.PrefillHit(far, *ref, p.Match(p.Sketch(far), ref->sketch), &cache, logits.data());
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(st->layer0_deviation.size(), far.size());
+  EXPECT_LT(cache.layer(cache.n_layers() - 1).rows(), static_cast<int64_t>(far.size()));
+}
+
 // A selective prefill checks the forward pass' interrupt before each layer: CANCELLED, and the
 // prefiller serves again once it is cleared.
 TEST_F(ReusePrefillTest, InterruptStopsASelectivePrefillBetweenLayers) {
   ASSERT_NE(model_, nullptr);
   const std::vector<int32_t> ids = Tokens(Sentences(3, 20));
   ReuseConfig cfg;
+  cfg.exact_reuse = false;  // a repeat would otherwise take the (single-pass) exact path
   CpuBackend be;
   ReusePrefiller p(*model_, be, cfg);
   auto ref = p.MakeReference(ids);

@@ -69,6 +69,28 @@ absl::StatusOr<PrefillStats> CudaServingSession::PrefillHit(std::span<const int3
   // The session's device current for the pinning (cudaHostAlloc / cudaFreeHost would otherwise
   // run on, and may initialise or synchronise, whatever device this worker thread has current).
   const ScopedDevice on = ctx_->Activate();
+  if (const int64_t exact = reuse_.exact_reuse ? ExactReuseRows(ids, ref_ids, reuse_.window) : -1;
+      exact >= 0) {
+    // A repeat (or a short extension) of the reference: its prefix rows as they are, the rest
+    // computed, no retention (ReuseConfig::exact_reuse).
+    SEMSHARE_STATUS_RETURN(cache_.FromHost(ref_kv, exact));
+    const int64_t n = static_cast<int64_t>(ids.size());
+    std::vector<int32_t> pos(n - exact);
+    std::iota(pos.begin(), pos.end(), static_cast<int32_t>(exact));
+    SEMSHARE_STATUS_RETURN(fwd_.Forward(ids.subspan(exact), pos, cache_, logits));
+    PrefillStats st;
+    st.mode = PrefillMode::kSemShare;
+    st.hit = true;
+    st.similarity = match.similarity;
+    st.prompt_tokens = n;
+    st.reused_tokens = exact;
+    st.recomputed_tokens = n - exact;
+    st.layer_computed.assign(config_.n_layers, n - exact);
+    st.layer_rows.assign(config_.n_layers, n);
+    st.kv_bytes = cache_.ByteSize();
+    st.kv_bytes_peak = st.kv_bytes;
+    return st;
+  }
   // The previous hit's upload finished before its prefill returned (or its error path below
   // waited for it), so the pinned buffer is free to refill.
   SEMSHARE_STATUS_RETURN(pinned_.From(ref_kv));

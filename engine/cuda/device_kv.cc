@@ -7,6 +7,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "engine/cuda/cuda_status.h"
 #include "kernels/swiglu.cuh"
 
@@ -239,18 +240,26 @@ void DeviceKvCache::Clear() {
   }
 }
 
-absl::Status DeviceKvCache::FromHost(const KvCache& kv) {
+absl::Status DeviceKvCache::FromHost(const KvCache& kv, int64_t rows) {
   if (kv.n_layers() != n_layers() || kv.kv_dim() != kv_dim_) {
     return absl::InvalidArgumentError("DeviceKvCache::FromHost: shape mismatch");
+  }
+  for (int64_t li = 0; li < n_layers() && rows >= 0; ++li) {
+    if (kv.layer(li).rows() < rows) {
+      return absl::InvalidArgumentError(absl::StrCat("DeviceKvCache::FromHost: layer ", li, " has ",
+                                                     kv.layer(li).rows(), " rows, ", rows,
+                                                     " asked for"));
+    }
   }
   const ScopedDevice on = ctx_.Activate();
   std::vector<bf16> tmp;
   for (int64_t li = 0; li < n_layers(); ++li) {
     const LayerKv& src = kv.layer(li);
     DeviceLayerKv& l = layers_[li];
+    const int64_t n = rows < 0 ? src.rows() : rows;
     l.rows = 0;
-    SEMSHARE_STATUS_RETURN(Reserve(li, src.rows()));
-    const int64_t count = src.rows() * kv_dim_;
+    SEMSHARE_STATUS_RETURN(Reserve(li, n));
+    const int64_t count = n * kv_dim_;
     tmp.resize(2 * count);
     for (int64_t i = 0; i < count; ++i) {
       tmp[i] = __float2bfloat16_rn(src.k[i]);
@@ -258,10 +267,10 @@ absl::Status DeviceKvCache::FromHost(const KvCache& kv) {
     }
     SEMSHARE_STATUS_RETURN(ctx_.Upload(l.k.data(), tmp.data(), count * 2));
     SEMSHARE_STATUS_RETURN(ctx_.Upload(l.v.data(), tmp.data() + count, count * 2));
-    SEMSHARE_STATUS_RETURN(ctx_.Upload(l.pos.data(), src.pos.data(), src.rows() * 4));
+    SEMSHARE_STATUS_RETURN(ctx_.Upload(l.pos.data(), src.pos.data(), n * 4));
     SEMSHARE_STATUS_RETURN(ctx_.Sync());  // tmp is reused
-    l.rows = src.rows();
-    l.host_pos = src.pos;
+    l.rows = n;
+    l.host_pos.assign(src.pos.begin(), src.pos.begin() + n);
   }
   return absl::OkStatus();
 }

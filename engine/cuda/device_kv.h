@@ -95,8 +95,9 @@ class DeviceKvCache {
   absl::Status ReserveAll(int64_t rows);
   void Clear();
 
-  // Whole-cache copies to and from host float caches (parity tests, store round trips).
-  absl::Status FromHost(const KvCache& kv);
+  // Copies to and from host float caches (parity tests, store round trips). FromHost replaces
+  // every layer with the first `rows` rows of kv's (all of them when rows < 0).
+  absl::Status FromHost(const KvCache& kv, int64_t rows = -1);
   absl::Status ToHost(KvCache* kv);
 
   // Asynchronous upload of a pinned reference (see the file comment); the cache is resized to

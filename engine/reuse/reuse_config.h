@@ -58,6 +58,14 @@ struct ReuseConfig {
   // Prompts shorter than this skip lookup (matching costs more than it saves below it).
   int32_t min_reuse_tokens = 64;
 
+  // Exact reuse: a hit whose prompt equals the reference token for token except for at most
+  // `window` trailing tokens (a repeated prompt, or one extended by a short suffix) copies the
+  // common prefix's KV, which is exactly what a full prefill computes for it (causality), and
+  // computes the last max(window, suffix) tokens without retention: the same logits and greedy
+  // text as a full prefill, for less work than the selective path (which computes every token
+  // at layer 0). Off = the ablation that sends repeats through the selective path.
+  bool exact_reuse = true;
+
   // Selective prefill: layer 0 computes all tokens; layer 1 recomputes the top
   // `recompute_ratio` by KV deviation plus forced tokens; each deeper layer keeps the top
   // ceil(alpha * |S|) of the previous set (forced tokens always kept).

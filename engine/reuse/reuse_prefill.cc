@@ -41,7 +41,22 @@ std::vector<int32_t> ShrinkSet(const std::vector<int32_t>& set, const std::vecto
   return next;
 }
 
+int64_t CommonPrefix(std::span<const int32_t> a, std::span<const int32_t> b, int64_t limit) {
+  limit = std::min({limit, static_cast<int64_t>(a.size()), static_cast<int64_t>(b.size())});
+  int64_t i = 0;
+  while (i < limit && a[i] == b[i]) ++i;
+  return i;
+}
+
 }  // namespace
+
+int64_t ExactReuseRows(std::span<const int32_t> ids, std::span<const int32_t> ref_ids,
+                       int64_t window) {
+  const int64_t n = static_cast<int64_t>(ids.size());
+  const int64_t lcp = CommonPrefix(ids, ref_ids, n);
+  if (n - lcp > window) return -1;
+  return std::max<int64_t>(0, std::min(lcp, n - std::max<int64_t>(window, 1)));
+}
 
 ReusePrefiller::ReusePrefiller(const Model& model, Backend& backend, const ReuseConfig& config)
     : model_(model),
@@ -80,26 +95,10 @@ absl::StatusOr<PrefillStats> ReusePrefiller::Prefill(std::span<const int32_t> id
     st.layer_computed.assign(c.n_layers, n);
   } else if (config_.mode == PrefillMode::kPrefix) {
     // Longest common token prefix; at least the last token is computed for its logits.
-    int64_t lcp = 0;
-    const int64_t limit = std::min<int64_t>(n - 1, static_cast<int64_t>(reference->ids.size()));
-    while (lcp < limit && ids[lcp] == reference->ids[lcp]) ++lcp;
-    const int64_t kvd = cache->kv_dim();
-    for (int64_t l = 0; l < c.n_layers; ++l) {
-      const LayerKv& src = reference->kv.layer(l);
-      LayerKv& dst = cache->layer(l);
-      dst.k.assign(src.k.begin(), src.k.begin() + lcp * kvd);
-      dst.v.assign(src.v.begin(), src.v.begin() + lcp * kvd);
-      dst.pos.assign(src.pos.begin(), src.pos.begin() + lcp);
-    }
-    if (auto s = forward_.Forward(ids.subspan(lcp), std::span(pos).subspan(lcp), *cache, logits);
-        !s.ok()) {
-      return s;
-    }
+    const int64_t lcp = CommonPrefix(ids, reference->ids, n - 1);
+    if (auto s = PrefixPrefill(ids, reference->kv, lcp, cache, logits, &st); !s.ok()) return s;
     st.hit = lcp > 0;
     st.similarity = static_cast<float>(lcp) / static_cast<float>(n);
-    st.reused_tokens = lcp;
-    st.recomputed_tokens = n - lcp;
-    st.layer_computed.assign(c.n_layers, n - lcp);
   } else {
     // snapkv, or semshare (hit or miss): the selective path, then retention per layer.
     TokenMatch match;
@@ -112,8 +111,15 @@ absl::StatusOr<PrefillStats> ReusePrefiller::Prefill(std::span<const int32_t> id
       st.hit = match.similarity >= config_.hit_threshold;
       if (st.hit) st.ref_index = match.ref_index;
     }
-    if (auto s = SelectivePrefill(ids, st.hit ? reference : nullptr, match, cache, logits, &st);
-        !s.ok()) {
+    const int64_t exact =
+        st.hit && config_.exact_reuse ? ExactReuseRows(ids, reference->ids, config_.window) : -1;
+    if (exact >= 0) {
+      if (auto s = PrefixPrefill(ids, reference->kv, exact, cache, logits, &st); !s.ok()) {
+        return s;
+      }
+    } else if (auto s =
+                   SelectivePrefill(ids, st.hit ? reference : nullptr, match, cache, logits, &st);
+               !s.ok()) {
       return s;
     }
   }
@@ -143,7 +149,11 @@ absl::StatusOr<PrefillStats> ReusePrefiller::PrefillHit(std::span<const int32_t>
   st.similarity = match.similarity;
   st.hit = true;
   st.ref_index = match.ref_index;
-  if (auto s = SelectivePrefill(ids, &reference, match, cache, logits, &st); !s.ok()) return s;
+  const int64_t exact =
+      config_.exact_reuse ? ExactReuseRows(ids, reference.ids, config_.window) : -1;
+  absl::Status s = exact >= 0 ? PrefixPrefill(ids, reference.kv, exact, cache, logits, &st)
+                              : SelectivePrefill(ids, &reference, match, cache, logits, &st);
+  if (!s.ok()) return s;
   FinishStats(*cache, &st);
   st.prefill_ms = MsSince(t0);
   return st;
@@ -174,6 +184,29 @@ void ReusePrefiller::FinishStats(const KvCache& cache, PrefillStats* st) const {
   }
   st->kv_bytes = cache.ByteSize();
   st->kv_bytes_peak = std::max(st->kv_bytes_peak, st->kv_bytes);
+}
+
+absl::Status ReusePrefiller::PrefixPrefill(std::span<const int32_t> ids, const KvCache& ref_kv,
+                                           int64_t rows, KvCache* cache, float* logits,
+                                           PrefillStats* st) {
+  const int64_t n = static_cast<int64_t>(ids.size());
+  if (ref_kv.n_layers() != cache->n_layers() || ref_kv.kv_dim() != cache->kv_dim()) {
+    return absl::InvalidArgumentError("prefill: the reference's KV is not shaped for the model");
+  }
+  for (int64_t l = 0; l < ref_kv.n_layers(); ++l) {
+    if (ref_kv.layer(l).rows() < rows) {
+      return absl::InvalidArgumentError(absl::StrCat("prefill: the reference's layer ", l, " has ",
+                                                     ref_kv.layer(l).rows(), " KV rows, ", rows,
+                                                     " needed"));
+    }
+  }
+  cache->AssignPrefix(ref_kv, rows);
+  const std::vector<int32_t> pos = Iota(n - rows, static_cast<int32_t>(rows));
+  if (auto s = forward_.Forward(ids.subspan(rows), pos, *cache, logits); !s.ok()) return s;
+  st->reused_tokens = rows;
+  st->recomputed_tokens = n - rows;
+  st->layer_computed.assign(model_.config.n_layers, n - rows);
+  return absl::OkStatus();
 }
 
 absl::Status ReusePrefiller::SelectivePrefill(std::span<const int32_t> ids,

@@ -50,6 +50,13 @@ struct PrefillStats {
   double prefill_ms = 0;                // everything, match included
 };
 
+// The exact-reuse rule (ReuseConfig::exact_reuse): the number of leading reference rows a hit
+// copies unchanged, or -1 when the prompt differs from the reference before its last `window`
+// tokens. At least the last max(window, 1) tokens are left to compute (their logits, and the
+// same batched kernels a full prefill runs on them).
+int64_t ExactReuseRows(std::span<const int32_t> ids, std::span<const int32_t> ref_ids,
+                       int64_t window);
+
 class ReusePrefiller {
  public:
   // Borrows model and backend. Not thread-safe (scratch buffers), one per worker.
@@ -85,6 +92,10 @@ class ReusePrefiller {
   // InvalidArgument unless ids are in the vocabulary, non-empty, and the cache empty and shaped.
   absl::Status CheckPrefillArgs(std::span<const int32_t> ids, const KvCache& cache) const;
   void FinishStats(const KvCache& cache, PrefillStats* st) const;
+  // Copies the first `rows` rows of `ref_kv` into the empty `cache` and computes the rest of
+  // ids at positions rows..n-1 (prefix mode, and exact-reuse hits).
+  absl::Status PrefixPrefill(std::span<const int32_t> ids, const KvCache& ref_kv, int64_t rows,
+                             KvCache* cache, float* logits, PrefillStats* st);
 
   // snapkv and semshare: layer-by-layer prefill computing a shrinking token set when
   // `reference` is given (a hit, with `match`), all tokens otherwise; retention per layer.

@@ -145,6 +145,23 @@ TEST_F(CudaServingTest, MissThenHitMatchTheCpuSession) {
   EXPECT_LT(RelDiff(lg, lc), 5e-2);
   DecodeBoth(cs, g, lc, lg, 4, 5e-2, "second hit");
 
+  // A repeat of the reference takes the exact-reuse path on both: the prefix rows copied, the
+  // window computed, every row kept.
+  const engine::TokenMatch self_match = pc.Match(pc.Sketch(ref_ids), pc.Sketch(ref_ids));
+  ASSERT_TRUE(cs.Begin(300 + steps).ok());
+  ASSERT_TRUE(g.Begin(300 + steps).ok());
+  auto sc3 = cs.PrefillHit(ref_ids, ref_ids, ref_kv, self_match, lc.data());
+  auto sg3 = g.PrefillHit(ref_ids, ref_ids, ref_kv, self_match, lg.data());
+  ASSERT_TRUE(sc3.ok()) << sc3.status();
+  ASSERT_TRUE(sg3.ok()) << sg3.status();
+  EXPECT_EQ(sc3->reused_tokens, 300 - cfg.window);
+  EXPECT_EQ(sg3->reused_tokens, sc3->reused_tokens);
+  EXPECT_EQ(sg3->layer_rows, sc3->layer_rows);
+  EXPECT_EQ(sg3->layer_rows, std::vector<int64_t>(ref_kv.n_layers(), 300));
+  EXPECT_EQ(g.KvBytes() * 2, cs.KvBytes());
+  EXPECT_LT(RelDiff(lg, lc), 3e-2);
+  DecodeBoth(cs, g, lc, lg, 4, 3e-2, "repeat");
+
   // A second session shares the weights: same logits for the same prompt, and the memory
   // figures count the weights once plus both sessions' KV.
   auto gs2 = (*runtime)->NewSession();

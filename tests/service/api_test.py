@@ -160,6 +160,22 @@ def test_paraphrase_hits_first_requests_reference(client_a, pairs):
     assert last.usage.reused_tokens > 0
 
 
+def test_repeated_prompt_reuses_its_kv_exactly(client_a, pairs):
+    """A prompt sent again hits its own reference through exact reuse: only the last 32 tokens
+    (the reuse window) are computed, and the greedy text equals the first request's and a
+    bypass (full prefill) generation's, token for token."""
+    prompt = sc.passage(pairs, 240)
+    first = client_a.generate(prompt, max_tokens=16, ignore_eos=True)
+    assert first.cache.result == "miss" and first.cache.published
+    sc.wait_lookup_hit(client_a, prompt)
+    again = client_a.generate(prompt, max_tokens=16, ignore_eos=True)
+    assert again.cache.result == "hit", again.cache
+    assert again.usage.recomputed_tokens == 32
+    assert again.usage.reused_tokens == again.usage.prompt_tokens - 32
+    bypass = client_a.generate(prompt, max_tokens=16, ignore_eos=True, cache_policy="bypass")
+    assert again.text == first.text == bypass.text
+
+
 def test_tenant_b_never_hits_tenant_a_reference(client_a, client_b, pairs):
     prompt = sc.passage(pairs, 20)
     a = client_a.generate(prompt, max_tokens=2)
