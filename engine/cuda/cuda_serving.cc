@@ -71,13 +71,20 @@ absl::StatusOr<PrefillStats> CudaServingSession::PrefillHit(std::span<const int3
   const ScopedDevice on = ctx_->Activate();
   if (const int64_t exact = reuse_.exact_reuse ? ExactReuseRows(ids, ref_ids, reuse_.window) : -1;
       exact >= 0) {
-    // A repeat (or a short extension) of the reference: its prefix rows as they are, the rest
-    // computed, no retention (ReuseConfig::exact_reuse).
-    SEMSHARE_STATUS_RETURN(cache_.FromHost(ref_kv, exact));
+    // A repeat (or a short extension) of the reference: its prefix rows as they are, straight
+    // into the request's cache through the pinned buffers, the rest computed after them, no
+    // retention (ReuseConfig::exact_reuse).
+    SEMSHARE_STATUS_RETURN(pinned_.From(ref_kv, exact));
     const int64_t n = static_cast<int64_t>(ids.size());
     std::vector<int32_t> pos(n - exact);
     std::iota(pos.begin(), pos.end(), static_cast<int32_t>(exact));
-    SEMSHARE_STATUS_RETURN(fwd_.Forward(ids.subspan(exact), pos, cache_, logits));
+    absl::Status s = cache_.StartUpload(pinned_);
+    for (int64_t l = 0; s.ok() && l < config_.n_layers; ++l) s = cache_.WaitLayer(l);
+    if (s.ok()) s = fwd_.Forward(ids.subspan(exact), pos, cache_, logits);
+    if (!s.ok()) {
+      (void)cudaStreamSynchronize(ctx_->copy_stream());  // pinned_ may still be read
+      return s;
+    }
     PrefillStats st;
     st.mode = PrefillMode::kSemShare;
     st.hit = true;

@@ -7,7 +7,6 @@
 #include <thread>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
 #include "engine/cuda/cuda_status.h"
 #include "kernels/swiglu.cuh"
 
@@ -84,21 +83,23 @@ absl::Status PinnedKv::PinPositions(Layer& l) {
   return absl::OkStatus();
 }
 
-absl::Status PinnedKv::From(const KvCache& kv) {
+absl::Status PinnedKv::From(const KvCache& kv, int64_t prefix) {
   // Until the copy is complete the object describes no reference: a failure below (a ragged
   // cache, pinning refused) must not leave rows_ naming more bytes than the buffers hold.
   rows_ = 0;
   kv_dim_ = 0;
-  const int64_t rows = kv.rows();
+  const int64_t rows = prefix < 0 ? kv.rows() : prefix;
   for (int64_t l = 0; l < kv.n_layers(); ++l) {
-    if (kv.layer(l).rows() != rows) {
-      return absl::InvalidArgumentError("PinnedKv: layers differ in rows");
+    if (prefix < 0 ? kv.layer(l).rows() != rows : kv.layer(l).rows() < rows) {
+      return absl::InvalidArgumentError(prefix < 0 ? "PinnedKv: layers differ in rows"
+                                                   : "PinnedKv: a layer has fewer rows than asked");
     }
   }
   const int64_t count = rows * kv.kv_dim();
   SEMSHARE_STATUS_RETURN(Prepare(kv.n_layers(), count * 2));
   for (int64_t l = 0; l < kv.n_layers(); ++l) {
-    layers_[l].pos = kv.layer(l).pos;
+    const std::vector<int32_t>& pos = kv.layer(l).pos;
+    layers_[l].pos.assign(pos.begin(), pos.begin() + rows);
     SEMSHARE_STATUS_RETURN(PinPositions(layers_[l]));
   }
   // float -> bf16, layers spread over threads (a 5k-token reference of an 8B model is 3e8
@@ -240,26 +241,18 @@ void DeviceKvCache::Clear() {
   }
 }
 
-absl::Status DeviceKvCache::FromHost(const KvCache& kv, int64_t rows) {
+absl::Status DeviceKvCache::FromHost(const KvCache& kv) {
   if (kv.n_layers() != n_layers() || kv.kv_dim() != kv_dim_) {
     return absl::InvalidArgumentError("DeviceKvCache::FromHost: shape mismatch");
-  }
-  for (int64_t li = 0; li < n_layers() && rows >= 0; ++li) {
-    if (kv.layer(li).rows() < rows) {
-      return absl::InvalidArgumentError(absl::StrCat("DeviceKvCache::FromHost: layer ", li, " has ",
-                                                     kv.layer(li).rows(), " rows, ", rows,
-                                                     " asked for"));
-    }
   }
   const ScopedDevice on = ctx_.Activate();
   std::vector<bf16> tmp;
   for (int64_t li = 0; li < n_layers(); ++li) {
     const LayerKv& src = kv.layer(li);
     DeviceLayerKv& l = layers_[li];
-    const int64_t n = rows < 0 ? src.rows() : rows;
     l.rows = 0;
-    SEMSHARE_STATUS_RETURN(Reserve(li, n));
-    const int64_t count = n * kv_dim_;
+    SEMSHARE_STATUS_RETURN(Reserve(li, src.rows()));
+    const int64_t count = src.rows() * kv_dim_;
     tmp.resize(2 * count);
     for (int64_t i = 0; i < count; ++i) {
       tmp[i] = __float2bfloat16_rn(src.k[i]);
@@ -267,10 +260,10 @@ absl::Status DeviceKvCache::FromHost(const KvCache& kv, int64_t rows) {
     }
     SEMSHARE_STATUS_RETURN(ctx_.Upload(l.k.data(), tmp.data(), count * 2));
     SEMSHARE_STATUS_RETURN(ctx_.Upload(l.v.data(), tmp.data() + count, count * 2));
-    SEMSHARE_STATUS_RETURN(ctx_.Upload(l.pos.data(), src.pos.data(), n * 4));
+    SEMSHARE_STATUS_RETURN(ctx_.Upload(l.pos.data(), src.pos.data(), src.rows() * 4));
     SEMSHARE_STATUS_RETURN(ctx_.Sync());  // tmp is reused
-    l.rows = n;
-    l.host_pos.assign(src.pos.begin(), src.pos.begin() + n);
+    l.rows = src.rows();
+    l.host_pos = src.pos;
   }
   return absl::OkStatus();
 }

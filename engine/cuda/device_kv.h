@@ -41,8 +41,9 @@ class PinnedKv {
   ~PinnedKv();
   PinnedKv(const PinnedKv&) = delete;
   PinnedKv& operator=(const PinnedKv&) = delete;
-  // BF16 copy of a host KvCache (every layer must have the same rows).
-  absl::Status From(const KvCache& kv);
+  // BF16 copy of a host KvCache: every layer's rows (which must be as many in every layer), or
+  // with rows >= 0 the first `rows` of each layer (an exact-reuse prefix).
+  absl::Status From(const KvCache& kv, int64_t rows = -1);
   // Copy of a device cache (what a store would keep after a GPU prefill); synchronous, and
   // ordered after the work already queued on the cache's compute stream.
   absl::Status FromDevice(const DeviceKvCache& kv);
@@ -95,9 +96,8 @@ class DeviceKvCache {
   absl::Status ReserveAll(int64_t rows);
   void Clear();
 
-  // Copies to and from host float caches (parity tests, store round trips). FromHost replaces
-  // every layer with the first `rows` rows of kv's (all of them when rows < 0).
-  absl::Status FromHost(const KvCache& kv, int64_t rows = -1);
+  // Whole-cache copies to and from host float caches (parity tests, store round trips).
+  absl::Status FromHost(const KvCache& kv);
   absl::Status ToHost(KvCache* kv);
 
   // Asynchronous upload of a pinned reference (see the file comment); the cache is resized to
