@@ -193,7 +193,8 @@ def run_backend(args, backend, workdir, deadline):
         # may pick other cuBLAS algorithms than the full prefill's, so there it is a note.
         again = srv.call("generate", a, tag="repeat")
         res["repeat"] = again
-        if again["cache"]["result"] != "hit" or int(again["usage"].get("recomputedTokens", 0)) != 32:
+        recomputed = int(again["usage"].get("recomputedTokens", 0))
+        if again["cache"]["result"] != "hit" or recomputed != 32:
             fail(f"repeat: expected an exact-reuse hit computing 32 tokens, got {again['cache']} "
                  f"{again['usage']}")
         if backend == "cpu" and again["text"] != miss["text"]:
