@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 MODES = ["full", "prefix", "snapkv", "semshare"]
 COLORS = {"full": "tab:gray", "prefix": "tab:blue", "snapkv": "tab:orange", "semshare": "tab:green"}
-MARKERS = {"paraphrase": "o", "reorder": "s", "user": "^"}
+MARKERS = {"paraphrase": "o", "reorder": "s", "repeat": "D", "user": "^"}
 
 
 def ttft_vs_length(data, out):

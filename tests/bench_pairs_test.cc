@@ -137,6 +137,21 @@ std::vector<std::string> BodyLines(const std::string& prompt, const PairOptions&
   return absl::StrSplit(body, '\n', absl::SkipEmpty());
 }
 
+TEST(PairsTest, RepeatPairsSendTheParaphraseReferencesAgain) {
+  const auto corpus = ToyCorpus();
+  const PairOptions o = ToyOptions(/*tokens=*/103, /*pairs=*/2, /*seed=*/7);
+  auto para = BuildParaphrasePairs(corpus, o, CountWords);
+  auto rep = BuildRepeatPairs(corpus, o, CountWords);
+  ASSERT_TRUE(para.ok() && rep.ok()) << rep.status();
+  ASSERT_EQ(rep->size(), para->size());
+  for (size_t i = 0; i < rep->size(); ++i) {
+    EXPECT_EQ((*rep)[i].kind, PairKind::kRepeat);
+    EXPECT_STREQ(PairKindName((*rep)[i].kind), "repeat");
+    EXPECT_EQ((*rep)[i].reference, (*para)[i].reference);
+    EXPECT_EQ((*rep)[i].target, (*para)[i].reference);
+  }
+}
+
 TEST(PairsTest, ParaphraseTargetsAreTheSecondSentencesInOrderAtTheLength) {
   const auto corpus = ToyCorpus();
   const PairOptions o = ToyOptions(/*tokens=*/103, /*pairs=*/3, /*seed=*/7);

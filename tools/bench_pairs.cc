@@ -157,6 +157,8 @@ const char* PairKindName(PairKind kind) {
       return "paraphrase";
     case PairKind::kReorder:
       return "reorder";
+    case PairKind::kRepeat:
+      return "repeat";
     case PairKind::kUser:
       return "user";
   }
@@ -247,6 +249,18 @@ absl::StatusOr<std::vector<PromptPair>> BuildReorderPairs(const std::vector<Mrpc
     cursor += *k;
   }
   return out;
+}
+
+absl::StatusOr<std::vector<PromptPair>> BuildRepeatPairs(const std::vector<MrpcPair>& corpus,
+                                                         const PairOptions& options,
+                                                         const TokenCounter& count_tokens) {
+  auto pairs = BuildParaphrasePairs(corpus, options, count_tokens);
+  if (!pairs.ok()) return pairs.status();
+  for (PromptPair& p : *pairs) {
+    p.kind = PairKind::kRepeat;
+    p.target = p.reference;
+  }
+  return pairs;
 }
 
 absl::StatusOr<std::vector<PromptPair>> ParseUserPairs(std::string_view text,

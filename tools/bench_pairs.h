@@ -10,7 +10,9 @@
 // Both bodies are wrapped in the same instruction and closing question, so the last tokens
 // (the window that produces the logits) are shared. The body grows sentence by sentence until
 // the wrapped target reaches the requested token count (counted by the caller's tokenizer)
-// without passing it. A third kind, user, comes verbatim from a JSON-lines file.
+// without passing it. A third kind, repeat, sends a paraphrase pair's reference again as the
+// target (a repeated prompt: the exact-reuse path). A fourth, user, comes verbatim from a
+// JSON-lines file.
 //
 // Everything is deterministic given the seed (our own Fisher-Yates over std::mt19937_64, not
 // std::shuffle, whose algorithm the standard leaves to the library).
@@ -40,7 +42,7 @@ absl::StatusOr<std::vector<MrpcPair>> ParseMrpc(std::string_view text, std::stri
 // NotFound / InvalidArgument naming the path when it cannot be read or parsed.
 absl::StatusOr<std::vector<MrpcPair>> LoadMrpc(const std::string& path);
 
-enum class PairKind { kParaphrase, kReorder, kUser };
+enum class PairKind { kParaphrase, kReorder, kRepeat, kUser };
 const char* PairKindName(PairKind kind);
 
 struct PromptPair {
@@ -82,6 +84,11 @@ absl::StatusOr<std::vector<PromptPair>> BuildParaphrasePairs(const std::vector<M
 absl::StatusOr<std::vector<PromptPair>> BuildReorderPairs(const std::vector<MrpcPair>& corpus,
                                                           const PairOptions& options,
                                                           const TokenCounter& count_tokens);
+
+// The paraphrase pairs' references, each as both reference and target (kind repeat).
+absl::StatusOr<std::vector<PromptPair>> BuildRepeatPairs(const std::vector<MrpcPair>& corpus,
+                                                         const PairOptions& options,
+                                                         const TokenCounter& count_tokens);
 
 // JSON lines, one object per non-empty line: {"reference": "...", "target": "..."} (both
 // non-empty strings; other keys ignored). InvalidArgument names `source` and the line.

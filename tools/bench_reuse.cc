@@ -424,7 +424,9 @@ int BenchReuseCommand(int argc, char** argv) {
        "../shared/data next to the repo)"},
       {"pairs", "JSON lines {\"reference\": ..., \"target\": ...} to use instead of the corpus"},
       {"lengths", "comma-separated target lengths in tokens", false, false, "512,1024,2048,4096"},
-      {"pairs-per-kind", "pairs of each kind (paraphrase, reorder) per length", false, false, "4"},
+      {"kinds", "comma-separated pair kinds: paraphrase, reorder, repeat", false, false,
+       "paraphrase,reorder"},
+      {"pairs-per-kind", "pairs of each kind per length", false, false, "4"},
       {"decode-tokens", "greedy tokens compared against full's output", false, false, "128"},
       {"repeats", "prefills per mode and pair (median TTFT)", false, false, "1"},
       {"seed", "pair-building seed", false, false, "1"},
@@ -479,6 +481,22 @@ int BenchReuseCommand(int argc, char** argv) {
     if (!absl::SimpleAtod(part, &v) || !(v > 0 && v <= 1))
       return fail("--rhos must be in (0, 1]", 2);
     o.rhos.push_back(v);
+  }
+  using PairBuilder = absl::StatusOr<std::vector<PromptPair>> (*)(
+      const std::vector<MrpcPair>&, const PairOptions&, const TokenCounter&);
+  std::vector<PairBuilder> builders;
+  for (absl::string_view kind : absl::StrSplit(args->Str("kinds"), ',')) {
+    if (kind == "paraphrase") {
+      builders.push_back(BuildParaphrasePairs);
+    } else if (kind == "reorder") {
+      builders.push_back(BuildReorderPairs);
+    } else if (kind == "repeat") {
+      builders.push_back(BuildRepeatPairs);
+    } else {
+      return fail(
+          absl::StrCat("--kinds: unknown kind '", kind, "' (one of paraphrase, reorder, repeat)"),
+          2);
+    }
   }
   struct IntFlag {
     const char* name;
@@ -563,7 +581,7 @@ int BenchReuseCommand(int argc, char** argv) {
       po.target_tokens = len;
       po.pairs = o.pairs_per_kind;
       po.seed = o.seed + static_cast<uint64_t>(len);
-      for (auto build : {BuildParaphrasePairs, BuildReorderPairs}) {
+      for (PairBuilder build : builders) {
         auto built = build(corpus, po, count);
         if (!built.ok()) return fail(built.status().message(), 2);
         pairs.insert(pairs.end(), built->begin(), built->end());
