@@ -10,10 +10,11 @@
 // Cost notes: a lookup computes the prompt's token sketch and its position-free features (the
 // sorted distinct token ids) once, asks the store for lookup_candidates ids, and scores each
 // candidate's token sketch (one embedding gather + GEMM per candidate; on the device with
-// --backend cuda, engine/reuse/serving_session.h). A hit copies the reference's KV once
-// (KvCache::Copy; the record stays shared and pinned meanwhile); a miss keeps its cache and, after
-// decoding, trims the generated rows and moves the prompt's KV into the published record without a
-// copy.
+// --backend cuda, engine/reuse/serving_session.h). A hit reads the reference's KV in place
+// (the record stays shared and pinned meanwhile; on the CPU each layer's rows are gathered into
+// the request's cache, on the GPU the record goes through pinned memory to the device); a miss
+// keeps its cache and, after decoding, trims the generated rows and moves the prompt's KV into
+// the published record without a copy.
 #ifndef SEMSHARE_SERVER_INFERENCE_H_
 #define SEMSHARE_SERVER_INFERENCE_H_
 

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string_view>
 
 #include "engine/cpu/cpu_backend.h"
 #include "engine/reuse/retention.h"
@@ -178,7 +179,7 @@ TEST_F(ReusePrefillTest, RepeatedPromptReusesItsKvExactly) {
     const TokenMatch match = p.Match(p.Sketch(*ids), ref->sketch);
     KvCache cache = p.forward().NewCache();
     std::vector<float> logits(model_->config.vocab_size);
-    auto st = p.PrefillHit(*ids, *ref, match, &cache, logits.data());
+    auto st = p.PrefillHit(*ids, ref->ids, ref->kv, match, &cache, logits.data());
     ASSERT_TRUE(st.ok()) << st.status();
     EXPECT_TRUE(st->hit);
     EXPECT_EQ(st->reused_tokens, n - cfg.window);
@@ -201,10 +202,43 @@ TEST_F(ReusePrefillTest, RepeatedPromptReusesItsKvExactly) {
   ASSERT_GT(far.size() - ref_ids.size(), static_cast<size_t>(cfg.window));
   KvCache cache = p.forward().NewCache();
   std::vector<float> logits(model_->config.vocab_size);
-  auto st = p.PrefillHit(far, *ref, p.Match(p.Sketch(far), ref->sketch), &cache, logits.data());
+  auto st = p.PrefillHit(far, ref->ids, ref->kv, p.Match(p.Sketch(far), ref->sketch), &cache,
+                         logits.data());
   ASSERT_TRUE(st.ok()) << st.status();
   EXPECT_EQ(st->layer0_deviation.size(), far.size());
   EXPECT_LT(cache.layer(cache.n_layers() - 1).rows(), static_cast<int64_t>(far.size()));
+}
+
+// A hit against a bad plan or a trimmed reference: InvalidArgument naming it, nothing read past
+// the reference, and the prefiller serves the good hit after.
+TEST_F(ReusePrefillTest, HitWithABadMatchOrATrimmedReferenceIsInvalidArgument) {
+  ASSERT_NE(model_, nullptr);
+  CpuBackend be;
+  ReusePrefiller p(*model_, be, ReuseConfig{});
+  const std::vector<int32_t> ids = Tokens(Sentences(3, 8));
+  auto ref = p.MakeReference(ids);
+  ASSERT_TRUE(ref.ok());
+  const TokenMatch match = p.Match(p.Sketch(ids), ref->sketch);
+  std::vector<float> logits(model_->config.vocab_size);
+  auto hit = [&](const KvCache& kv, const TokenMatch& m) {
+    KvCache cache = p.forward().NewCache();
+    return p.PrefillHit(ids, ref->ids, kv, m, &cache, logits.data()).status();
+  };
+  TokenMatch short_match = match;
+  short_match.ref_index.pop_back();
+  EXPECT_EQ(hit(ref->kv, short_match).code(), absl::StatusCode::kInvalidArgument);
+  TokenMatch past = match;
+  past.ref_index[1] = static_cast<int32_t>(ids.size());
+  const absl::Status s = hit(ref->kv, past);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("past its"), std::string_view::npos) << s;
+  KvCache trimmed = ref->kv.Copy();
+  LayerKv& last = trimmed.layer(trimmed.n_layers() - 1);
+  last.pos.pop_back();
+  last.k.resize(last.k.size() - trimmed.kv_dim());
+  last.v.resize(last.v.size() - trimmed.kv_dim());
+  EXPECT_EQ(hit(trimmed, match).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(hit(ref->kv, match).ok());
 }
 
 // A selective prefill checks the forward pass' interrupt before each layer: CANCELLED, and the
@@ -223,12 +257,12 @@ TEST_F(ReusePrefillTest, InterruptStopsASelectivePrefillBetweenLayers) {
   KvCache cache = p.forward().NewCache();
   std::vector<float> logits(model_->config.vocab_size);
   const TokenMatch match = p.Match(p.Sketch(ids), ref->sketch);
-  auto st = p.PrefillHit(ids, *ref, match, &cache, logits.data());
+  auto st = p.PrefillHit(ids, ref->ids, ref->kv, match, &cache, logits.data());
   EXPECT_EQ(st.status().code(), absl::StatusCode::kCancelled) << st.status();
   EXPECT_EQ(layers, 4);
   p.forward().set_interrupt(nullptr);
   KvCache again = p.forward().NewCache();
-  EXPECT_TRUE(p.PrefillHit(ids, *ref, match, &again, logits.data()).ok());
+  EXPECT_TRUE(p.PrefillHit(ids, ref->ids, ref->kv, match, &again, logits.data()).ok());
 }
 
 TEST_F(ReusePrefillTest, UnrelatedPromptMisses) {

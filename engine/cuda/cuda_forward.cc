@@ -302,10 +302,6 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
   SEMSHARE_STATUS_RETURN(config.Validate());
   const bool hit = reference != nullptr && match != nullptr;
   if (hit) {
-    if (static_cast<int64_t>(match->ref_index.size()) != n) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "prefill: the match covers ", match->ref_index.size(), " tokens, the prompt ", n));
-    }
     if (reference->n_layers() != c.n_layers || reference->kv_dim() != kvd_) {
       return absl::InvalidArgumentError("prefill: reference KV shape does not match the model");
     }
@@ -314,11 +310,7 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
         return absl::InvalidArgumentError("prefill: reference layers differ in rows (trimmed?)");
       }
     }
-    for (int32_t r : match->ref_index) {
-      if (r >= reference->rows()) {
-        return absl::InvalidArgumentError("prefill: plan names a row past the reference");
-      }
-    }
+    SEMSHARE_STATUS_RETURN(CheckMatch(*match, n, reference->rows()));
   }
   const int64_t window = std::min<int64_t>(config.window, n);
   const int64_t sink = std::min<int64_t>(config.sink, n);

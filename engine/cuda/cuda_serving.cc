@@ -54,18 +54,10 @@ absl::StatusOr<PrefillStats> CudaServingSession::PrefillHit(std::span<const int3
                                                             const KvCache& ref_kv,
                                                             const TokenMatch& match,
                                                             float* logits) {
-  const int64_t m = static_cast<int64_t>(ref_ids.size());
-  if (match.ref_index.size() != ids.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "prefill: the match covers ", match.ref_index.size(), " tokens, the prompt ", ids.size()));
-  }
-  for (int32_t r : match.ref_index) {
-    if (r >= m) return absl::InvalidArgumentError("prefill: the match points past the reference");
-  }
-  if (ref_kv.rows() != m) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("prefill: the reference has ", m, " tokens but ", ref_kv.rows(), " KV rows"));
-  }
+  const int64_t n = static_cast<int64_t>(ids.size());
+  SEMSHARE_STATUS_RETURN(CheckMatch(match, n, static_cast<int64_t>(ref_ids.size())));
+  SEMSHARE_STATUS_RETURN(
+      CheckReference(ref_ids, ref_kv, config_.n_layers, config_.n_kv_heads * config_.head_dim));
   // The session's device current for the pinning (cudaHostAlloc / cudaFreeHost would otherwise
   // run on, and may initialise or synchronise, whatever device this worker thread has current).
   const ScopedDevice on = ctx_->Activate();
@@ -75,7 +67,6 @@ absl::StatusOr<PrefillStats> CudaServingSession::PrefillHit(std::span<const int3
     // into the request's cache through the pinned buffers, the rest computed after them, no
     // retention (ReuseConfig::exact_reuse).
     SEMSHARE_STATUS_RETURN(pinned_.From(ref_kv, exact));
-    const int64_t n = static_cast<int64_t>(ids.size());
     std::vector<int32_t> pos(n - exact);
     std::iota(pos.begin(), pos.end(), static_cast<int32_t>(exact));
     absl::Status s = cache_.StartUpload(pinned_);

@@ -7,6 +7,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "engine/cuda/cuda_status.h"
 #include "kernels/swiglu.cuh"
 
@@ -90,9 +91,9 @@ absl::Status PinnedKv::From(const KvCache& kv, int64_t prefix) {
   kv_dim_ = 0;
   const int64_t rows = prefix < 0 ? kv.rows() : prefix;
   for (int64_t l = 0; l < kv.n_layers(); ++l) {
-    if (prefix < 0 ? kv.layer(l).rows() != rows : kv.layer(l).rows() < rows) {
-      return absl::InvalidArgumentError(prefix < 0 ? "PinnedKv: layers differ in rows"
-                                                   : "PinnedKv: a layer has fewer rows than asked");
+    if (kv.layer(l).rows() < rows) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "PinnedKv: layer ", l, " has ", kv.layer(l).rows(), " rows, fewer than ", rows));
     }
   }
   const int64_t count = rows * kv.kv_dim();

@@ -41,9 +41,9 @@ class PinnedKv {
   ~PinnedKv();
   PinnedKv(const PinnedKv&) = delete;
   PinnedKv& operator=(const PinnedKv&) = delete;
-  // BF16 copy of a host KvCache: every layer's rows (which must be as many in every layer), or
-  // with rows >= 0 the first `rows` of each layer (an exact-reuse prefix).
-  absl::Status From(const KvCache& kv, int64_t rows = -1);
+  // BF16 copy of the first `prefix` rows of every layer of a host KvCache (prefix < 0: layer
+  // 0's count, the whole of an untrimmed reference); InvalidArgument if a layer has fewer.
+  absl::Status From(const KvCache& kv, int64_t prefix = -1);
   // Copy of a device cache (what a store would keep after a GPU prefill); synchronous, and
   // ordered after the work already queued on the cache's compute stream.
   absl::Status FromDevice(const DeviceKvCache& kv);

@@ -50,6 +50,36 @@ int64_t CommonPrefix(std::span<const int32_t> a, std::span<const int32_t> b, int
 
 }  // namespace
 
+absl::Status CheckMatch(const TokenMatch& match, int64_t n, int64_t m) {
+  if (static_cast<int64_t>(match.ref_index.size()) != n) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prefill: the match covers ", match.ref_index.size(), " tokens, the prompt ", n));
+  }
+  for (int32_t r : match.ref_index) {
+    if (r >= m) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("prefill: the match names reference row ", r, ", past its ", m, " rows"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckReference(std::span<const int32_t> ref_ids, const KvCache& ref_kv,
+                            int64_t n_layers, int64_t kv_dim) {
+  if (ref_kv.n_layers() != n_layers || ref_kv.kv_dim() != kv_dim) {
+    return absl::InvalidArgumentError("prefill: the reference's KV is not shaped for the model");
+  }
+  const int64_t m = static_cast<int64_t>(ref_ids.size());
+  for (int64_t l = 0; l < n_layers; ++l) {
+    if (ref_kv.layer(l).rows() != m) {
+      return absl::InvalidArgumentError(absl::StrCat("prefill: the reference has ", m,
+                                                     " tokens but ", ref_kv.layer(l).rows(),
+                                                     " KV rows in layer ", l));
+    }
+  }
+  return absl::OkStatus();
+}
+
 int64_t ExactReuseRows(std::span<const int32_t> ids, std::span<const int32_t> ref_ids,
                        int64_t window) {
   const int64_t n = static_cast<int64_t>(ids.size());
@@ -87,6 +117,12 @@ absl::StatusOr<PrefillStats> ReusePrefiller::Prefill(std::span<const int32_t> id
   PrefillStats st;
   st.mode = config_.mode;
   st.prompt_tokens = n;
+  if (reference != nullptr && config_.mode != PrefillMode::kFull) {
+    if (auto s = CheckReference(reference->ids, reference->kv, c.n_layers, cache->kv_dim());
+        !s.ok()) {
+      return s;
+    }
+  }
   const std::vector<int32_t> pos = Iota(n);
   if (config_.mode == PrefillMode::kFull ||
       (config_.mode == PrefillMode::kPrefix && reference == nullptr)) {
@@ -111,17 +147,10 @@ absl::StatusOr<PrefillStats> ReusePrefiller::Prefill(std::span<const int32_t> id
       st.hit = match.similarity >= config_.hit_threshold;
       if (st.hit) st.ref_index = match.ref_index;
     }
-    const int64_t exact =
-        st.hit && config_.exact_reuse ? ExactReuseRows(ids, reference->ids, config_.window) : -1;
-    if (exact >= 0) {
-      if (auto s = PrefixPrefill(ids, reference->kv, exact, cache, logits, &st); !s.ok()) {
-        return s;
-      }
-    } else if (auto s =
-                   SelectivePrefill(ids, st.hit ? reference : nullptr, match, cache, logits, &st);
-               !s.ok()) {
-      return s;
-    }
+    absl::Status s = st.hit
+                         ? HitPrefill(ids, reference->ids, reference->kv, match, cache, logits, &st)
+                         : SelectivePrefill(ids, nullptr, match, cache, logits, &st);
+    if (!s.ok()) return s;
   }
   FinishStats(*cache, &st);
   st.prefill_ms = MsSince(t0);
@@ -129,34 +158,37 @@ absl::StatusOr<PrefillStats> ReusePrefiller::Prefill(std::span<const int32_t> id
 }
 
 absl::StatusOr<PrefillStats> ReusePrefiller::PrefillHit(std::span<const int32_t> ids,
-                                                        const Reference& reference,
+                                                        std::span<const int32_t> ref_ids,
+                                                        const KvCache& ref_kv,
                                                         const TokenMatch& match, KvCache* cache,
                                                         float* logits) {
   const auto t0 = std::chrono::steady_clock::now();
+  const int64_t n = static_cast<int64_t>(ids.size());
   if (auto s = CheckPrefillArgs(ids, *cache); !s.ok()) return s;
   if (auto s = config_.Validate(); !s.ok()) return s;
-  if (match.ref_index.size() != ids.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "prefill: the match covers ", match.ref_index.size(), " tokens, the prompt ", ids.size()));
-  }
-  const int64_t m = static_cast<int64_t>(reference.ids.size());
-  for (int32_t r : match.ref_index) {
-    if (r >= m) return absl::InvalidArgumentError("prefill: the match points past the reference");
+  if (auto s = CheckMatch(match, n, static_cast<int64_t>(ref_ids.size())); !s.ok()) return s;
+  if (auto s = CheckReference(ref_ids, ref_kv, model_.config.n_layers, cache->kv_dim()); !s.ok()) {
+    return s;
   }
   PrefillStats st;
   st.mode = PrefillMode::kSemShare;
-  st.prompt_tokens = static_cast<int64_t>(ids.size());
+  st.prompt_tokens = n;
   st.similarity = match.similarity;
   st.hit = true;
   st.ref_index = match.ref_index;
-  const int64_t exact =
-      config_.exact_reuse ? ExactReuseRows(ids, reference.ids, config_.window) : -1;
-  absl::Status s = exact >= 0 ? PrefixPrefill(ids, reference.kv, exact, cache, logits, &st)
-                              : SelectivePrefill(ids, &reference, match, cache, logits, &st);
-  if (!s.ok()) return s;
+  if (auto s = HitPrefill(ids, ref_ids, ref_kv, match, cache, logits, &st); !s.ok()) return s;
   FinishStats(*cache, &st);
   st.prefill_ms = MsSince(t0);
   return st;
+}
+
+absl::Status ReusePrefiller::HitPrefill(std::span<const int32_t> ids,
+                                        std::span<const int32_t> ref_ids, const KvCache& ref_kv,
+                                        const TokenMatch& match, KvCache* cache, float* logits,
+                                        PrefillStats* st) {
+  const int64_t exact = config_.exact_reuse ? ExactReuseRows(ids, ref_ids, config_.window) : -1;
+  return exact >= 0 ? PrefixPrefill(ids, ref_kv, exact, cache, logits, st)
+                    : SelectivePrefill(ids, &ref_kv, match, cache, logits, st);
 }
 
 absl::Status ReusePrefiller::CheckPrefillArgs(std::span<const int32_t> ids,
@@ -190,16 +222,6 @@ absl::Status ReusePrefiller::PrefixPrefill(std::span<const int32_t> ids, const K
                                            int64_t rows, KvCache* cache, float* logits,
                                            PrefillStats* st) {
   const int64_t n = static_cast<int64_t>(ids.size());
-  if (ref_kv.n_layers() != cache->n_layers() || ref_kv.kv_dim() != cache->kv_dim()) {
-    return absl::InvalidArgumentError("prefill: the reference's KV is not shaped for the model");
-  }
-  for (int64_t l = 0; l < ref_kv.n_layers(); ++l) {
-    if (ref_kv.layer(l).rows() < rows) {
-      return absl::InvalidArgumentError(absl::StrCat("prefill: the reference's layer ", l, " has ",
-                                                     ref_kv.layer(l).rows(), " KV rows, ", rows,
-                                                     " needed"));
-    }
-  }
   cache->AssignPrefix(ref_kv, rows);
   const std::vector<int32_t> pos = Iota(n - rows, static_cast<int32_t>(rows));
   if (auto s = forward_.Forward(ids.subspan(rows), pos, *cache, logits); !s.ok()) return s;
@@ -209,14 +231,14 @@ absl::Status ReusePrefiller::PrefixPrefill(std::span<const int32_t> ids, const K
   return absl::OkStatus();
 }
 
-absl::Status ReusePrefiller::SelectivePrefill(std::span<const int32_t> ids,
-                                              const Reference* reference, const TokenMatch& match,
-                                              KvCache* cache, float* logits, PrefillStats* st) {
+absl::Status ReusePrefiller::SelectivePrefill(std::span<const int32_t> ids, const KvCache* ref_kv,
+                                              const TokenMatch& match, KvCache* cache,
+                                              float* logits, PrefillStats* st) {
   const ModelConfig& c = model_.config;
   const int64_t n = static_cast<int64_t>(ids.size()), d = c.d_model, kvd = cache->kv_dim();
   const int64_t qd = c.n_heads * c.head_dim;
   const int64_t row_bytes = 2 * kvd * static_cast<int64_t>(sizeof(float));
-  const bool hit = reference != nullptr;
+  const bool hit = ref_kv != nullptr;
   const int64_t window = std::min<int64_t>(config_.window, n);
   const int64_t sink = std::min<int64_t>(config_.sink, n);
 
@@ -256,7 +278,7 @@ absl::Status ReusePrefiller::SelectivePrefill(std::span<const int32_t> ids,
     if (hit) {
       // This layer's rearranged reference KV, built only now so that at most one layer of it
       // is held beyond the retained rows: K~[i] = Rot(i - pi(i)) K_R[pi(i)], V~[i] = V_R[pi(i)].
-      const LayerKv& ref = reference->kv.layer(l);
+      const LayerKv& ref = ref_kv->layer(l);
       kv.k.resize(n * kvd);
       kv.v.resize(n * kvd);
       kv.pos = Iota(n);

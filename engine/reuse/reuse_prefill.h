@@ -57,6 +57,14 @@ struct PrefillStats {
 int64_t ExactReuseRows(std::span<const int32_t> ids, std::span<const int32_t> ref_ids,
                        int64_t window);
 
+// InvalidArgument unless `match` covers the n prompt tokens and names only reference rows
+// below m.
+absl::Status CheckMatch(const TokenMatch& match, int64_t n, int64_t m);
+// InvalidArgument unless ref_kv is shaped [n_layers, kv_dim] and every layer holds one row per
+// reference token (an untrimmed reference, as MakeReference and a published miss make it).
+absl::Status CheckReference(std::span<const int32_t> ref_ids, const KvCache& ref_kv,
+                            int64_t n_layers, int64_t kv_dim);
+
 class ReusePrefiller {
  public:
   // Borrows model and backend. Not thread-safe (scratch buffers), one per worker.
@@ -73,10 +81,12 @@ class ReusePrefiller {
                                        KvCache* cache, float* logits);
 
   // A semshare hit whose match the caller computed and judged (e.g. the server, which ranks
-  // store candidates and applies a per-request threshold): selective prefill against
-  // `reference` with `match` (from Match(Sketch(ids), reference.sketch)), then retention.
+  // store candidates and applies a per-request threshold): against the reference's ids and KV
+  // (read in place: a store record's, never copied) with `match` (from Match(Sketch(ids),
+  // Sketch(ref_ids))), exact reuse when it applies, else selective prefill and retention.
   // Stats as Prefill's (hit = true, similarity = match.similarity, match_ms = 0).
-  absl::StatusOr<PrefillStats> PrefillHit(std::span<const int32_t> ids, const Reference& reference,
+  absl::StatusOr<PrefillStats> PrefillHit(std::span<const int32_t> ids,
+                                          std::span<const int32_t> ref_ids, const KvCache& ref_kv,
                                           const TokenMatch& match, KvCache* cache, float* logits);
 
   // The sketch/match step alone (what a lookup pays), for ranking candidates.
@@ -92,14 +102,19 @@ class ReusePrefiller {
   // InvalidArgument unless ids are in the vocabulary, non-empty, and the cache empty and shaped.
   absl::Status CheckPrefillArgs(std::span<const int32_t> ids, const KvCache& cache) const;
   void FinishStats(const KvCache& cache, PrefillStats* st) const;
-  // Copies the first `rows` rows of `ref_kv` into the empty `cache` and computes the rest of
-  // ids at positions rows..n-1 (prefix mode, and exact-reuse hits).
+  // Copies the first `rows` rows of `ref_kv` (checked by CheckReference) into the empty
+  // `cache` and computes the rest of ids at positions rows..n-1 (prefix mode, exact reuse).
   absl::Status PrefixPrefill(std::span<const int32_t> ids, const KvCache& ref_kv, int64_t rows,
                              KvCache* cache, float* logits, PrefillStats* st);
+  // A semshare hit (arguments checked): exact reuse when ExactReuseRows allows it, else the
+  // selective path.
+  absl::Status HitPrefill(std::span<const int32_t> ids, std::span<const int32_t> ref_ids,
+                          const KvCache& ref_kv, const TokenMatch& match, KvCache* cache,
+                          float* logits, PrefillStats* st);
 
-  // snapkv and semshare: layer-by-layer prefill computing a shrinking token set when
-  // `reference` is given (a hit, with `match`), all tokens otherwise; retention per layer.
-  absl::Status SelectivePrefill(std::span<const int32_t> ids, const Reference* reference,
+  // snapkv and semshare: layer-by-layer prefill computing a shrinking token set when `ref_kv`
+  // is given (a hit, with `match`), all tokens otherwise; retention per layer.
+  absl::Status SelectivePrefill(std::span<const int32_t> ids, const KvCache* ref_kv,
                                 const TokenMatch& match, KvCache* cache, float* logits,
                                 PrefillStats* stats);
 

@@ -38,10 +38,7 @@ absl::StatusOr<PrefillStats> CpuServingSession::PrefillHit(std::span<const int32
                                                            std::span<const int32_t> ref_ids,
                                                            const KvCache& ref_kv,
                                                            const TokenMatch& match, float* logits) {
-  Reference ref;  // the selective prefill reads the reference; the record stays untouched
-  ref.ids.assign(ref_ids.begin(), ref_ids.end());
-  ref.kv = ref_kv.Copy();
-  return prefiller_.PrefillHit(ids, ref, match, &cache_, logits);
+  return prefiller_.PrefillHit(ids, ref_ids, ref_kv, match, &cache_, logits);
 }
 
 absl::Status CpuServingSession::Step(int32_t id, float* logits) {

@@ -46,8 +46,9 @@ class ServingSession {
   // Full prefill of ids at positions 0..n-1; the last token's logits to logits[vocab] when
   // logits is non-null.
   virtual absl::Status PrefillFull(std::span<const int32_t> ids, float* logits) = 0;
-  // A semshare hit, as ReusePrefiller::PrefillHit: selective prefill against the reference
-  // (ref_ids and ref_kv, positions 0..m-1 in every layer) with `match`, then retention.
+  // A semshare hit, as ReusePrefiller::PrefillHit: against the reference (ref_ids and ref_kv,
+  // positions 0..m-1 in every layer, read in place) with `match`, exact reuse when it applies,
+  // else selective prefill and retention.
   virtual absl::StatusOr<PrefillStats> PrefillHit(std::span<const int32_t> ids,
                                                   std::span<const int32_t> ref_ids,
                                                   const KvCache& ref_kv, const TokenMatch& match,
