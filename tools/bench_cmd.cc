@@ -29,12 +29,6 @@ double Seconds(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 // Median GFLOP/s of C[m,n] = A[m,k] B[n,k]^T (the layout of our projections).
 double SgemmGflops(int64_t m, int64_t n, int64_t k, int repeats) {
   std::vector<float> a(m * k, 0.01f), b(n * k, 0.02f), c(m * n);

@@ -30,6 +30,7 @@
 #include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
 #include "tools/cli_args.h"
+#include "tools/commands.h"
 
 #ifdef SEMSHARE_HAVE_CUDA
 #include <cuda_bf16.h>
@@ -98,12 +99,6 @@ class StreamTimer {
     if (!semshare_v_.ok()) return semshare_v_.status(); \
     lhs = *semshare_v_;                                 \
   }
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n == 0 ? 0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 engine::ModelConfig Shape(const std::string& name) {
   engine::ModelConfig c;

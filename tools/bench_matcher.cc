@@ -22,14 +22,6 @@
 #include "tools/commands.h"
 
 namespace semshare::tools {
-namespace {
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
-
-}  // namespace
 
 int BenchMatcherCommand(int argc, char** argv) {
   static const std::vector<FlagSpec> specs = {

@@ -60,13 +60,6 @@ double Ms(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
 }
 
-double Median(std::vector<double> v) {
-  if (v.empty()) return std::nan("");
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 // -log softmax(logits)[id], in double (the vocabulary is ~50k wide).
 double Nll(std::span<const float> logits, int32_t id) {
   const float mx = *std::max_element(logits.begin(), logits.end());

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/reuse/reuse_config.h"
+#include "tools/commands.h"
 
 namespace semshare::tools {
 namespace {
@@ -18,13 +19,6 @@ using engine::PrefillMode;
 
 constexpr PrefillMode kModes[] = {PrefillMode::kFull, PrefillMode::kPrefix, PrefillMode::kSnapKv,
                                   PrefillMode::kSemShare};
-
-double Median(std::vector<double> v) {
-  if (v.empty()) return std::nan("");
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 }  // namespace
 

@@ -75,7 +75,6 @@ double Pct(std::vector<double> v, double p) {
   const size_t i = std::min(v.size() - 1, static_cast<size_t>(std::ceil(p * v.size())) - 1);
   return v[i];
 }
-double Median(std::vector<double> v) { return Pct(std::move(v), 0.5); }
 // CPU time of the calling thread (ms): unlike wall time, it excludes the time the thread
 // waited preempted by other processes on the shared machine.
 double ThreadCpuMs() {

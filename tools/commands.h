@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/model.h"
@@ -28,6 +29,8 @@ int BenchMatcherCommand(int argc, char** argv);
 // --model, else $SEMSHARE_MODEL; loads it and reports the load time on stderr.
 absl::StatusOr<std::unique_ptr<engine::Model>> LoadModelForCli(const std::string& flag_value,
                                                                double* load_ms);
+// The median of v (the mean of the middle two for an even count); NaN when v is empty.
+double Median(std::vector<double> v);
 // Sets the thread count of OpenBLAS and the CPU backend's pool (0 = leave the defaults).
 void SetThreads(int64_t threads);
 
