@@ -22,6 +22,32 @@ using engine::cuda::DeviceBuffer;
 
 class KernelsTest : public CudaTest {};
 
+// Double reference of the attention probabilities of query row i, head h over the m keys
+// (engine/backend.h's contract: causal by position, sliding window); zeros where masked, all
+// zeros for a query that sees no key.
+std::vector<double> RefProbs(const std::vector<float>& q, const std::vector<int32_t>& qp,
+                             const std::vector<float>& kk, const std::vector<int32_t>& kp,
+                             const k::AttnShape& s, int64_t i, int64_t h) {
+  const int64_t g = h / (s.n_heads / s.n_kv_heads), D = s.head_dim;
+  std::vector<double> p(s.m, 0.0);
+  std::vector<double> sc(s.m, -INFINITY);
+  double mx = -INFINITY;
+  for (int64_t j = 0; j < s.m; ++j) {
+    if (kp[j] > qp[i] || (s.window > 0 && qp[i] - kp[j] >= s.window)) continue;
+    double dot = 0;
+    for (int64_t c = 0; c < D; ++c) {
+      dot += double(q[i * s.q_stride + h * D + c]) * kk[j * s.kv_stride + g * D + c];
+    }
+    sc[j] = dot * s.scale;
+    mx = std::max(mx, sc[j]);
+  }
+  if (mx == -INFINITY) return p;
+  double sum = 0;
+  for (int64_t j = 0; j < s.m; ++j) sum += sc[j] == -INFINITY ? 0 : std::exp(sc[j] - mx);
+  for (int64_t j = 0; j < s.m; ++j) p[j] = sc[j] == -INFINITY ? 0 : std::exp(sc[j] - mx) / sum;
+  return p;
+}
+
 // Double reference of the attention contract (engine/backend.h).
 std::vector<double> RefAttention(const std::vector<float>& q, const std::vector<int32_t>& qp,
                                  const std::vector<float>& kk, const std::vector<float>& v,
@@ -31,30 +57,31 @@ std::vector<double> RefAttention(const std::vector<float>& q, const std::vector<
   for (int64_t i = 0; i < s.n; ++i) {
     for (int64_t h = 0; h < s.n_heads; ++h) {
       const int64_t g = h / group;
-      std::vector<double> sc(s.m, -INFINITY);
-      double mx = -INFINITY;
+      const std::vector<double> p = RefProbs(q, qp, kk, kp, s, i, h);
       for (int64_t j = 0; j < s.m; ++j) {
-        if (kp[j] > qp[i] || (s.window > 0 && qp[i] - kp[j] >= s.window)) continue;
-        double dot = 0;
+        if (p[j] == 0) continue;
         for (int64_t c = 0; c < D; ++c) {
-          dot += double(q[i * s.q_stride + h * D + c]) * kk[j * s.kv_stride + g * D + c];
-        }
-        sc[j] = dot * s.scale;
-        mx = std::max(mx, sc[j]);
-      }
-      if (mx == -INFINITY) continue;
-      double sum = 0;
-      for (int64_t j = 0; j < s.m; ++j) sum += sc[j] == -INFINITY ? 0 : std::exp(sc[j] - mx);
-      for (int64_t j = 0; j < s.m; ++j) {
-        if (sc[j] == -INFINITY) continue;
-        const double p = std::exp(sc[j] - mx) / sum;
-        for (int64_t c = 0; c < D; ++c) {
-          out[(i * s.n_heads + h) * D + c] += p * v[j * s.kv_stride + g * D + c];
+          out[(i * s.n_heads + h) * D + c] += p[j] * v[j * s.kv_stride + g * D + c];
         }
       }
     }
   }
   return out;
+}
+
+// Double reference of the retention score: per key, the attention probability it receives
+// summed over the n queries and every head.
+std::vector<double> RefAttentionMass(const std::vector<float>& q, const std::vector<int32_t>& qp,
+                                     const std::vector<float>& kk, const std::vector<int32_t>& kp,
+                                     const k::AttnShape& s) {
+  std::vector<double> mass(s.m, 0.0);
+  for (int64_t i = 0; i < s.n; ++i) {
+    for (int64_t h = 0; h < s.n_heads; ++h) {
+      const std::vector<double> p = RefProbs(q, qp, kk, kp, s, i, h);
+      for (int64_t j = 0; j < s.m; ++j) mass[j] += p[j];
+    }
+  }
+  return mass;
 }
 
 k::AttnShape MakeShape(int64_t n, int64_t m, int64_t heads, int64_t kvh, int64_t d,
@@ -315,27 +342,7 @@ TEST_F(KernelsTest, AttentionMassAndCompaction) {
       k::AttentionMass<float>(qd.as<float>(), qpd.as<int32_t>(), kd.as<float>(), kpd.as<int32_t>(),
                               s, mass.as<float>(), ws.as<float>(), stream()),
       cudaSuccess);
-  // Reference: sum over queries and heads of softmax probabilities (v = one-hot trick avoided:
-  // computed directly).
-  std::vector<double> ref(m, 0.0);
-  for (int64_t i = 0; i < w; ++i) {
-    for (int64_t h = 0; h < heads; ++h) {
-      const int64_t g = h / (heads / kvh);
-      std::vector<double> sc(m, -INFINITY);
-      double mx = -INFINITY, sum = 0;
-      for (int64_t j = 0; j < m; ++j) {
-        if (kp[j] > qp[i]) continue;
-        double dot = 0;
-        for (int64_t c = 0; c < D; ++c)
-          dot += double(q[(i * heads + h) * D + c]) * kk[(j * kvh + g) * D + c];
-        sc[j] = dot * s.scale;
-        mx = std::max(mx, sc[j]);
-      }
-      for (int64_t j = 0; j < m; ++j) sum += sc[j] == -INFINITY ? 0 : std::exp(sc[j] - mx);
-      for (int64_t j = 0; j < m; ++j) ref[j] += sc[j] == -INFINITY ? 0 : std::exp(sc[j] - mx) / sum;
-    }
-  }
-  EXPECT_LT(RelErr(Down<float>(mass, m), ref), 1e-4);  // float
+  EXPECT_LT(RelErr(Down<float>(mass, m), RefAttentionMass(q, qp, kk, kp, s)), 1e-4);  // float
 
   // Compaction of the rows named by an ascending index list.
   const std::vector<int32_t> keep = {0, 3, 4, 100, 210};
@@ -375,27 +382,9 @@ TEST_F(KernelsTest, AttentionMassBf16WindowMaskedQuery) {
       k::AttentionMass<bf16>(qd.as<bf16>(), qpd.as<int32_t>(), kd.as<bf16>(), kpd.as<int32_t>(), s,
                              mass.as<float>(), ws.as<float>(), stream()),
       cudaSuccess);
-  std::vector<double> ref(m, 0.0);
-  for (int64_t i = 0; i < w; ++i) {
-    for (int64_t h = 0; h < heads; ++h) {
-      const int64_t g = h / (heads / kvh);
-      std::vector<double> sc(m, -INFINITY);
-      double mx = -INFINITY, sum = 0;
-      for (int64_t j = 0; j < m; ++j) {
-        if (kp[j] > qp[i] || qp[i] - kp[j] >= window) continue;
-        double dot = 0;
-        for (int64_t c = 0; c < D; ++c)
-          dot += double(q[(i * heads + h) * D + c]) * kk[(j * kvh + g) * D + c];
-        sc[j] = dot * s.scale;
-        mx = std::max(mx, sc[j]);
-      }
-      if (mx == -INFINITY) continue;
-      for (int64_t j = 0; j < m; ++j) sum += sc[j] == -INFINITY ? 0 : std::exp(sc[j] - mx);
-      for (int64_t j = 0; j < m; ++j) ref[j] += sc[j] == -INFINITY ? 0 : std::exp(sc[j] - mx) / sum;
-    }
-  }
   const auto got = Down<float>(mass, m);
-  EXPECT_LT(RelErr(got, ref), 1e-4);  // float accumulation of bf16-exact inputs
+  // float accumulation of bf16-exact inputs
+  EXPECT_LT(RelErr(got, RefAttentionMass(q, qp, kk, kp, s)), 1e-4);
   for (int64_t j = 0; j < m - w - window + 1; ++j) ASSERT_EQ(got[j], 0.0f) << j;  // out of window
 }
 

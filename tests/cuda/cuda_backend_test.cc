@@ -165,16 +165,8 @@ TEST_F(CudaBackendTest, SelectivePrefillWithRetentionMatchesCpu) {
   const int64_t vocab = model->config.vocab_size;
   const auto ref_ids = RandomIds(300, vocab, seed_ + 1);
   const auto ids = EditedIds(ref_ids, vocab, seed_ + 2);
-  // recompute_ratio 0: the recompute sets are the forced tokens alone on both sides, so the
-  // full-prefill bound 3e-2 applies. The default schedule fills its room with the matched
-  // tokens of highest layer-0 deviation, which for a token matched to its own id is rounding
-  // alone and so differs between the backends; a swapped token changes little on this model,
-  // hence 5e-2.
-  struct Case {
-    float recompute_ratio;
-    double bound;
-  };
-  for (const Case k : {Case{0.0f, 3e-2}, Case{engine::ReuseConfig{}.recompute_ratio, 5e-2}}) {
+  // Two recompute schedules with the same plan (ParitySchedules says why their bounds differ).
+  for (const ScheduleCase k : ParitySchedules()) {
     SCOPED_TRACE(::testing::Message() << "recompute_ratio " << k.recompute_ratio);
     engine::ReuseConfig cfg;
     cfg.hit_threshold = 0.0f;  // force a hit on the random model

@@ -118,17 +118,8 @@ TEST_F(CudaForwardTest, SelectivePrefillSamePlanAndRetentionMatchCpu) {
   std::vector<float> lc(vocab), lg(vocab, std::nanf(""));
   float margin = 0;
 
-  // Two recompute schedules with the same plan. recompute_ratio 0: every layer past 0
-  // recomputes the forced tokens alone (sink, window, unmatched), so both sides recompute the
-  // same sets by construction and the full-prefill bound 3e-2 applies. The default schedule
-  // fills the rest of its room with the matched tokens of highest layer-0 deviation, which for
-  // a token matched to its own id is rounding alone (float on the CPU, bf16 here): which of
-  // those are recomputed differs, and a swapped token moves the logits a little, hence 5e-2.
-  struct Case {
-    float recompute_ratio;
-    double bound;
-  };
-  for (const Case k : {Case{0.0f, 3e-2}, Case{engine::ReuseConfig{}.recompute_ratio, 5e-2}}) {
+  // Two recompute schedules with the same plan (ParitySchedules says why their bounds differ).
+  for (const ScheduleCase k : ParitySchedules()) {
     SCOPED_TRACE(::testing::Message() << "recompute_ratio " << k.recompute_ratio);
     engine::ReuseConfig cfg;
     cfg.hit_threshold = 0.0f;  // force a hit on the random model

@@ -59,6 +59,22 @@ void RefRope(std::vector<double>& row, int64_t heads, int64_t hd, int64_t rd, bo
   }
 }
 
+// Double reference of GatherRerotate: row i of the result is src row idx[i] rotated by
+// delta[i] (rows of heads * hd values).
+std::vector<double> RefGatherRerotate(const std::vector<float>& src,
+                                      const std::vector<int32_t>& idx,
+                                      const std::vector<int32_t>& delta, int64_t heads, int64_t hd,
+                                      int64_t rd, bool adjacent, const std::vector<float>& inv) {
+  const int64_t row_len = heads * hd;
+  std::vector<double> ref;
+  for (size_t i = 0; i < idx.size(); ++i) {
+    std::vector<double> row(src.begin() + idx[i] * row_len, src.begin() + (idx[i] + 1) * row_len);
+    RefRope(row, heads, hd, rd, adjacent, inv, delta[i]);
+    ref.insert(ref.end(), row.begin(), row.end());
+  }
+  return ref;
+}
+
 TEST_F(KernelsTest, RopeBothStylesArbitraryPositionsAndTail) {
   const int64_t n = 6, heads = 3, hd = 24, rd = 16;
   std::vector<float> inv(rd / 2);
@@ -148,13 +164,9 @@ TEST_F(KernelsTest, GatherRerotateComposesRotations) {
   ASSERT_EQ(k::GatherRerotate<bf16>(sd.as<bf16>(), id.as<int32_t>(), dd.as<int32_t>(), n, a,
                                     od.as<bf16>(), stream()),
             cudaSuccess);
-  std::vector<double> ref;
-  for (int64_t i = 0; i < n; ++i) {
-    std::vector<double> row(src.begin() + idx[i] * kvh * hd, src.begin() + (idx[i] + 1) * kvh * hd);
-    RefRope(row, kvh, hd, hd, false, inv, delta[i]);
-    ref.insert(ref.end(), row.begin(), row.end());
-  }
-  EXPECT_LT(RelErr(DownBf16(od, n * kvh * hd), ref), 8e-3);  // bf16 output
+  EXPECT_LT(RelErr(DownBf16(od, n * kvh * hd),
+                   RefGatherRerotate(src, idx, delta, kvh, hd, hd, /*adjacent=*/false, inv)),
+            8e-3);  // bf16 output
 }
 
 TEST_F(KernelsTest, RowDistanceAndSelectTopK) {
@@ -535,13 +547,9 @@ TEST_F(KernelsTest, GatherScatterRowsAndFloatRerotate) {
     ASSERT_EQ(k::GatherRerotate<float>(kd.as<float>(), id.as<int32_t>(), dd.as<int32_t>(), n, a,
                                        od.as<float>(), stream()),
               cudaSuccess);
-    std::vector<double> ref;
-    for (int64_t i = 0; i < n; ++i) {
-      std::vector<double> row(ks.begin() + idx[i] * kvh * hd, ks.begin() + (idx[i] + 1) * kvh * hd);
-      RefRope(row, kvh, hd, rd, true, inv, delta[i]);
-      ref.insert(ref.end(), row.begin(), row.end());
-    }
-    EXPECT_LT(RelErr(Down<float>(od, n * kvh * hd), ref), 1e-5);  // float rotation
+    EXPECT_LT(RelErr(Down<float>(od, n * kvh * hd),
+                     RefGatherRerotate(ks, idx, delta, kvh, hd, rd, /*adjacent=*/true, inv)),
+              1e-5);  // float rotation
   }
 }
 

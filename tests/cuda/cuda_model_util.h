@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "engine/cuda/cuda_status.h"  // SEMSHARE_STATUS_RETURN for advance lambdas
 #include "engine/model.h"
+#include "engine/reuse/reuse_config.h"
 #include "tests/test_util.h"
 
 namespace semshare::testing {
@@ -50,6 +51,21 @@ inline std::vector<int32_t> EditedIds(const std::vector<int32_t>& ref, int64_t v
     if (rng() % 10 == 0) x = static_cast<int32_t>(rng() % vocab);
   }
   return t;
+}
+
+// The two recompute schedules the selective-prefill parity tests run with the same plan on both
+// sides, each with its logits bound. recompute_ratio 0: every layer past 0 recomputes the forced
+// tokens alone (sink, window, unmatched), so both sides recompute the same sets by construction
+// and the full-prefill bound 3e-2 applies. The default schedule fills the rest of its room with
+// the matched tokens of highest layer-0 deviation, which for a token matched to its own id is
+// rounding alone (float on the CPU, bf16 on the device): which of those are recomputed differs,
+// and a swapped token moves the logits a little, hence 5e-2.
+struct ScheduleCase {
+  float recompute_ratio;
+  double bound;
+};
+inline std::vector<ScheduleCase> ParitySchedules() {
+  return {{0.0f, 3e-2}, {engine::ReuseConfig{}.recompute_ratio, 5e-2}};
 }
 
 // Relative L2 distance of two float vectors.

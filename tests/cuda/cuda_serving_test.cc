@@ -12,6 +12,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <span>
+#include <utility>
+#include <vector>
 
 #include "engine/cpu/cpu_backend.h"
 #include "engine/reuse/reuse_prefill.h"
@@ -41,6 +44,22 @@ void DecodeBoth(engine::ServingSession& c, engine::ServingSession& g, std::vecto
     SEMSHARE_STATUS_RETURN(c.Step(tok, lc.data()));
     return g.Step(tok, lg.data());
   });
+}
+
+// Begin (room for `rows` rows) and the same hit on both sessions: stats to *sc / *sg, logits
+// to lc / lg.
+void HitBoth(engine::ServingSession& c, engine::ServingSession& g, std::span<const int32_t> ids,
+             std::span<const int32_t> ref_ids, const engine::KvCache& ref_kv,
+             const engine::TokenMatch& match, int64_t rows, std::vector<float>& lc,
+             std::vector<float>& lg, engine::PrefillStats* sc, engine::PrefillStats* sg) {
+  ASSERT_TRUE(c.Begin(rows).ok());
+  ASSERT_TRUE(g.Begin(rows).ok());
+  auto a = c.PrefillHit(ids, ref_ids, ref_kv, match, lc.data());
+  auto b = g.PrefillHit(ids, ref_ids, ref_kv, match, lg.data());
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  *sc = *std::move(a);
+  *sg = *std::move(b);
 }
 
 TEST_F(CudaServingTest, MissThenHitMatchTheCpuSession) {
@@ -109,16 +128,13 @@ TEST_F(CudaServingTest, MissThenHitMatchTheCpuSession) {
   for (int32_t r : mg->ref_index) ASSERT_LT(r, 300);
   EXPECT_EQ(cs.TakeTargetSketch().n, static_cast<int64_t>(ids.size()));
   EXPECT_EQ(g.TakeTargetSketch().n, 0);  // a device session keeps no host sketch
-  ASSERT_TRUE(cs.Begin(300 + steps).ok());
-  ASSERT_TRUE(g.Begin(300 + steps).ok());
-  auto sc = cs.PrefillHit(ids, ref_ids, ref_kv, match, lc.data());
-  auto sg = g.PrefillHit(ids, ref_ids, ref_kv, match, lg.data());
-  ASSERT_TRUE(sc.ok()) << sc.status();
-  ASSERT_TRUE(sg.ok()) << sg.status();
-  EXPECT_EQ(sg->layer_computed, sc->layer_computed);
-  EXPECT_EQ(sg->layer_rows, sc->layer_rows);
-  EXPECT_EQ(sg->recomputed_tokens, sc->recomputed_tokens);
-  EXPECT_EQ(sg->reused_tokens, sc->reused_tokens);
+  engine::PrefillStats sc, sg;
+  ASSERT_NO_FATAL_FAILURE(
+      HitBoth(cs, g, ids, ref_ids, ref_kv, match, 300 + steps, lc, lg, &sc, &sg));
+  EXPECT_EQ(sg.layer_computed, sc.layer_computed);
+  EXPECT_EQ(sg.layer_rows, sc.layer_rows);
+  EXPECT_EQ(sg.recomputed_tokens, sc.recomputed_tokens);
+  EXPECT_EQ(sg.reused_tokens, sc.reused_tokens);
   EXPECT_LT(RelDiff(lg, lc), 5e-2);
   DecodeBoth(cs, g, lc, lg, steps, 5e-2, "hit");
 
@@ -134,30 +150,22 @@ TEST_F(CudaServingTest, MissThenHitMatchTheCpuSession) {
     layer.v.resize(150 * short_kv.kv_dim());
   }
   const engine::TokenMatch prefix_match = pc.Match(pc.Sketch(ids), pc.Sketch(short_ids));
-  ASSERT_TRUE(cs.Begin(300 + steps).ok());
-  ASSERT_TRUE(g.Begin(300 + steps).ok());
-  auto sc2 = cs.PrefillHit(ids, short_ids, short_kv, prefix_match, lc.data());
-  auto sg2 = g.PrefillHit(ids, short_ids, short_kv, prefix_match, lg.data());
-  ASSERT_TRUE(sc2.ok()) << sc2.status();
-  ASSERT_TRUE(sg2.ok()) << sg2.status();
-  EXPECT_EQ(sg2->layer_rows, sc2->layer_rows);
-  EXPECT_EQ(sg2->reused_tokens, sc2->reused_tokens);
+  ASSERT_NO_FATAL_FAILURE(
+      HitBoth(cs, g, ids, short_ids, short_kv, prefix_match, 300 + steps, lc, lg, &sc, &sg));
+  EXPECT_EQ(sg.layer_rows, sc.layer_rows);
+  EXPECT_EQ(sg.reused_tokens, sc.reused_tokens);
   EXPECT_LT(RelDiff(lg, lc), 5e-2);
   DecodeBoth(cs, g, lc, lg, 4, 5e-2, "second hit");
 
   // A repeat of the reference takes the exact-reuse path on both: the prefix rows copied, the
   // window computed, every row kept.
   const engine::TokenMatch self_match = pc.Match(pc.Sketch(ref_ids), pc.Sketch(ref_ids));
-  ASSERT_TRUE(cs.Begin(300 + steps).ok());
-  ASSERT_TRUE(g.Begin(300 + steps).ok());
-  auto sc3 = cs.PrefillHit(ref_ids, ref_ids, ref_kv, self_match, lc.data());
-  auto sg3 = g.PrefillHit(ref_ids, ref_ids, ref_kv, self_match, lg.data());
-  ASSERT_TRUE(sc3.ok()) << sc3.status();
-  ASSERT_TRUE(sg3.ok()) << sg3.status();
-  EXPECT_EQ(sc3->reused_tokens, 300 - cfg.window);
-  EXPECT_EQ(sg3->reused_tokens, sc3->reused_tokens);
-  EXPECT_EQ(sg3->layer_rows, sc3->layer_rows);
-  EXPECT_EQ(sg3->layer_rows, std::vector<int64_t>(ref_kv.n_layers(), 300));
+  ASSERT_NO_FATAL_FAILURE(
+      HitBoth(cs, g, ref_ids, ref_ids, ref_kv, self_match, 300 + steps, lc, lg, &sc, &sg));
+  EXPECT_EQ(sc.reused_tokens, 300 - cfg.window);
+  EXPECT_EQ(sg.reused_tokens, sc.reused_tokens);
+  EXPECT_EQ(sg.layer_rows, sc.layer_rows);
+  EXPECT_EQ(sg.layer_rows, std::vector<int64_t>(ref_kv.n_layers(), 300));
   EXPECT_EQ(g.KvBytes() * 2, cs.KvBytes());
   EXPECT_LT(RelDiff(lg, lc), 3e-2);
   DecodeBoth(cs, g, lc, lg, 4, 3e-2, "repeat");
