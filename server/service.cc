@@ -46,12 +46,32 @@ void Serialize(const google::protobuf::Message& msg, grpc::ByteBuffer* out) {
   *out = grpc::ByteBuffer(&slice, 1);
 }
 
+// A client whose deadline passes cancels the call itself, and that cancel can reach the server
+// before the server's copy of the deadline (taken when the headers arrived, so later by their
+// transit time, which a loaded machine stretches) has passed. A cancel this close to the deadline
+// is the deadline's.
+constexpr auto kDeadlineSlack = std::chrono::seconds(1);
+
+bool DeadlinePassed(const grpc::CallbackServerContext* ctx) {
+  return ctx->deadline() - kDeadlineSlack <= std::chrono::system_clock::now();
+}
+
+absl::Status DeadlineStatus() {
+  return absl::DeadlineExceededError("the deadline passed before the request finished");
+}
+
 // Why a cancelled request stopped: its deadline, or the client.
 absl::Status CancelStatus(const grpc::CallbackServerContext* ctx) {
-  if (ctx->deadline() <= std::chrono::system_clock::now()) {
-    return absl::DeadlineExceededError("the deadline passed before the request finished");
-  }
+  if (DeadlinePassed(ctx)) return DeadlineStatus();
   return absl::CancelledError("the client cancelled the request");
+}
+
+// Whether a call that finished its work can still answer: work that ends after the deadline (or
+// after a cancel) reaches no one, as the client has already been told why; it is counted so.
+absl::Status AnswerStatus(const grpc::CallbackServerContext* ctx) {
+  if (ctx->IsCancelled()) return CancelStatus(ctx);
+  if (ctx->deadline() <= std::chrono::system_clock::now()) return DeadlineStatus();
+  return absl::OkStatus();
 }
 
 // Runs `work` (InferenceWorker& -> absl::StatusOr<a response message>) on a worker for a unary call
@@ -70,8 +90,9 @@ grpc::ServerUnaryReactor* RunOnWorker(ServiceState* state, const char* method,
       return;
     }
     const auto out = work(w);
-    if (out.ok()) Serialize(*out, response);
-    reactor->Finish(state->Complete(method, out.status()));
+    absl::Status s = out.ok() ? AnswerStatus(ctx) : out.status();
+    if (s.ok()) Serialize(*out, response);
+    reactor->Finish(state->Complete(method, s));
   });
   if (!submitted.ok()) reactor->Finish(state->Complete(method, submitted));
   return reactor;
@@ -363,8 +384,8 @@ grpc::ServerUnaryReactor* SemShareService::Generate(grpc::CallbackServerContext*
     const auto started = Clock::now();
     absl::StatusOr<InferenceResult> res =
         ctx->IsCancelled() ? absl::StatusOr<InferenceResult>(CancelStatus(ctx)) : w.Run(*ir);
-    if (!res.ok()) {
-      absl::Status s = res.status();
+    absl::Status s = res.ok() ? AnswerStatus(ctx) : res.status();
+    if (!s.ok()) {
       if (absl::IsCancelled(s) || ctx->IsCancelled()) s = CancelStatus(ctx);
       reactor->Finish(state->Complete("Generate", s));
       return;
