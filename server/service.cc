@@ -52,17 +52,15 @@ void Serialize(const google::protobuf::Message& msg, grpc::ByteBuffer* out) {
 // is the deadline's.
 constexpr auto kDeadlineSlack = std::chrono::seconds(1);
 
-bool DeadlinePassed(const grpc::CallbackServerContext* ctx) {
-  return ctx->deadline() - kDeadlineSlack <= std::chrono::system_clock::now();
-}
-
 absl::Status DeadlineStatus() {
   return absl::DeadlineExceededError("the deadline passed before the request finished");
 }
 
 // Why a cancelled request stopped: its deadline, or the client.
 absl::Status CancelStatus(const grpc::CallbackServerContext* ctx) {
-  if (DeadlinePassed(ctx)) return DeadlineStatus();
+  if (ctx->deadline() - kDeadlineSlack <= std::chrono::system_clock::now()) {
+    return DeadlineStatus();
+  }
   return absl::CancelledError("the client cancelled the request");
 }
 
