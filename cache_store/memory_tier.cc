@@ -52,15 +52,23 @@ absl::Status MemoryTier::Put(RecordHandle record) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "record of ", bytes, " bytes exceeds the memory budget of ", options_.byte_budget));
   }
-  Signature sig = hasher_.Compute(record->features);  // outside the lock: the costly part
+  Signature sig = hasher_.Compute(record->features);  // outside the locks: the costly part
   const uint64_t id = record->id;
   const Namespace ns = record->ns;
+  Shard& s = ShardOf(id);
+  // Room first, then the new entry (GreedyDual's order): all growth happens under put_mu_,
+  // after the evictions that make room for it, so bytes_ never exceeds the budget, not even
+  // for an instant a concurrent Stats or List could see.
+  std::lock_guard<std::mutex> put_lock(put_mu_);
+  int64_t hits = 0;
   {
-    Shard& s = ShardOf(id);
     std::lock_guard<std::mutex> lock(s.mu);
-    int64_t hits = 0;
     if (auto it = s.entries.find(id); it != s.entries.end()) hits = it->second.hits;
-    RemoveLocked(s, id);
+    RemoveLocked(s, id);  // a republished id replaces its entry and keeps its hits
+  }
+  EvictToFit(bytes);
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
     Entry e{std::move(record), bytes, hits, NowUnixMs(), Priority(hits, bytes), ++tick_};
     s.order.insert({e.priority, e.tick, id});
     s.entries.emplace(id, std::move(e));
@@ -69,15 +77,14 @@ absl::Status MemoryTier::Put(RecordHandle record) {
     entries_.fetch_add(1);
   }
   puts_.fetch_add(1);
-  EvictToBudget();
   return absl::OkStatus();
 }
 
-void MemoryTier::EvictToBudget() {
-  std::lock_guard<std::mutex> evict_lock(evict_mu_);
-  while (bytes_.load() > options_.byte_budget) {
-    // The global minimum of the shards' minima; another thread may change a shard between
-    // the scan and the removal, which only makes this pass evict a slightly different entry.
+void MemoryTier::EvictToFit(int64_t incoming) {
+  while (bytes_.load() + incoming > options_.byte_budget) {
+    // The global minimum of the shards' minima; a concurrent Get or Delete may change a shard
+    // between the scan and the removal, which only makes this pass evict a slightly different
+    // entry. Nothing else adds bytes meanwhile (put_mu_ is held).
     int64_t best_shard = -1;
     std::pair<double, uint64_t> best;  // (priority, tick)
     for (size_t i = 0; i < shards_.size(); ++i) {
@@ -89,7 +96,7 @@ void MemoryTier::EvictToBudget() {
         best = {p, t};
       }
     }
-    if (best_shard < 0) return;  // nothing left to evict (bytes are being added right now)
+    if (best_shard < 0) return;  // empty: incoming <= budget was checked, so it fits
     Shard& s = *shards_[best_shard];
     std::lock_guard<std::mutex> lock(s.mu);
     if (s.order.empty()) continue;

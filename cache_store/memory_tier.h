@@ -4,8 +4,9 @@
 // Eviction is GreedyDual-Size-Frequency (Cherkasova 1998): an entry's priority is
 // L + (1 + hits) * 1 MiB / bytes, refreshed on every hit, where the clock L rises to the
 // priority of each evicted entry. Entries untouched for a while fall behind the rising clock
-// (recency), and at equal age many hits or a small size keep an entry longer. One eviction
-// pass at a time (evict_mu_) picks the global minimum over the shards' minima.
+// (recency), and at equal age many hits or a small size keep an entry longer. A Put first
+// evicts, one global minimum over the shards' minima at a time, until the new record fits,
+// then inserts it; Puts take turns (put_mu_), so the stored bytes never exceed the budget.
 //
 // Pinning: the tier stores RecordHandles; Get hands out a copy, so eviction or Delete only
 // drop the tier's reference and a request holding a handle keeps the record alive and
@@ -74,12 +75,13 @@ class MemoryTier : public Tier {
   double Priority(int64_t hits, int64_t bytes) const;
   // Removes `id` from `s` (s.mu held); returns its bytes, 0 if absent.
   int64_t RemoveLocked(Shard& s, uint64_t id);
-  void EvictToBudget();
+  // Evicts until `incoming` more bytes fit in the budget (put_mu_ held).
+  void EvictToFit(int64_t incoming);
 
   const MemoryTierOptions options_;
   MinHasher hasher_;
   std::vector<std::unique_ptr<Shard>> shards_;
-  std::mutex evict_mu_;
+  std::mutex put_mu_;  // serialises growth: eviction + insert
   std::atomic<double> clock_{0.0};
   std::atomic<uint64_t> tick_{0};
   std::atomic<int64_t> bytes_{0}, entries_{0};

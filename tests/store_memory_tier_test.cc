@@ -3,8 +3,8 @@
 // outlives eviction, Delete and Clear unchanged), oversize records refused, namespace isolation,
 // stats; and a stress test of many threads publishing, looking up, getting and deleting under a
 // budget of a few dozen records, verifying every byte of every record read (no torn or mixed
-// record) and the byte budget and entry accounting at quiescence. Label tsan: scripts/test also
-// runs it under ThreadSanitizer (target tsan_targets).
+// record), the byte budget held at every moment, even mid-Put, and the entry accounting at
+// quiescence. Label tsan: scripts/test also runs it under ThreadSanitizer (target tsan_targets).
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -149,7 +149,7 @@ TEST(StoreMemoryTierTest, ConcurrentPublishLookupGetEvictKeepsRecordsWhole) {
   auto tier = Tier(budget, 4);
   const MinHasher hasher(IndexConfig{});
   constexpr int kWriters = 4, kReaders = 4, kIters = 1500;
-  std::atomic<int64_t> torn{0}, gets{0}, foreign{0};
+  std::atomic<int64_t> torn{0}, gets{0}, foreign{0}, over_budget{0};
   std::vector<RecordHandle> kept_all;
   std::mutex kept_mu;
   std::vector<std::thread> threads;
@@ -181,6 +181,7 @@ TEST(StoreMemoryTierTest, ConcurrentPublishLookupGetEvictKeepsRecordsWhole) {
           if (pinned.size() > 16) pinned.pop_front();
         }
         if (i % 50 == 0 && !c->empty()) (void)tier->Delete((*c)[0].id);
+        if (tier->Stats().bytes > budget) over_budget.fetch_add(1);  // never, not even mid-Put
         if (i % 300 == 0) (void)tier->List();
       }
       for (const RecordHandle& h : pinned) {
@@ -193,6 +194,7 @@ TEST(StoreMemoryTierTest, ConcurrentPublishLookupGetEvictKeepsRecordsWhole) {
   for (std::thread& t : threads) t.join();
   EXPECT_EQ(torn.load(), 0);
   EXPECT_EQ(foreign.load(), 0);
+  EXPECT_EQ(over_budget.load(), 0);
   EXPECT_GT(gets.load(), kIters) << "readers must actually have read records";
   const TierStats st = tier->Stats();
   EXPECT_LE(st.bytes, budget);
