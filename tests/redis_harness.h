@@ -121,7 +121,7 @@ class RedisServer {
       std::ofstream conf(r->dir_ + "/redis.conf");
       conf << "port " << r->port_ << "\nbind 127.0.0.1\ndir " << r->dir_
            << "\ndaemonize no\nprotected-mode no\nsave \"\"\nappendonly yes\n"
-           << "appendfsync always\nenable-debug-command yes\nlogfile " << r->dir_ << "/redis.log\n";
+           << "appendfsync always\nlogfile " << r->dir_ << "/redis.log\n";
       if (cluster) {
         conf << "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 2000\n"
              << "cluster-require-full-coverage no\n";

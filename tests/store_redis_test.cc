@@ -4,8 +4,8 @@
 // lookup; keys spread over all masters while each record's keys share one node; a slot
 // migration exercises ASK then MOVED; a master killed with SIGKILL mid-test costs misses and
 // counted errors, never a crash or a wrong record, and its records come back when it restarts
-// on the same port and directory, without restarting the store; a server stalled with DEBUG
-// SLEEP makes operations time out (counted misses) within the client timeout; damaged or
+// on the same port and directory, without restarting the store; a server stalled with CLIENT
+// PAUSE makes operations time out (counted misses) within the client timeout; damaged or
 // missing chunks are DataLoss and dropped. If redis-server is missing the tests fail and say
 // that scripts/setup installs it.
 #include <gtest/gtest.h>
@@ -73,7 +73,9 @@ std::string Bytes(const Record& r) {
   return b.ok() ? *b : std::string();
 }
 
-RedisTierOptions TierOptions(const std::string& url, int command_timeout_ms = 1000) {
+// A generous command timeout where timing is not what a test checks: the servers fsync every
+// write (appendfsync always), which a disk shared with parallel tests can stall past a second.
+RedisTierOptions TierOptions(const std::string& url, int command_timeout_ms = 5000) {
   RedisTierOptions o;
   o.client.url = url;
   o.client.command_timeout_ms = command_timeout_ms;
@@ -227,9 +229,10 @@ TEST(RedisStandalone, DownAndSlowServerMissFastAndRecover) {
   const RecordHandle rec = MakeRecord(5);
   ASSERT_TRUE(tier.Put(rec).ok());
 
-  // Slow: DEBUG SLEEP stalls the server for 1.5 s; operations time out after 200 ms.
-  std::thread sleeper([&] { (void)(*server)->Command({"DEBUG", "SLEEP", "1.5"}, 5000); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  // Slow: CLIENT PAUSE stalls every client for 2 s and returns at once, the pause in effect (a
+  // DEBUG SLEEP sent from another thread may not have reached the server yet when the caller
+  // runs: on a loaded machine it once had not); operations time out after 200 ms.
+  ASSERT_TRUE((*server)->Command({"CLIENT", "PAUSE", "2000", "ALL"}).ok());
   auto t0 = Clock::now();
   absl::StatusOr<RecordHandle> g = tier.Get(rec->id);
   const double get_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
@@ -238,7 +241,8 @@ TEST(RedisStandalone, DownAndSlowServerMissFastAndRecover) {
   auto c = (*store)->Lookup(kNs, rec->features, 3);
   ASSERT_TRUE(c.ok());  // the facade treats the failed tier as no candidates
   EXPECT_TRUE(c->empty());
-  sleeper.join();
+  // A PING on a fresh connection is answered once the pause is over.
+  ASSERT_TRUE((*server)->Command({"PING"}, 5000).ok());
   EXPECT_GE(tier.RedisStats().client.timeouts, 1);
   EXPECT_GE((*store)->Stats().lookup_errors, 1);
   EXPECT_GE(tier.Stats().misses, 1);
