@@ -81,10 +81,8 @@ absl::StatusOr<PrefillStats> CudaServingSession::PrefillHit(std::span<const int3
     st.hit = true;
     st.similarity = match.similarity;
     st.prompt_tokens = n;
-    st.reused_tokens = exact;
-    st.recomputed_tokens = n - exact;
-    st.layer_computed.assign(config_.n_layers, n - exact);
-    st.layer_rows.assign(config_.n_layers, n);
+    st.ref_index = match.ref_index;
+    SetPrefixCopyStats(n, exact, config_.n_layers, &st);
     st.kv_bytes = cache_.ByteSize();
     st.kv_bytes_peak = st.kv_bytes;
     return st;

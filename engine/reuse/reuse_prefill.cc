@@ -88,6 +88,13 @@ int64_t ExactReuseRows(std::span<const int32_t> ids, std::span<const int32_t> re
   return std::max<int64_t>(0, std::min(lcp, n - std::max<int64_t>(window, 1)));
 }
 
+void SetPrefixCopyStats(int64_t n, int64_t rows, int64_t n_layers, PrefillStats* st) {
+  st->reused_tokens = rows;
+  st->recomputed_tokens = n - rows;
+  st->layer_computed.assign(n_layers, n - rows);
+  st->layer_rows.assign(n_layers, n);
+}
+
 ReusePrefiller::ReusePrefiller(const Model& model, Backend& backend, const ReuseConfig& config)
     : model_(model),
       backend_(backend),
@@ -225,9 +232,7 @@ absl::Status ReusePrefiller::PrefixPrefill(std::span<const int32_t> ids, const K
   cache->AssignPrefix(ref_kv, rows);
   const std::vector<int32_t> pos = Iota(n - rows, static_cast<int32_t>(rows));
   if (auto s = forward_.Forward(ids.subspan(rows), pos, *cache, logits); !s.ok()) return s;
-  st->reused_tokens = rows;
-  st->recomputed_tokens = n - rows;
-  st->layer_computed.assign(model_.config.n_layers, n - rows);
+  SetPrefixCopyStats(n, rows, model_.config.n_layers, st);
   return absl::OkStatus();
 }
 

@@ -57,6 +57,11 @@ struct PrefillStats {
 int64_t ExactReuseRows(std::span<const int32_t> ids, std::span<const int32_t> ref_ids,
                        int64_t window);
 
+// The row counts of a prefill that copied the first `rows` of its n rows from a reference and
+// computed the rest at every layer, keeping all n (prefix baseline and exact reuse, CPU and
+// CUDA sessions alike).
+void SetPrefixCopyStats(int64_t n, int64_t rows, int64_t n_layers, PrefillStats* st);
+
 // InvalidArgument unless `match` covers the n prompt tokens and names only reference rows
 // below m.
 absl::Status CheckMatch(const TokenMatch& match, int64_t n, int64_t m);
