@@ -13,7 +13,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "engine/weights.h"
+#include "engine/model/weights.h"
 
 namespace semshare::engine {
 

@@ -11,7 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/backend.h"
-#include "engine/model.h"
+#include "engine/model/model.h"
 #include "engine/reuse/reuse_config.h"
 #include "engine/reuse/serving_session.h"
 

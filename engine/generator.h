@@ -14,10 +14,10 @@
 
 #include "absl/status/statusor.h"
 #include "engine/backend.h"
-#include "engine/chat_template.h"
 #include "engine/llama_forward.h"
-#include "engine/model.h"
+#include "engine/model/model.h"
 #include "engine/sampling.h"
+#include "engine/text/chat_template.h"
 
 namespace semshare::engine {
 

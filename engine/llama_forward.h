@@ -17,7 +17,7 @@
 #include "absl/status/status.h"
 #include "engine/backend.h"
 #include "engine/kv_cache.h"
-#include "engine/model.h"
+#include "engine/model/model.h"
 
 namespace semshare::engine {
 

@@ -1,5 +1,5 @@
 // RoPE at arbitrary positions: token i at pos[i] rotates each head's pairs by pos[i] *
-// inv_freq[k]. Both pairings of engine/model_config.h's RopeStyle: kAdjacent (2k, 2k + 1) and
+// inv_freq[k]. Both pairings of engine/model/model_config.h's RopeStyle: kAdjacent (2k, 2k + 1) and
 // kHalfSplit (k, k + rope_dim / 2). The angle is formed in double (pos * inv_freq reaches
 // thousands of radians, where float rounding alone moves cos/sin by ~1e-4; the CPU reference
 // does the same), cos/sin in double, the rotation in float. One block per token, threads over

@@ -29,12 +29,12 @@
 #include "absl/status/statusor.h"
 #include "cache_store/reference_store.h"
 #include "engine/backend.h"
-#include "engine/chat_template.h"
 #include "engine/generator.h"
-#include "engine/model.h"
+#include "engine/model/model.h"
 #include "engine/reuse/reuse_prefill.h"
 #include "engine/reuse/serving_session.h"
 #include "engine/reuse/token_matcher.h"
+#include "engine/text/chat_template.h"
 #include "server/metrics.h"
 
 namespace semshare::server {

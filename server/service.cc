@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "engine/unicode_utf8.h"
+#include "engine/text/unicode_utf8.h"
 #include "server/grpc_status.h"
 
 namespace semshare::server {

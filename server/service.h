@@ -19,7 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "cache_store/reference_store.h"
-#include "engine/model.h"
+#include "engine/model/model.h"
 #include "grpcpp/grpcpp.h"
 #include "semshare/v1/semshare.grpc.pb.h"
 #include "server/auth.h"

@@ -1,14 +1,14 @@
 // Chat template tests on template texts of the families we render (ChatML: SmolLM2, Qwen2,
 // Qwen2.5; Llama-3). Expected strings are written out by hand from what the Jinja templates
 // print; tests/oracle/tokenizer_oracle_test.py compares against jinja2 itself.
-#include "engine/chat_template.h"
+#include "engine/text/chat_template.h"
 
 #include <gtest/gtest.h>
 
 #include <string>
 #include <vector>
 
-#include "engine/tokenizer.h"
+#include "engine/text/tokenizer.h"
 
 namespace semshare::engine {
 namespace {

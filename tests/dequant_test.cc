@@ -1,8 +1,8 @@
-// Tests of engine/dequant.h on hand-built blocks. Expected values are derived here from the
+// Tests of engine/model/dequant.h on hand-built blocks. Expected values are derived here from the
 // documented block layouts, element by element (independently of the loops in dequant.cc), with
 // scales chosen so that every product is exact in float: the comparisons are exact.
 // tests/oracle/dequant_oracle_test.py compares random blocks against gguf-py.
-#include "engine/dequant.h"
+#include "engine/model/dequant.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

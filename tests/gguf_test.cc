@@ -1,8 +1,8 @@
-// Tests of the GGUF reader (engine/gguf.h): files written by tests/gguf_writer.h round-trip
+// Tests of the GGUF reader (engine/model/gguf.h): files written by tests/gguf_writer.h round-trip
 // through FromBytes and Open; corrupt input of every kind the format allows gives a non-OK
 // Status whose message names the problem; random byte mutations never crash (this test also
 // runs under ASan + UBSan); the real default model opens with the expected shape.
-#include "engine/gguf.h"
+#include "engine/model/gguf.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "engine/dequant.h"
+#include "engine/model/dequant.h"
 #include "tests/gguf_writer.h"
 
 namespace semshare::engine {

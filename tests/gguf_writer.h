@@ -1,9 +1,9 @@
-// Test utility: writes GGUF bytes (the layout engine/gguf.h documents) from a description, so
+// Test utility: writes GGUF bytes (the layout engine/model/gguf.h documents) from a description, so
 // that tests can build valid files with any metadata and tensors, and invalid ones by setting
 // the raw fields a reader must check (magic, version, counts, value-type ids, n_dims, ggml type
 // ids, offsets) to bad values.
 //
-// Metadata values are described with the reader's own GgufValue tree (engine/gguf.h), so a
+// Metadata values are described with the reader's own GgufValue tree (engine/model/gguf.h), so a
 // round-trip test can compare what it wrote with what it read. A KeyValue can instead carry a
 // raw type id and raw payload bytes, for corrupt values.
 //
@@ -22,8 +22,8 @@
 #include <string_view>
 #include <vector>
 
-#include "engine/ggml_type.h"
-#include "engine/gguf.h"
+#include "engine/model/ggml_type.h"
+#include "engine/model/gguf.h"
 
 namespace semshare::engine::testutil {
 

@@ -1,7 +1,7 @@
 // SafetensorsFile: hand-built files round trip (values checked bit for bit against IEEE
 // encodings written here by hand), and every kind of corrupt input is rejected with a status
 // that names the problem, never a crash (this test also runs under ASan + UBSan).
-#include "engine/safetensors.h"
+#include "engine/model/safetensors.h"
 
 #include <unistd.h>
 

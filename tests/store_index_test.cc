@@ -24,7 +24,7 @@
 #include "absl/strings/str_split.h"
 #include "cache_store/lsh_index.h"
 #include "cache_store/prompt_features.h"
-#include "engine/model.h"
+#include "engine/model/model.h"
 #include "tests/test_util.h"
 
 namespace semshare::store {

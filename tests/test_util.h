@@ -12,7 +12,7 @@
 
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
-#include "engine/model.h"
+#include "engine/model/model.h"
 
 namespace semshare::testing {
 

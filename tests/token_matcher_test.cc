@@ -21,7 +21,7 @@
 
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "engine/model.h"
+#include "engine/model/model.h"
 #include "tests/test_util.h"
 
 namespace semshare::engine {

@@ -2,7 +2,7 @@
 // parsing, streaming decode, byte round trips (invalid UTF-8 included), the tokenizer.json
 // loader on small hand-written files, and Status errors for bad input (also under ASan+UBSan).
 // The full oracle comparison lives in tests/oracle/tokenizer_oracle_test.py.
-#include "engine/tokenizer.h"
+#include "engine/text/tokenizer.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -14,9 +14,9 @@
 #include <thread>
 #include <vector>
 
-#include "engine/bpe_pretokenizer.h"
-#include "engine/gguf.h"
-#include "engine/unicode_utf8.h"
+#include "engine/model/gguf.h"
+#include "engine/text/bpe_pretokenizer.h"
+#include "engine/text/unicode_utf8.h"
 #include "gguf_writer.h"
 #include "nlohmann/json.hpp"
 

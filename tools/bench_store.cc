@@ -48,7 +48,7 @@
 #include "cache_store/memory_tier.h"
 #include "cache_store/prompt_features.h"
 #include "cache_store/redis_tier.h"
-#include "engine/model.h"
+#include "engine/model/model.h"
 #include "nlohmann/json.hpp"
 #include "tests/redis_harness.h"
 #include "tools/bench_pairs.h"

@@ -13,7 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/cuda/cuda_context.h"
-#include "engine/model.h"
+#include "engine/model/model.h"
 
 namespace semshare::engine::cuda {
 

@@ -18,7 +18,7 @@
 #include "engine/backend.h"
 #include "engine/kv_cache.h"
 #include "engine/llama_forward.h"
-#include "engine/model.h"
+#include "engine/model/model.h"
 #include "engine/reuse/reuse_config.h"
 #include "engine/reuse/token_matcher.h"
 

@@ -10,8 +10,8 @@
 #include <span>
 #include <vector>
 
+#include "engine/model/weights.h"
 #include "engine/reuse/reuse_config.h"
-#include "engine/weights.h"
 
 namespace semshare::engine {
 

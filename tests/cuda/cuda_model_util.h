@@ -11,7 +11,7 @@
 
 #include "absl/status/status.h"
 #include "engine/cuda/cuda_status.h"  // SEMSHARE_STATUS_RETURN for advance lambdas
-#include "engine/model.h"
+#include "engine/model/model.h"
 #include "engine/reuse/reuse_config.h"
 #include "tests/test_util.h"
 

@@ -1,4 +1,4 @@
-// Fuzz target: chat-template recognition and rendering (engine/chat_template.h) of arbitrary
+// Fuzz target: chat-template recognition and rendering (engine/text/chat_template.h) of arbitrary
 // messages, under the real templates of the model families we serve and under arbitrary
 // template text.
 //
@@ -18,7 +18,7 @@
 #include <string_view>
 #include <vector>
 
-#include "engine/chat_template.h"
+#include "engine/text/chat_template.h"
 #include "tests/fuzz/fuzz_check.h"
 
 namespace {

@@ -1,7 +1,6 @@
-// Fuzz target: the GGUF reader (engine/gguf.h) on arbitrary bytes, and everything that reads a
-// parsed file's metadata without weights: every typed getter on every key, the tokenizer
-// loader (Tokenizer::FromGguf), and dequantisation of the small tensors whose data the reader
-// handed out.
+// Fuzz target: the GGUF reader (engine/model/gguf.h) on arbitrary bytes, and everything that reads
+// a parsed file's metadata without weights: every typed getter on every key, the tokenizer loader
+// (Tokenizer::FromGguf), and dequantisation of the small tensors whose data the reader handed out.
 //
 // Properties checked beyond "no crash, no sanitizer report": a tensor the reader accepts lies
 // inside the bytes it was given, and its n_bytes agrees with its type and element count.
@@ -9,9 +8,9 @@
 #include <span>
 #include <vector>
 
-#include "engine/dequant.h"
-#include "engine/gguf.h"
-#include "engine/tokenizer.h"
+#include "engine/model/dequant.h"
+#include "engine/model/gguf.h"
+#include "engine/text/tokenizer.h"
 #include "tests/fuzz/fuzz_check.h"
 
 namespace {

@@ -24,7 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "cache_store/codec.h"
 #include "cache_store/record.h"
-#include "engine/gguf.h"
+#include "engine/model/gguf.h"
 #include "nlohmann/json.hpp"
 #include "tests/gguf_writer.h"
 

@@ -1,4 +1,4 @@
-// Fuzz target: the safetensors header parser (engine/safetensors.h) on arbitrary bytes, plus
+// Fuzz target: the safetensors header parser (engine/model/safetensors.h) on arbitrary bytes, plus
 // the float32 conversion of the small tensors it accepts.
 //
 // Properties checked beyond "no crash, no sanitizer report": every accepted tensor holds exactly
@@ -9,7 +9,7 @@
 #include <span>
 #include <vector>
 
-#include "engine/safetensors.h"
+#include "engine/model/safetensors.h"
 #include "tests/fuzz/fuzz_check.h"
 
 namespace {

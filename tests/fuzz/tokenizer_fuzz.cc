@@ -1,4 +1,4 @@
-// Fuzz target: tokenizer encode/decode (engine/tokenizer.h) on arbitrary bytes, with the real
+// Fuzz target: tokenizer encode/decode (engine/text/tokenizer.h) on arbitrary bytes, with the real
 // default model's vocabulary ($SEMSHARE_MODEL, SmolLM2-135M-Instruct).
 //
 // Tokenizers under test, all built once in LLVMFuzzerInitialize:
@@ -24,10 +24,10 @@
 #include <string_view>
 #include <vector>
 
-#include "engine/bpe_pretokenizer.h"
-#include "engine/gguf.h"
-#include "engine/tokenizer.h"
-#include "engine/unicode_utf8.h"
+#include "engine/model/gguf.h"
+#include "engine/text/bpe_pretokenizer.h"
+#include "engine/text/tokenizer.h"
+#include "engine/text/unicode_utf8.h"
 #include "nlohmann/json.hpp"
 #include "tests/fuzz/fuzz_check.h"
 

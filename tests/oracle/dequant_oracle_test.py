@@ -1,4 +1,4 @@
-"""Oracle: our dequantisation (engine/dequant.cc via tests/tools/dequant_dump) against gguf-py's
+"""Oracle: our dequantisation (engine/model/dequant.cc via tests/tools/dequant_dump) against gguf-py's
 numpy port of ggml's reference `dequantize_row_*` (gguf.quants.dequantize).
 
 Why bit-exact equality is the right check: each output element is a short float32 expression of
@@ -28,7 +28,7 @@ import pytest
 import gguf
 from gguf import GGMLQuantizationType as QT
 
-# Byte offsets of the f16 scale fields within a block, per type (engine/dequant.cc layouts).
+# Byte offsets of the f16 scale fields within a block, per type (engine/model/dequant.cc layouts).
 SCALE_FIELDS = {
     "Q4_0": [0],
     "Q4_1": [0, 2],

@@ -1,4 +1,4 @@
-"""Hugging Face directory loading (engine/hf_loader.cc + engine/safetensors.cc), end to end.
+"""Hugging Face directory loading (engine/model/hf_loader.cc + engine/model/safetensors.cc), end to end.
 
 The directories are built here by make_hf_model.py with the reference `safetensors` writer:
 (i) the default SmolLM2 GGUF converted to HF format (F32, F16, BF16, and F32 split into two shards

@@ -1,5 +1,5 @@
 // Test helper for tests/oracle/dequant_oracle_test.py: dequantises raw ggml bytes with
-// engine/dequant.h so that Python can compare the result with gguf-py.
+// engine/model/dequant.h so that Python can compare the result with gguf-py.
 //
 //   dequant_dump TYPE_NAME N IN.bin OUT.f32   reads N elements of TYPE_NAME (e.g. Q4_K) from
 //                                             IN.bin (exactly their size) and writes N float32
@@ -16,9 +16,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/dequant.h"
-#include "engine/ggml_type.h"
-#include "engine/gguf.h"
+#include "engine/model/dequant.h"
+#include "engine/model/ggml_type.h"
+#include "engine/model/gguf.h"
 
 namespace {
 
