@@ -77,7 +77,10 @@ absl::StatusOr<std::unique_ptr<DeviceModel>> DeviceModel::Upload(CudaContext& ct
   SEMSHARE_ASSIGN_OR_RETURN(dm->out_norm, UploadF32(ctx, {&w.out_norm}));
   if (!w.lm_head.empty()) SEMSHARE_ASSIGN_OR_RETURN(dm->lm_head, UploadBf16(ctx, {&w.lm_head}));
   const std::vector<float> inv = RopeInvFreq(model.config, w.rope_freqs);
-  Matrix inv_m{1, static_cast<int64_t>(inv.size()), inv};
+  Matrix inv_m;
+  inv_m.rows = 1;
+  inv_m.cols = static_cast<int64_t>(inv.size());
+  inv_m.data = inv;
   SEMSHARE_ASSIGN_OR_RETURN(dm->inv_freq, UploadF32(ctx, {&inv_m}));
   for (const LayerWeights& lw : w.layers) {
     DeviceLayer l;
@@ -112,7 +115,10 @@ absl::StatusOr<std::unique_ptr<DeviceModel>> DeviceModel::Random(CudaContext& ct
                               RandomBuffer<bf16>(ctx, c.vocab_size * d, seed++, sd, 0));
   }
   const std::vector<float> inv = RopeInvFreq(c, Matrix{});
-  Matrix inv_m{1, static_cast<int64_t>(inv.size()), inv};
+  Matrix inv_m;
+  inv_m.rows = 1;
+  inv_m.cols = static_cast<int64_t>(inv.size());
+  inv_m.data = inv;
   SEMSHARE_ASSIGN_OR_RETURN(dm->inv_freq, UploadF32(ctx, {&inv_m}));
   for (int64_t i = 0; i < c.n_layers; ++i) {
     DeviceLayer l;

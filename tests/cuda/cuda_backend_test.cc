@@ -15,6 +15,7 @@
 #include "engine/llama_forward.h"
 #include "engine/reuse/reuse_prefill.h"
 #include "tests/cuda/cuda_model_util.h"
+#include "tests/cuda/cuda_test_util.h"
 #include "tests/test_util.h"
 
 namespace semshare::testing {
@@ -24,26 +25,25 @@ using engine::AttentionParams;
 using engine::CpuBackend;
 using engine::Matrix;
 
-class CudaBackendTest : public ::testing::Test {
+class CudaBackendTest : public GpuTest {
  protected:
   void SetUp() override {
-    if (engine::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device visible";
+    GpuTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     auto b = engine::cuda::CudaBackend::Create(0);
     ASSERT_TRUE(b.ok()) << b.status();
     gpu_ = std::move(*b);
-    seed_ = std::random_device{}();
-    std::printf("seed %llu\n", static_cast<unsigned long long>(seed_));
   }
   void TearDown() override {
     if (gpu_ != nullptr) {
       EXPECT_TRUE(gpu_->status().ok()) << gpu_->status();
     }
+    GpuTest::TearDown();
   }
   std::vector<float> Nan(size_t n) { return std::vector<float>(n, std::nanf("")); }
 
   CpuBackend cpu_;
   std::unique_ptr<engine::cuda::CudaBackend> gpu_;
-  uint64_t seed_ = 0;
 };
 
 TEST(BackendFactoryTest, NamesAndErrors) {

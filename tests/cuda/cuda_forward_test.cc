@@ -16,6 +16,7 @@
 #include "engine/llama_forward.h"
 #include "engine/reuse/reuse_prefill.h"
 #include "tests/cuda/cuda_model_util.h"
+#include "tests/cuda/cuda_test_util.h"
 #include "tests/test_util.h"
 
 namespace semshare::testing {
@@ -26,19 +27,17 @@ using engine::cuda::CudaForward;
 using engine::cuda::DeviceKvCache;
 using engine::cuda::DeviceModel;
 
-class CudaForwardTest : public ::testing::Test {
+class CudaForwardTest : public GpuTest {
  protected:
   void SetUp() override {
-    if (engine::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device visible";
+    GpuTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     auto c = CudaContext::Create(0);
     ASSERT_TRUE(c.ok()) << c.status();
     ctx_ = std::move(*c);
-    seed_ = std::random_device{}();
-    std::printf("seed %llu\n", static_cast<unsigned long long>(seed_));
   }
   std::unique_ptr<CudaContext> ctx_;
   engine::CpuBackend cpu_;
-  uint64_t seed_ = 0;
 };
 
 TEST_F(CudaForwardTest, FullPrefillAndDecodeMatchCpu) {

@@ -244,7 +244,10 @@ TEST_F(MatcherTest, DeviceMatcherAgreesWithTokenMatcher) {
   // 9000 reference tokens: the cosine GEMM runs in two row chunks (kMaxCosineElements / m).
   for (const Case cs : {Case{256, 700}, Case{4096, 700}, Case{256, 9000}}) {
     const int64_t vocab = 5000, dim = cs.dim;
-    engine::Matrix embd{vocab, dim, Bf16Values(Uniform(vocab * dim, seed_ + dim, -1.0f, 1.0f))};
+    engine::Matrix embd;
+    embd.rows = vocab;
+    embd.cols = dim;
+    embd.data = Bf16Values(Uniform(vocab * dim, seed_ + dim, -1.0f, 1.0f));
     auto embd_d = Up(ToBf16(embd.data));
     const engine::ReuseConfig config;  // defaults: rope base 1e16, 16 bands x 8 bits, cap 32
     const engine::TokenMatcher cpu(embd, config);
@@ -298,7 +301,10 @@ TEST_F(MatcherTest, DeviceMatcherAgreesWithTokenMatcher) {
 
 TEST_F(MatcherTest, EmptyPromptsAndNoBandsAreUnmatched) {
   const int64_t vocab = 50, dim = 64;
-  engine::Matrix embd{vocab, dim, Bf16Values(Uniform(vocab * dim, seed_, -1.0f, 1.0f))};
+  engine::Matrix embd;
+  embd.rows = vocab;
+  embd.cols = dim;
+  embd.data = Bf16Values(Uniform(vocab * dim, seed_, -1.0f, 1.0f));
   auto embd_d = Up(ToBf16(embd.data));
   const auto ids = RandomIds(40, vocab, seed_ + 1);
   for (const int bands : {16, 0}) {

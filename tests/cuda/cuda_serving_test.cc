@@ -20,20 +20,15 @@
 #include "engine/reuse/reuse_prefill.h"
 #include "engine/reuse/serving_session.h"
 #include "tests/cuda/cuda_model_util.h"
+#include "tests/cuda/cuda_test_util.h"
 #include "tests/test_util.h"
 
 namespace semshare::testing {
 namespace {
 
-class CudaServingTest : public ::testing::Test {
+class CudaServingTest : public GpuTest {
  protected:
-  void SetUp() override {
-    if (engine::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device visible";
-    seed_ = std::random_device{}();
-    std::printf("seed %llu\n", static_cast<unsigned long long>(seed_));
-  }
   engine::CpuBackend cpu_;
-  uint64_t seed_ = 0;
 };
 
 // ExpectSameGreedyDecode through two sessions' Step.

@@ -1,6 +1,10 @@
-// Helpers for the CUDA tests: a fixture that skips without a device, device buffers from host
-// vectors (and back), NaN poisoning of outputs, bf16 rounding on the host and the relative
-// error ||a - ref|| / ||ref|| (METHOD.md's measure; any NaN or inf in `a` fails).
+// Helpers for the CUDA tests: GpuTest, the base of every CUDA fixture (skips without a device,
+// or FAILS when SEMSHARE_REQUIRE_GPU=1, as scripts/gpu-check sets it, so that a machine whose
+// driver does not work cannot pass the check by skipping; the test's seed, replayable with
+// SEMSHARE_TEST_SEED=N and printed again when the test fails), CudaTest (GpuTest with a
+// context), device buffers from host vectors (and back), NaN poisoning of outputs, bf16 rounding
+// on the host and the relative error ||a - ref|| / ||ref|| (METHOD.md's measure; any NaN or inf
+// in `a` fails).
 #ifndef SEMSHARE_TESTS_CUDA_CUDA_TEST_UTIL_H_
 #define SEMSHARE_TESTS_CUDA_CUDA_TEST_UTIL_H_
 
@@ -9,10 +13,15 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "engine/cuda/cuda_context.h"
@@ -69,15 +78,64 @@ inline std::vector<float> Uniform(size_t n, uint64_t seed, float lo = -1.0f, flo
   return v;
 }
 
-class CudaTest : public ::testing::Test {
+// SEMSHARE_REQUIRE_GPU=1 (scripts/gpu-check): a missing device is a failure, not a skip.
+inline bool GpuRequired() {
+  const char* v = std::getenv("SEMSHARE_REQUIRE_GPU");
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
+// The seed of a test's random inputs: SEMSHARE_TEST_SEED when set (a failure's seed replayed),
+// else fresh from random_device. A malformed SEMSHARE_TEST_SEED is reported, not ignored.
+inline bool TestSeed(uint64_t* seed, std::string* error) {
+  const char* v = std::getenv("SEMSHARE_TEST_SEED");
+  if (v == nullptr || *v == '\0') {
+    *seed = (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
+    return true;
+  }
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long x = std::strtoull(v, &end, 10);
+  if (errno != 0 || end == v || *end != '\0') {
+    *error = std::string("SEMSHARE_TEST_SEED is not an unsigned decimal integer: '") + v + "'";
+    return false;
+  }
+  *seed = x;
+  return true;
+}
+
+// Base of every CUDA fixture. Derived SetUp()s call GpuTest::SetUp() first and return when
+// IsSkipped() || HasFatalFailure().
+class GpuTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (engine::cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device visible";
+    if (engine::cuda::DeviceCount() == 0) {
+      if (GpuRequired()) {
+        FAIL() << "no CUDA device visible and SEMSHARE_REQUIRE_GPU=1 (a skip would read as a pass)";
+      }
+      GTEST_SKIP() << "no CUDA device visible (SEMSHARE_REQUIRE_GPU=1 makes this a failure)";
+    }
+    std::string error;
+    ASSERT_TRUE(TestSeed(&seed_, &error)) << error;
+    std::printf("seed %llu\n", static_cast<unsigned long long>(seed_));
+  }
+  void TearDown() override {
+    if (HasFailure()) {
+      const ::testing::TestInfo* t = ::testing::UnitTest::GetInstance()->current_test_info();
+      std::printf("replay: SEMSHARE_TEST_SEED=%llu <this binary> --gtest_filter=%s.%s\n",
+                  static_cast<unsigned long long>(seed_), t->test_suite_name(), t->name());
+    }
+  }
+  uint64_t seed_ = 0;
+};
+
+class CudaTest : public GpuTest {
+ protected:
+  void SetUp() override {
+    GpuTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     auto c = engine::cuda::CudaContext::Create(0);
     ASSERT_TRUE(c.ok()) << c.status();
     ctx_ = std::move(*c);
-    seed_ = std::random_device{}();  // fresh inputs every run (printed for reproduction)
-    std::printf("seed %llu\n", static_cast<unsigned long long>(seed_));
   }
 
   template <typename T>
@@ -129,7 +187,6 @@ class CudaTest : public ::testing::Test {
   cudaStream_t stream() const { return ctx_->stream(); }
 
   std::unique_ptr<engine::cuda::CudaContext> ctx_;
-  uint64_t seed_ = 0;
 };
 
 }  // namespace semshare::testing

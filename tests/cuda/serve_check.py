@@ -19,6 +19,10 @@ counts are required; identical greedy text is reported (bf16 may flip a near tie
 differing text is a note, not a failure). Only the Python standard library: the GPU machine
 has none of our packages. Writes OUT/serve_check.json; exit 1 on any failure.
 
+Without a CUDA device the check skips (exit 0, "serve_check: SKIP"), unless
+SEMSHARE_REQUIRE_GPU=1 (scripts/gpu-check sets it): then it runs regardless, and the CUDA server
+that cannot start fails it, so that a broken driver cannot pass as a skip.
+
 Both servers listen on port 0 and the script reads the ports they bound from their logs (no
 port picked here and then raced for). With --budget-s every wait is cut to what is left, so the
 script ends, stops its servers and writes its JSON within the budget; SIGTERM (the caller's
@@ -243,6 +247,23 @@ def run_backend(args, backend, workdir, deadline):
     return res
 
 
+def cuda_devices():
+    """Names of the NVIDIA GPUs the driver lists (nvidia-smi -L; /proc/driver/nvidia/gpus)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30,
+                             env=LOCAL_ENV)
+        if out.returncode == 0:
+            gpus = [ln for ln in out.stdout.splitlines() if ln.startswith("GPU ")]
+            if gpus:
+                return gpus
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    try:
+        return sorted(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return []
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bin", required=True, help="directory with semshare-server and semshare")
@@ -254,6 +275,16 @@ def main():
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, on_sigterm)
     os.makedirs(args.out, exist_ok=True)
+    # Skips only when the device is not required. When it is, the check runs whatever the probe
+    # says (a machine whose driver nvidia-smi and /proc do not show may still run CUDA): the
+    # CUDA server then fails to start without a device, which fails the check.
+    if ("cuda" in args.backends.split(",") and os.environ.get("SEMSHARE_REQUIRE_GPU") != "1"
+            and not cuda_devices()):
+        with open(os.path.join(args.out, "serve_check.json"), "w") as f:
+            json.dump({"skipped": True, "failures": []}, f, indent=1)
+        print("serve_check: SKIP (no CUDA device visible; SEMSHARE_REQUIRE_GPU=1 makes this a "
+              "failure)")
+        return 0
     workdir = tempfile.mkdtemp(prefix="serve-check-", dir=args.out)
     deadline = Deadline(args.budget_s)
     results = {}
