@@ -127,68 +127,86 @@ absl::StatusOr<GenerateResult> Generator::DecodeWith(int64_t prompt_tokens,
   if (static_cast<int64_t>(logits.size()) != model_.config.vocab_size) {
     return absl::InvalidArgumentError("decode: logits must hold one value per vocabulary entry");
   }
-  GenerateResult result;
-  result.prompt_tokens = prompt_tokens;
-  Sampler sampler(options.sampling);
-  StreamDecoder decoder(*model_.tokenizer);
-  std::string text;    // all generated text so far
-  size_t emitted = 0;  // bytes of `text` handed to on_text
-  auto emit = [&](size_t end) {
-    if (end > emitted && on_text &&
-        !on_text(std::string_view(text).substr(emitted, end - emitted))) {
-      return false;
-    }
-    emitted = std::max(emitted, end);
-    return true;
-  };
-  result.finish = FinishReason::kLength;
-  for (int32_t step = 0; step < options.max_tokens; ++step) {
+  TokenStream stream(*model_.tokenizer, options, &on_text);
+  double ttft_ms = 0;
+  for (;;) {
     if (options.should_stop && options.should_stop()) {
-      result.finish = FinishReason::kCancelled;
+      stream.Cancel();
       break;
     }
-    const int32_t id = sampler.Sample(logits);
-    if (step == 0) {
-      result.timings.ttft_ms = MsSince(t0);
-    }
-    if (options.stop_at_eog && model_.tokenizer->IsEog(id)) {
-      result.finish = FinishReason::kEndOfGeneration;
-      break;
-    }
-    result.tokens.push_back(id);
-    const size_t before = text.size();
-    text += decoder.Push(id);
-    bool stopped = false;
-    for (const std::string& s : options.stop) {
-      // A new match can only start where it would overlap the newly added text.
-      const size_t from = before >= s.size() ? before - s.size() + 1 : 0;
-      const size_t at = text.find(s, from);
-      if (at != std::string::npos) {
-        text.resize(at);
-        stopped = true;
-      }
-    }
-    if (stopped) {
-      result.finish = FinishReason::kStopString;
-      break;
-    }
-    if (!emit(text.size() - HeldBack(text, options.stop))) {
-      result.finish = FinishReason::kCancelled;
-      break;
-    }
-    if (step + 1 == options.max_tokens) break;
-    if (auto s = forward_step(id, logits.data()); !s.ok()) return s;
+    const bool more = stream.Accept(logits);
+    if (stream.steps() == 1) ttft_ms = MsSince(t0);
+    if (!more) break;
+    if (auto s = forward_step(stream.last_token(), logits.data()); !s.ok()) return s;
   }
-  if (result.finish != FinishReason::kStopString && result.finish != FinishReason::kCancelled) {
-    text += decoder.Flush();
-  }
-  if (result.finish != FinishReason::kCancelled) emit(text.size());
-  result.text = std::move(text);
+  GenerateResult result = stream.Finish();
+  result.prompt_tokens = prompt_tokens;
+  result.timings.ttft_ms = ttft_ms;
   result.timings.total_ms = MsSince(t0);
   if (!result.tokens.empty() || result.finish != FinishReason::kLength) {
     result.timings.decode_ms = result.timings.total_ms - result.timings.ttft_ms;
   }
   return result;
+}
+
+TokenStream::TokenStream(const Tokenizer& tokenizer, const GenerateOptions& options,
+                         const TextCallback* on_text)
+    : tokenizer_(tokenizer),
+      options_(options),
+      on_text_(on_text != nullptr && *on_text ? on_text : nullptr),
+      sampler_(options.sampling),
+      decoder_(tokenizer) {
+  result_.finish = FinishReason::kLength;
+}
+
+bool TokenStream::Emit(size_t end) {
+  if (end > emitted_ && on_text_ != nullptr &&
+      !(*on_text_)(std::string_view(text_).substr(emitted_, end - emitted_))) {
+    return false;
+  }
+  emitted_ = std::max(emitted_, end);
+  return true;
+}
+
+bool TokenStream::Accept(std::span<const float> logits) {
+  if (result_.finish == FinishReason::kCancelled || steps_ >= options_.max_tokens) return false;
+  const int32_t id = sampler_.Sample(logits);
+  ++steps_;
+  if (options_.stop_at_eog && tokenizer_.IsEog(id)) {
+    result_.finish = FinishReason::kEndOfGeneration;
+    return false;
+  }
+  result_.tokens.push_back(id);
+  const size_t before = text_.size();
+  text_ += decoder_.Push(id);
+  bool stopped = false;
+  for (const std::string& s : options_.stop) {
+    // A new match can only start where it would overlap the newly added text.
+    const size_t from = before >= s.size() ? before - s.size() + 1 : 0;
+    const size_t at = text_.find(s, from);
+    if (at != std::string::npos) {
+      text_.resize(at);
+      stopped = true;
+    }
+  }
+  if (stopped) {
+    result_.finish = FinishReason::kStopString;
+    return false;
+  }
+  if (!Emit(text_.size() - HeldBack(text_, options_.stop))) {
+    result_.finish = FinishReason::kCancelled;
+    return false;
+  }
+  return steps_ < options_.max_tokens;
+}
+
+GenerateResult TokenStream::Finish() {
+  if (result_.finish != FinishReason::kStopString && result_.finish != FinishReason::kCancelled) {
+    text_ += decoder_.Flush();
+  }
+  if (result_.finish != FinishReason::kCancelled) Emit(text_.size());
+  result_.text = std::move(text_);
+  return std::move(result_);
 }
 
 }  // namespace semshare::engine

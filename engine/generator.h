@@ -52,6 +52,44 @@ struct GenerateResult {
 // Receives text as it becomes final; returning false cancels generation.
 using TextCallback = std::function<bool(std::string_view piece)>;
 
+// One request's decoding state, a step at a time: samples each token from its logits with the
+// request's parameters (its own seeded generator), ends at end-of-generation, a stop string or
+// max_tokens, and hands on_text the text as it becomes final (whole UTF-8 characters, never
+// part of a possible stop string). Generator::DecodeWith drives one for a single request; the
+// serving engine loop drives one per running request, whatever the batch around it.
+// Not thread-safe. `tokenizer` and `on_text` are borrowed and must outlive it.
+class TokenStream {
+ public:
+  TokenStream(const Tokenizer& tokenizer, const GenerateOptions& options,
+              const TextCallback* on_text);
+  // Samples the next token from logits[vocab]. True when generation goes on: feed
+  // last_token() to the model and call Accept with its logits. False when it has ended (or
+  // on_text asked to stop: finish() is then kCancelled); call Finish.
+  bool Accept(std::span<const float> logits);
+  // Ends the stream early (cancellation): Finish then reports kCancelled.
+  void Cancel() { result_.finish = FinishReason::kCancelled; }
+  // Flushes the text (unless stopped or cancelled) and returns the result; once.
+  GenerateResult Finish();
+
+  int32_t last_token() const { return result_.tokens.back(); }
+  const std::vector<int32_t>& tokens() const { return result_.tokens; }
+  FinishReason finish() const { return result_.finish; }
+  int32_t steps() const { return steps_; }
+
+ private:
+  bool Emit(size_t end);
+
+  const Tokenizer& tokenizer_;
+  const GenerateOptions& options_;
+  const TextCallback* on_text_;
+  Sampler sampler_;
+  StreamDecoder decoder_;
+  GenerateResult result_;
+  std::string text_;    // all generated text so far
+  size_t emitted_ = 0;  // bytes of text_ handed to on_text
+  int32_t steps_ = 0;   // tokens sampled
+};
+
 class Generator {
  public:
   Generator(const Model& model, Backend& backend);

@@ -59,13 +59,80 @@ absl::Status LlamaForward::Forward(std::span<const int32_t> ids, std::span<const
   const int64_t n = static_cast<int64_t>(ids.size());
   for (int64_t i0 = 0; i0 < n; i0 += max_chunk_) {
     if (interrupted()) return absl::CancelledError("forward: interrupted (request cancelled)");
-    ForwardChunk(ids.data() + i0, pos.data() + i0, std::min(max_chunk_, n - i0), cache);
-  }
-  if (logits != nullptr) {
-    // x_ holds the last chunk's residual stream; its last row is the last token.
-    Logits(x_.data() + ((n - 1) % max_chunk_) * c.d_model, logits);
+    const int64_t k = std::min(max_chunk_, n - i0);
+    const SeqChunk chunk{ids.subspan(i0, k), pos.subspan(i0, k), &cache,
+                         i0 + k == n ? logits : nullptr};
+    BatchPass({&chunk, 1});
+    const int64_t end = k;
+    BatchLogits({&chunk, 1}, {&end, 1});
   }
   return absl::OkStatus();
+}
+
+absl::Status LlamaForward::ForwardBatch(std::span<const SeqChunk> seqs) {
+  const ModelConfig& c = model_.config;
+  if (seqs.empty()) return absl::OkStatus();
+  std::vector<int64_t> ends(seqs.size());
+  int64_t n = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const SeqChunk& sc = seqs[i];
+    if (sc.cache == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("forward batch: sequence ", i, " has no cache"));
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (seqs[j].cache == sc.cache) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("forward batch: sequences ", j, " and ", i, " share a KV cache"));
+      }
+    }
+    if (auto s = CheckForwardArgs(c, sc.ids, sc.pos, sc.cache->n_layers(), sc.cache->kv_dim(),
+                                  sc.cache->next_position());
+        !s.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("forward batch: sequence ", i, ": ", s.message()));
+    }
+    n += static_cast<int64_t>(sc.ids.size());
+    ends[i] = n;
+  }
+  BatchPass(seqs);
+  BatchLogits(seqs, ends);
+  return absl::OkStatus();
+}
+
+void LlamaForward::BatchLogits(std::span<const SeqChunk> seqs, std::span<const int64_t> ends) {
+  const ModelConfig& c = model_.config;
+  const int64_t d = c.d_model;
+  int64_t r = 0;
+  for (const SeqChunk& sc : seqs) r += sc.logits != nullptr ? 1 : 0;
+  if (r == 0) return;
+  // One output GEMM over every wanted row: the [vocab, d_model] output matrix is the largest
+  // weight of a small model, read once per iteration instead of once per sequence.
+  logit_h_.resize(r * d);
+  int64_t j = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    if (seqs[i].logits == nullptr) continue;
+    std::copy_n(x_.data() + (ends[i] - 1) * d, d, logit_h_.data() + j * d);
+    ++j;
+  }
+  backend_.RmsNorm(logit_h_.data(), model_.weights.out_norm.data.data(), r, d, c.rms_eps,
+                   logit_h_.data());
+  if (r == 1) {
+    for (const SeqChunk& sc : seqs) {
+      if (sc.logits != nullptr) {
+        backend_.MatMul(logit_h_.data(), 1, model_.weights.output(), Matrix{}, sc.logits);
+      }
+    }
+    return;
+  }
+  logit_out_.resize(r * c.vocab_size);
+  backend_.MatMul(logit_h_.data(), r, model_.weights.output(), Matrix{}, logit_out_.data());
+  j = 0;
+  for (const SeqChunk& sc : seqs) {
+    if (sc.logits == nullptr) continue;
+    std::copy_n(logit_out_.data() + j * c.vocab_size, c.vocab_size, sc.logits);
+    ++j;
+  }
 }
 
 void LlamaForward::Reserve(int64_t s) {
@@ -96,17 +163,20 @@ void LlamaForward::Qkv(int64_t l, const float* x, const int32_t* pos, int64_t s)
   backend_.Rope(k_.data(), pos, s, c.n_kv_heads, c.head_dim, rope_);
 }
 
-void LlamaForward::StoreKv(LayerKv& kv, const int32_t* rows, const int32_t* pos, int64_t s) {
+void LlamaForward::StoreKv(LayerKv& kv, const int32_t* rows, const int32_t* pos, int64_t s,
+                           int64_t first) {
   const int64_t kvd = model_.config.n_kv_heads * model_.config.head_dim;
+  const float* k = k_.data() + first * kvd;
+  const float* v = v_.data() + first * kvd;
   if (rows == nullptr) {
-    kv.k.insert(kv.k.end(), k_.begin(), k_.begin() + s * kvd);
-    kv.v.insert(kv.v.end(), v_.begin(), v_.begin() + s * kvd);
+    kv.k.insert(kv.k.end(), k, k + s * kvd);
+    kv.v.insert(kv.v.end(), v, v + s * kvd);
     kv.pos.insert(kv.pos.end(), pos, pos + s);
     return;
   }
   for (int64_t i = 0; i < s; ++i) {
-    std::copy_n(k_.data() + i * kvd, kvd, kv.k.data() + rows[i] * kvd);
-    std::copy_n(v_.data() + i * kvd, kvd, kv.v.data() + rows[i] * kvd);
+    std::copy_n(k + i * kvd, kvd, kv.k.data() + rows[i] * kvd);
+    std::copy_n(v + i * kvd, kvd, kv.v.data() + rows[i] * kvd);
   }
 }
 
@@ -138,13 +208,33 @@ void LlamaForward::Logits(const float* x_row, float* logits) {
   backend_.MatMul(logit_h_.data(), 1, model_.weights.output(), Matrix{}, logits);
 }
 
-void LlamaForward::ForwardChunk(const int32_t* ids, const int32_t* pos, int64_t n, KvCache& cache) {
-  x_.resize(n * model_.config.d_model);
-  Embed(ids, n, x_.data());
-  for (int64_t l = 0; l < model_.config.n_layers; ++l) {
+void LlamaForward::BatchPass(std::span<const SeqChunk> seqs) {
+  const ModelConfig& c = model_.config;
+  const int64_t qd = c.n_heads * c.head_dim;
+  batch_ids_.clear();
+  batch_pos_.clear();
+  for (const SeqChunk& sc : seqs) {
+    batch_ids_.insert(batch_ids_.end(), sc.ids.begin(), sc.ids.end());
+    batch_pos_.insert(batch_pos_.end(), sc.pos.begin(), sc.pos.end());
+  }
+  const int64_t n = static_cast<int64_t>(batch_ids_.size());
+  const int32_t* pos = batch_pos_.data();
+  x_.resize(n * c.d_model);
+  Embed(batch_ids_.data(), n, x_.data());
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& lw = model_.weights.layers[l];
     Qkv(l, x_.data(), pos, n);
-    StoreKv(cache.layer(l), nullptr, pos, n);
-    Attend(l, x_.data(), pos, n, cache.layer(l));
+    int64_t o = 0;
+    for (const SeqChunk& sc : seqs) {
+      const int64_t k = static_cast<int64_t>(sc.ids.size());
+      LayerKv& kv = sc.cache->layer(l);
+      StoreKv(kv, nullptr, pos + o, k, o);
+      backend_.Attention(q_.data() + o * qd, pos + o, k, kv.k.data(), kv.v.data(), kv.pos.data(),
+                         kv.rows(), attn_, att_.data() + o * qd);
+      o += k;
+    }
+    backend_.MatMul(att_.data(), n, lw.wo, Matrix{}, h_.data());
+    backend_.Add(x_.data(), h_.data(), n * c.d_model);
     Mlp(l, x_.data(), n);
   }
 }

@@ -6,6 +6,12 @@
 //   logits = rmsnorm(x_last) W_out
 // Long inputs are processed in chunks of `max_chunk` tokens so scratch memory stays bounded;
 // the result does not depend on the chunk size beyond float summation order.
+//
+// Batched (ForwardBatch, the serving engine loop's step): the rows of several sequences, each
+// with its own KV cache, go through one pass: norms, projections and the MLP as one GEMM over
+// all rows, RoPE per row at its own position, attention per sequence over its own cache (a
+// varlen call: sequence offsets into the stacked rows, no padding), and the logits of the
+// sequences that want them as one GEMM over their last rows.
 #ifndef SEMSHARE_ENGINE_LLAMA_FORWARD_H_
 #define SEMSHARE_ENGINE_LLAMA_FORWARD_H_
 
@@ -29,6 +35,16 @@ absl::Status CheckForwardArgs(const ModelConfig& c, std::span<const int32_t> ids
                               std::span<const int32_t> pos, int64_t cache_layers,
                               int64_t cache_kv_dim, int32_t next_position);
 
+// One sequence's share of a batched forward: tokens ids[k] at positions pos[k] (ascending,
+// after the cache's) are appended to *cache; the last one's logits go to logits[vocab] when
+// logits is non-null.
+struct SeqChunk {
+  std::span<const int32_t> ids;
+  std::span<const int32_t> pos;
+  KvCache* cache = nullptr;
+  float* logits = nullptr;
+};
+
 class LlamaForward {
  public:
   // Borrows model and backend; both must outlive this object. Not thread-safe: one per
@@ -40,6 +56,13 @@ class LlamaForward {
   // when logits is non-null. InvalidArgument for out-of-range ids or positions.
   absl::Status Forward(std::span<const int32_t> ids, std::span<const int32_t> pos, KvCache& cache,
                        float* logits);
+
+  // Several sequences in one pass (see the file comment). Every chunk is checked as Forward's
+  // arguments are (InvalidArgument naming the sequence) before anything runs; two chunks may
+  // not share a cache. The rows of all chunks are processed together (scratch grows to their
+  // sum: the caller bounds it, the engine loop by its token budget). Sequential Forward calls
+  // give the same logits up to float summation order (GEMM blocking differs with row count).
+  absl::Status ForwardBatch(std::span<const SeqChunk> seqs);
 
   // An optional stop check, consulted before each chunk of Forward and before each layer of a
   // selective prefill (engine/reuse): when it returns true the pass stops with CANCELLED (the
@@ -62,8 +85,9 @@ class LlamaForward {
   const float* k() const { return k_.data(); }
   const float* v() const { return v_.data(); }
   // Writes k()/v() of the s tokens into `kv` at rows[s] (existing rows, overwritten), or
-  // appends them (with their positions) when rows is null.
-  void StoreKv(LayerKv& kv, const int32_t* rows, const int32_t* pos, int64_t s);
+  // appends them (with their positions) when rows is null. `first` skips that many rows of
+  // k()/v() (a batched pass stores each sequence's slice).
+  void StoreKv(LayerKv& kv, const int32_t* rows, const int32_t* pos, int64_t s, int64_t first = 0);
   // Attention of q() over all rows of `kv`, output projection, residual add into x.
   void Attend(int64_t l, float* x, const int32_t* pos, int64_t s, const LayerKv& kv);
   // Norm + SwiGLU MLP + residual add into x.
@@ -77,7 +101,11 @@ class LlamaForward {
   const AttentionParams& attention() const { return attn_; }
 
  private:
-  void ForwardChunk(const int32_t* ids, const int32_t* pos, int64_t n, KvCache& cache);
+  // One pass over the stacked rows of `seqs` (checked); x_ holds their residual streams after.
+  void BatchPass(std::span<const SeqChunk> seqs);
+  // The logits of the chunks that want them: their last rows of x_ (at `ends`, one past each
+  // chunk's last row), final norm and one output GEMM, scattered to each chunk's pointer.
+  void BatchLogits(std::span<const SeqChunk> seqs, std::span<const int64_t> ends);
   void Reserve(int64_t s);
 
   const Model& model_;
@@ -88,7 +116,9 @@ class LlamaForward {
   AttentionParams attn_;
   // Scratch, sized for max_chunk tokens.
   std::vector<float> x_, h_, q_, k_, v_, att_, gate_, up_;
-  std::vector<float> logit_h_;  // [d_model] normed last row for Logits
+  std::vector<float> logit_h_;    // [rows, d_model] normed last rows for the logits
+  std::vector<float> logit_out_;  // [rows, vocab] logits of a batch, before scattering
+  std::vector<int32_t> batch_ids_, batch_pos_;  // [rows] a batch's stacked ids and positions
   std::function<bool()> interrupt_;
 };
 

@@ -18,6 +18,9 @@
 namespace semshare::engine {
 namespace {
 
+using semshare::testing::kGemmOrderRelBound;
+using semshare::testing::MaxRelDiff;
+
 class ReusePrefillTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -59,15 +62,6 @@ class ReusePrefillTest : public ::testing::Test {
     std::vector<float> logits(model_->config.vocab_size);
     EXPECT_TRUE(f.Forward(ids, pos, cache, logits.data()).ok());
     return logits;
-  }
-
-  static double MaxRelDiff(const std::vector<float>& a, const std::vector<float>& b) {
-    double scale = 1e-6, worst = 0;
-    for (size_t i = 0; i < a.size(); ++i) {
-      scale = std::max(scale, static_cast<double>(std::abs(b[i])));
-      worst = std::max(worst, static_cast<double>(std::abs(a[i] - b[i])));
-    }
-    return worst / scale;
   }
 
   static const Model* model_;
@@ -157,7 +151,8 @@ TEST(ExactReuseRowsTest, CopiesAllButTheWindowOnlyWhenThePromptsDifferInItsLastT
 
 // A repeated prompt (or one extending its reference by at most `window` tokens) with the
 // default knobs, retention included: the prefix KV is copied, only the window is computed, no
-// row is evicted, and the logits are a full prefill's (the same kernels on the same rows).
+// row is evicted, and the logits are a full prefill's up to summation order (the window's rows
+// go through GEMMs of another shape than in the full prefill: kGemmOrderRelBound).
 TEST_F(ReusePrefillTest, RepeatedPromptReusesItsKvExactly) {
   ASSERT_NE(model_, nullptr);
   ReuseConfig cfg;
@@ -188,7 +183,7 @@ TEST_F(ReusePrefillTest, RepeatedPromptReusesItsKvExactly) {
       EXPECT_EQ(cache.layer(l).rows(), n) << "layer " << l;
       EXPECT_EQ(st->layer_computed[l], cfg.window);
     }
-    EXPECT_EQ(logits, FullLogits(*ids)) << "max rel diff " << MaxRelDiff(logits, FullLogits(*ids));
+    EXPECT_LE(MaxRelDiff(logits, FullLogits(*ids)), kGemmOrderRelBound);
   }
   // A suffix longer than the window goes through the selective path (and retention).
   std::vector<int32_t> far = extended;

@@ -2,6 +2,8 @@
 #ifndef SEMSHARE_TESTS_TEST_UTIL_H_
 #define SEMSHARE_TESTS_TEST_UTIL_H_
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <memory>
@@ -145,6 +147,23 @@ inline const engine::Model* DefaultModel(std::string* error) {
   }();
   *error = load_error;
   return model;
+}
+
+// Logits of the same tokens computed through GEMMs of other shapes (a 32-row window against a
+// 600-row chunk, a batch of 16 sequences against one alone) differ by float summation order
+// only: OpenBLAS picks kernels and splits the inner dimension by shape (seen: 2.1e-6 of the
+// largest |logit| with OPENBLAS_CORETYPE=Haswell on SmolLM2-135M, and equal bits on other
+// kernels). 1e-5 leaves 5x margin; a wrong row or position moves logits by 1e-2 or more.
+inline constexpr double kGemmOrderRelBound = 1e-5;
+
+// max |a - b| over max |b| (floored at 1e-6).
+inline double MaxRelDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  double scale = 1e-6, worst = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    scale = std::max(scale, static_cast<double>(std::abs(b[i])));
+    worst = std::max(worst, static_cast<double>(std::abs(a[i] - b[i])));
+  }
+  return a.size() == b.size() ? worst / scale : 1e30;
 }
 
 }  // namespace semshare::testing
