@@ -100,6 +100,67 @@ TEST(ForwardTest, InterruptStopsBetweenChunks) {
   EXPECT_EQ(fresh.rows(), 40);
 }
 
+// A batch of sequences at different stages (a fresh prompt, a prompt's second chunk, decode
+// steps over caches of different lengths, one with no logits wanted) gives each sequence the
+// logits and KV rows it gets alone: attention never reads another sequence's rows.
+TEST_P(ForwardArchTest, BatchOfSequencesEqualsEachAlone) {
+  auto m = semshare::testing::TinyModel(GetParam(), RopeStyle::kHalfSplit, 700);
+  const int32_t vocab = 97;
+  CpuBackend be;
+  LlamaForward alone(*m, be), batched(*m, be);
+  // Four sequences: heads already in their caches, then this iteration's tokens.
+  const std::vector<int64_t> head_len = {0, 19, 7, 31};
+  const std::vector<int64_t> step_len = {13, 5, 1, 1};
+  std::vector<KvCache> a, b;
+  std::vector<std::vector<int32_t>> ids(4), pos(4);
+  for (int s = 0; s < 4; ++s) {
+    const std::vector<int32_t> all = Ids(head_len[s] + step_len[s] + 3 * s, vocab);
+    a.push_back(alone.NewCache());
+    b.push_back(batched.NewCache());
+    if (head_len[s] > 0) {
+      const std::vector<int32_t> head(all.begin(), all.begin() + head_len[s]);
+      ASSERT_TRUE(alone.Forward(head, Iota(head_len[s]), a[s], nullptr).ok());
+      ASSERT_TRUE(batched.Forward(head, Iota(head_len[s]), b[s], nullptr).ok());
+    }
+    ids[s].assign(all.begin() + head_len[s], all.begin() + head_len[s] + step_len[s]);
+    pos[s] = Iota(step_len[s], static_cast<int32_t>(head_len[s]));
+  }
+  std::vector<std::vector<float>> la(4, std::vector<float>(vocab)),
+      lb(4, std::vector<float>(vocab, -1.0f));
+  std::vector<SeqChunk> chunks;
+  for (int s = 0; s < 4; ++s) {
+    ASSERT_TRUE(alone.Forward(ids[s], pos[s], a[s], la[s].data()).ok());
+    chunks.push_back(SeqChunk{ids[s], pos[s], &b[s], s == 1 ? nullptr : lb[s].data()});
+  }
+  ASSERT_TRUE(batched.ForwardBatch(chunks).ok());
+  for (int s = 0; s < 4; ++s) {
+    SCOPED_TRACE(s);
+    ASSERT_EQ(b[s].rows(), a[s].rows());
+    EXPECT_EQ(b[s].layer(1).pos, a[s].layer(1).pos);
+    if (s == 1) {
+      EXPECT_EQ(lb[s], std::vector<float>(vocab, -1.0f));  // not wanted, not written
+      continue;
+    }
+    EXPECT_LE(MaxRelDiff(lb[s], la[s]), 2e-4);
+  }
+  // The KV rows the batch appended are each sequence's own.
+  std::vector<float> ka(a[3].layer(2).k.end() - 16, a[3].layer(2).k.end());
+  std::vector<float> kb(b[3].layer(2).k.end() - 16, b[3].layer(2).k.end());
+  EXPECT_LE(MaxRelDiff(kb, ka), 2e-4);
+  // Two chunks on one cache, and a bad chunk, are refused before anything runs.
+  const int64_t rows_before = b[0].rows();
+  const std::vector<int32_t> one = {3};
+  const std::vector<int32_t> p0 = {static_cast<int32_t>(b[0].next_position())};
+  const std::vector<SeqChunk> twice = {SeqChunk{one, p0, &b[0], nullptr},
+                                       SeqChunk{one, p0, &b[0], nullptr}};
+  EXPECT_EQ(batched.ForwardBatch(twice).code(), absl::StatusCode::kInvalidArgument);
+  const std::vector<int32_t> bad = {vocab};
+  const std::vector<SeqChunk> with_bad = {SeqChunk{one, p0, &b[0], nullptr},
+                                          SeqChunk{bad, p0, &b[2], nullptr}};
+  EXPECT_EQ(batched.ForwardBatch(with_bad).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(b[0].rows(), rows_before);
+}
+
 INSTANTIATE_TEST_SUITE_P(Archs, ForwardArchTest,
                          ::testing::Values(Arch::kLlama, Arch::kQwen2, Arch::kMistral));
 
