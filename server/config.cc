@@ -45,9 +45,25 @@ const std::vector<Knob>& Knobs() {
        "Prometheus /metrics HTTP address (empty: no metrics endpoint)"},
       {"backend", &ServerConfig::backend, "cpu|cuda", "compute backend"},
       {"threads", &ServerConfig::threads, "N", "compute threads (0: all cores)", 0, 4096},
-      {"workers", &ServerConfig::workers, "N", "requests computing at once", 1, 256},
+      {"workers", &ServerConfig::workers, "N",
+       "front workers: requests tokenized and looked up in the store at once (the engine loop "
+       "computes every admitted request together)",
+       1, 256},
       {"max-queue", &ServerConfig::max_queue, "N",
-       "requests waiting beyond the workers; more get RESOURCE_EXHAUSTED", 0, 1e6},
+       "requests waiting for a front worker, and beyond --max-num-seqs for the engine loop; "
+       "more get RESOURCE_EXHAUSTED",
+       0, 1e6},
+      {"max-batch-tokens", &ServerConfig::max_batch_tokens, "N",
+       "rows per engine iteration: one per decoding request plus prefill chunks (a long prompt "
+       "is prefilled in chunks so decodes never stall longer than one)",
+       1, 1 << 20},
+      {"max-num-seqs", &ServerConfig::max_num_seqs, "N",
+       "requests running in the engine loop at once; more wait for admission", 1, 4096},
+      {"kv-cache-bytes", &ServerConfig::kv_cache_bytes, "N",
+       "KV cache budget of all running requests; admission waits for room and the newest "
+       "request is preempted (recomputed later) when decodes run out (0: a quarter of RAM, at "
+       "most 4 GiB, on the CPU; half the free GPU memory on CUDA)",
+       0, kI64},
       {"max-prompt-tokens", &ServerConfig::max_prompt_tokens, "N",
        "prompt tokens at most (0: the model's context length)", 0, kI32},
       {"max-new-tokens", &ServerConfig::max_new_tokens, "N", "max_tokens a request may ask for", 1,

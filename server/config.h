@@ -23,9 +23,13 @@ struct ServerConfig {
   std::string metrics_listen = "127.0.0.1:9464";  // Prometheus /metrics address; "" = off
   std::string backend = "cpu";                    // cpu | cuda
   int32_t threads = 0;                            // compute threads; 0 = all cores
-  int32_t workers = 1;                            // requests computing at once
-  int32_t max_queue = 64;                         // requests waiting beyond the workers
-  int64_t max_prompt_tokens = 0;                  // 0 = the model's context length
+  int32_t workers = 1;     // front workers: requests tokenized and looked up at once
+  int32_t max_queue = 64;  // requests waiting for a front worker / beyond max_num_seqs
+  // The engine loop (serving/engine_loop.h): continuous batching.
+  int64_t max_batch_tokens = 256;  // rows per iteration: decode rows + prefill chunk tokens
+  int32_t max_num_seqs = 64;       // requests running in the loop at once
+  int64_t kv_cache_bytes = 0;      // KV budget; 0 = 1/4 of RAM (<= 4 GiB), or 1/2 of free GPU
+  int64_t max_prompt_tokens = 0;   // 0 = the model's context length
   int32_t max_new_tokens = 1024;
   int32_t default_max_tokens = 128;              // when a request leaves max_tokens at 0
   int64_t max_message_bytes = int64_t{4} << 20;  // gRPC receive limit

@@ -26,18 +26,6 @@ Histogram::BucketBoundaries SimilarityBuckets() {
 
 }  // namespace
 
-const char* CacheResultName(CacheResult r) {
-  switch (r) {
-    case CacheResult::kHit:
-      return "hit";
-    case CacheResult::kMiss:
-      return "miss";
-    case CacheResult::kBypass:
-      return "bypass";
-  }
-  return "bypass";
-}
-
 Metrics::Metrics(const std::string& model_name)
     : registry_(std::make_shared<prometheus::Registry>()), model_(model_name) {
   using prometheus::BuildCounter;
@@ -65,7 +53,9 @@ Metrics::Metrics(const std::string& model_name)
                    .Add(m, LatencyBuckets());
   queue_ = &BuildHistogram()
                 .Name("semshare_request_queue_seconds")
-                .Help("Request accepted to a worker starting it")
+                .Help(
+                    "Request accepted to its admission into the engine loop (front queue, "
+                    "lookup and the wait for KV budget included)")
                 .Register(r)
                 .Add(m, StepBuckets());
   inter_token_ = &BuildHistogram()
@@ -80,12 +70,14 @@ Metrics::Metrics(const std::string& model_name)
                      .Add(m, SimilarityBuckets());
   running_ = &BuildGauge()
                   .Name("semshare_requests_running")
-                  .Help("Requests a worker is computing")
+                  .Help("Requests admitted into the engine loop (prefilling or decoding)")
                   .Register(r)
                   .Add(m);
   waiting_ = &BuildGauge()
                   .Name("semshare_requests_waiting")
-                  .Help("Requests queued for a worker")
+                  .Help(
+                      "Requests accepted and not yet admitted into the engine loop (front queue, "
+                      "lookup, waiting for KV budget)")
                   .Register(r)
                   .Add(m);
   kv_bytes_ = &BuildGauge()
@@ -93,6 +85,19 @@ Metrics::Metrics(const std::string& model_name)
                    .Help("KV cache bytes held by requests in flight")
                    .Register(r)
                    .Add(m);
+  kv_utilization_ = &BuildGauge()
+                         .Name("semshare_kv_cache_utilization")
+                         .Help(
+                             "Share (0..1) of the KV budget (--kv-cache-bytes) that running "
+                             "requests hold or have reserved for their prompts")
+                         .Register(r)
+                         .Add(m);
+  batch_rows_ = &BuildHistogram()
+                     .Name("semshare_batch_rows")
+                     .Help("Rows (decode tokens + prefill chunk tokens) per engine iteration")
+                     .Register(r)
+                     .Add(m, Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256, 512,
+                                                         1024, 2048, 4096, 8192});
   gpu_family_used_ = &BuildGauge()
                           .Name("semshare_gpu_memory_used_bytes")
                           .Help("Device memory the CUDA backend holds (weights, KV, scratch)")
@@ -112,6 +117,9 @@ Metrics::Metrics(const std::string& model_name)
                     "Prompt tokens whose deeper-layer KV came from a reference");
   recomputed_ =
       counter("semshare_recomputed_tokens_total", "Prompt tokens computed beyond layer 0");
+  preemptions_ = counter("semshare_preemptions_total",
+                         "Requests preempted (KV dropped, recomputed later) when the KV budget "
+                         "ran out");
   requests_ = &BuildCounter()
                    .Name("semshare_requests_total")
                    .Help("Finished RPCs by method and canonical gRPC status code")
@@ -187,6 +195,25 @@ void Metrics::UpdateStore(const store::StoreStats& s) {
   UpdateTier(tiers_[0], s.memory);
   UpdateTier(tiers_[1], s.disk);
   UpdateTier(tiers_[2], s.redis);
+}
+
+void Metrics::OnQueues(int64_t running, int64_t waiting) {
+  running_->Set(static_cast<double>(running));
+  std::lock_guard<std::mutex> lock(queues_mu_);
+  loop_waiting_ = waiting;
+  waiting_->Set(static_cast<double>(loop_waiting_ + front_waiting_));
+}
+
+void Metrics::OnFrontQueues(int64_t running, int64_t waiting) {
+  std::lock_guard<std::mutex> lock(queues_mu_);
+  front_waiting_ = running + waiting;  // a front job (tokenize, lookup) is not yet admitted
+  waiting_->Set(static_cast<double>(loop_waiting_ + front_waiting_));
+}
+
+void Metrics::OnIteration(int64_t rows, int64_t kv_bytes, double kv_utilization) {
+  if (rows > 0) batch_rows_->Observe(static_cast<double>(rows));
+  kv_bytes_->Set(static_cast<double>(kv_bytes));
+  kv_utilization_->Set(kv_utilization);
 }
 
 }  // namespace semshare::server

@@ -16,12 +16,13 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "serving/pipeline.h"
 
 namespace semshare::server {
 
-// cache_result label values.
-enum class CacheResult { kHit, kMiss, kBypass };
-const char* CacheResultName(CacheResult r);
+// cache_result label values (serving/pipeline.h).
+using serving::CacheResult;
+using serving::CacheResultName;
 
 // What one finished request contributes (the same figures the response carries).
 struct RequestFigures {
@@ -33,20 +34,24 @@ struct RequestFigures {
   float similarity = -1;  // best candidate's similarity; < 0 when none was scored
 };
 
-class Metrics {
+// Also the pipeline's observer: queue gauges, the engine loop's iterations (rows per batch,
+// KV held and its share of the budget), preemptions and inter-token latency.
+class Metrics final : public serving::PipelineObserver {
  public:
   explicit Metrics(const std::string& model_name);
+
+  // serving::PipelineObserver (called on the engine loop's and the front workers' threads).
+  void OnQueues(int64_t running, int64_t waiting) override;
+  void OnFrontQueues(int64_t running, int64_t waiting) override;
+  void OnIteration(int64_t rows, int64_t kv_bytes, double kv_utilization) override;
+  void OnPreemption() override { preemptions_->Increment(); }
+  void OnInterToken(double seconds) override { inter_token_->Observe(seconds); }
 
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
   void RecordRequest(const RequestFigures& f);
-  void RecordInterTokenLatency(double seconds) { inter_token_->Observe(seconds); }
   // requests_total{method, code}; code is a canonical gRPC code name (OK, INVALID_ARGUMENT...).
   void CountRequest(const std::string& method, const std::string& code);
-  void SetRunning(int64_t n) { running_->Set(static_cast<double>(n)); }
-  void SetWaiting(int64_t n) { waiting_->Set(static_cast<double>(n)); }
-  // KV bytes held by requests in flight (added on prefill, removed at the end).
-  void AddKvBytes(int64_t delta) { kv_bytes_->Increment(static_cast<double>(delta)); }
   void SetGpuMemory(int64_t used, int64_t total);
   // Store gauges and counters from a StoreStats snapshot (counters advance by the delta since
   // the last call). Thread-safe.
@@ -73,6 +78,11 @@ class Metrics {
   prometheus::Gauge* running_;
   prometheus::Gauge* waiting_;
   prometheus::Gauge* kv_bytes_;
+  prometheus::Gauge* kv_utilization_;
+  prometheus::Counter* preemptions_;
+  prometheus::Histogram* batch_rows_;
+  std::mutex queues_mu_;  // the two halves of requests_waiting
+  int64_t loop_waiting_ = 0, front_waiting_ = 0;
   prometheus::Gauge* gpu_used_ = nullptr;
   prometheus::Gauge* gpu_total_ = nullptr;
   prometheus::Counter* prompt_tokens_;

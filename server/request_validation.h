@@ -10,9 +10,12 @@
 
 #include "absl/status/statusor.h"
 #include "semshare/v1/semshare.pb.h"
-#include "server/inference.h"
+#include "serving/pipeline.h"
 
 namespace semshare::server {
+
+using serving::CachePolicy;
+using serving::PromptInput;
 
 struct RequestLimits {
   int32_t max_new_tokens = 1024;

@@ -158,22 +158,29 @@ int Main(int argc, char** argv) {
   const auto t0 = std::chrono::steady_clock::now();
   absl::StatusOr<std::unique_ptr<engine::Model>> loaded = engine::LoadModel(model_path);
   if (!loaded.ok()) return Fail(loaded.status());
-  SharedModel shared;
-  shared.model = std::shared_ptr<const engine::Model>(std::move(*loaded));
-  const engine::Model& model = *shared.model;
+  std::shared_ptr<const engine::Model> shared_model(std::move(*loaded));
+  const engine::Model& model = *shared_model;
   if (config.threads > 0) engine::ThreadPool::SetDefaultThreads(config.threads);
 
   ServingCore core;
   core.model = &model;
   core.backend_name = config.backend;
-  core.serving.reuse.mode = engine::PrefillMode::kSemShare;
-  core.serving.reuse.hit_threshold = config.similarity_threshold;
-  core.serving.reuse.min_reuse_tokens = config.min_reuse_tokens;
-  core.serving.lookup_candidates = config.lookup_candidates;
-  core.serving.max_prompt_tokens =
+  serving::PipelineOptions po;
+  po.backend = config.backend;
+  po.serving.reuse.mode = engine::PrefillMode::kSemShare;
+  po.serving.reuse.hit_threshold = config.similarity_threshold;
+  po.serving.reuse.min_reuse_tokens = config.min_reuse_tokens;
+  po.serving.lookup_candidates = config.lookup_candidates;
+  po.serving.max_prompt_tokens =
       config.max_prompt_tokens > 0 ? config.max_prompt_tokens : model.config.max_context;
-  if (core.serving.max_prompt_tokens <= 0) core.serving.max_prompt_tokens = 8192;
-  if (auto s = core.serving.reuse.Validate(); !s.ok()) return Fail(s);
+  if (po.serving.max_prompt_tokens <= 0) po.serving.max_prompt_tokens = 8192;
+  if (auto s = po.serving.reuse.Validate(); !s.ok()) return Fail(s);
+  po.front_workers = config.workers;
+  po.max_queue = config.max_queue;
+  po.loop.max_batch_tokens = config.max_batch_tokens;
+  po.loop.max_num_seqs = config.max_num_seqs;
+  po.loop.kv_cache_bytes = config.kv_cache_bytes;
+  po.loop.max_waiting = config.max_queue;
   core.limits.max_new_tokens = config.max_new_tokens;
   core.limits.default_max_tokens = config.default_max_tokens;
   core.limits.max_stop_strings = config.max_stop_strings;
@@ -214,37 +221,20 @@ int Main(int argc, char** argv) {
   std::unique_ptr<store::ReferenceStore> ref_store = *std::move(opened);
   core.store = ref_store.get();
 
-  // One worker per scheduler thread, each with its own backend (scratch). With --backend cuda
-  // the weights go to the device once (the runtime) and each worker gets a device session (its
-  // streams and KV on the device); its backend is then the CPU's, for the token sketches.
-  auto backend_failed = [&](const absl::Status& s) {
+  // The pipeline: front workers (tokenize, lookup) and the engine loop that batches every
+  // running request. With --backend cuda the weights go to the device once.
+  absl::StatusOr<std::unique_ptr<serving::Pipeline>> created =
+      serving::Pipeline::Create(shared_model, po, core.store, &metrics);
+  if (!created.ok()) {
+    const absl::Status& s = created.status();
     return Fail(absl::Status(
         s.code(),
         absl::StrCat(
             "--backend ", config.backend, ": ", s.message(),
             config.backend == "cuda" ? " (use --backend cpu on a host without one)" : "")));
-  };
-  absl::StatusOr<std::unique_ptr<engine::ServingRuntime>> runtime =
-      engine::MakeServingRuntime(config.backend, *shared.model, core.serving.reuse, {});
-  if (!runtime.ok()) return backend_failed(runtime.status());
-  std::vector<std::unique_ptr<InferenceWorker>> workers;
-  for (int32_t i = 0; i < config.workers; ++i) {
-    std::unique_ptr<engine::ServingSession> session;
-    if (*runtime != nullptr) {
-      absl::StatusOr<std::unique_ptr<engine::ServingSession>> s = (*runtime)->NewSession();
-      if (!s.ok()) return backend_failed(s.status());
-      session = *std::move(s);
-    }
-    absl::StatusOr<std::unique_ptr<engine::Backend>> backend = engine::MakeBackend("cpu");
-    if (!backend.ok()) return backend_failed(backend.status());
-    workers.push_back(std::make_unique<InferenceWorker>(shared, *std::move(backend), core.serving,
-                                                        core.store, &metrics, std::move(session)));
   }
-  Scheduler scheduler(std::move(workers), config.max_queue, [&metrics](int64_t r, int64_t w) {
-    metrics.SetRunning(r);
-    metrics.SetWaiting(w);
-  });
-  core.scheduler = &scheduler;
+  std::unique_ptr<serving::Pipeline> pipeline = *std::move(created);
+  core.pipeline = pipeline.get();
 
   // Store figures into the gauges once a second.
   std::mutex stats_mu;
@@ -254,8 +244,7 @@ int Main(int argc, char** argv) {
     std::unique_lock<std::mutex> lock(stats_mu);
     do {
       metrics.UpdateStore(ref_store->Stats());
-      if (*runtime != nullptr) {
-        const engine::BackendMemory m = (*runtime)->Memory();
+      if (const engine::BackendMemory m = pipeline->Memory(); m.device) {
         metrics.SetGpuMemory(m.used, m.total);
       }
     } while (!stats_cv.wait_for(lock, std::chrono::seconds(1), [&] { return stats_stop; }));
@@ -268,8 +257,10 @@ int Main(int argc, char** argv) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   Log(LogLevel::kInfo,
       absl::StrCat("serving ", model_name, " (", model.fingerprint, ") from ", model_path, " on ",
-                   config.backend, " with ", config.workers, " worker(s); ready in ",
-                   absl::StrFormat("%.2f", load_s), " s"));
+                   config.backend, " (", config.workers, " front worker(s), KV budget ",
+                   pipeline->options().loop.kv_cache_bytes >> 20, " MiB, up to ",
+                   config.max_num_seqs, " sequences of ", config.max_batch_tokens,
+                   " tokens per batch); ready in ", absl::StrFormat("%.2f", load_s), " s"));
 
   int sig = 0;
   sigwait(&signals, &sig);
@@ -278,8 +269,8 @@ int Main(int argc, char** argv) {
   state.StartDraining();
   health->SetServingStatus("", false);
   health->SetServingStatus(kServiceName, false);
-  scheduler.Close();
-  const bool idle = scheduler.WaitIdle(int64_t{config.drain_seconds} * 1000);
+  pipeline->Close();
+  const bool idle = pipeline->WaitIdle(int64_t{config.drain_seconds} * 1000);
   Log(LogLevel::kInfo, idle ? "drained: no requests in flight"
                             : "drain period over with requests still running; cancelling");
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(idle ? 5 : 1));

@@ -72,7 +72,8 @@ absl::Status AnswerStatus(const grpc::CallbackServerContext* ctx) {
   return absl::OkStatus();
 }
 
-// Runs `work` (InferenceWorker& -> absl::StatusOr<a response message>) on a worker for a unary call
+// Runs `work` (FrontWorker& -> absl::StatusOr<a response message>) on a front worker for a
+// unary call
 // and finishes `reactor` with its outcome: the response serialised on success, the status
 // otherwise, counted under `method` either way. A call whose client gave up while it waited
 // in the queue finishes CANCELLED or DEADLINE_EXCEEDED without running; a full queue finishes
@@ -82,7 +83,7 @@ grpc::ServerUnaryReactor* RunOnWorker(ServiceState* state, const char* method,
                                       grpc::CallbackServerContext* ctx,
                                       grpc::ServerUnaryReactor* reactor, grpc::ByteBuffer* response,
                                       Work work) {
-  absl::Status submitted = state->core()->scheduler->Submit([=](InferenceWorker& w) {
+  absl::Status submitted = state->core()->pipeline->RunFront([=](serving::FrontWorker& w) {
     if (ctx->IsCancelled()) {
       reactor->Finish(state->Complete(method, CancelStatus(ctx)));
       return;
@@ -111,9 +112,8 @@ v1::FinishReason ToProto(engine::FinishReason r) {
 }
 
 // The figures every Generate response carries, and the metrics of the same request.
-void Report(const ServingCore& core, const InferenceResult& r, Clock::time_point accepted,
-            Clock::time_point started, v1::Usage* usage, v1::CacheInfo* cache,
-            v1::Timings* timings) {
+void Report(const ServingCore& core, const serving::ServeResult& r, v1::Usage* usage,
+            v1::CacheInfo* cache, v1::Timings* timings) {
   usage->set_prompt_tokens(r.gen.prompt_tokens);
   usage->set_completion_tokens(static_cast<int64_t>(r.gen.tokens.size()));
   usage->set_reused_tokens(r.reused_tokens);
@@ -124,12 +124,15 @@ void Report(const ServingCore& core, const InferenceResult& r, Clock::time_point
   cache->set_similarity(r.similarity < 0 ? 0.0f : r.similarity);
   cache->set_kv_bytes(r.kv_bytes);
   cache->set_published(r.published);
-  const double queue_ms = Ms(accepted, started);
+  // Accepted to a front worker's start, then that worker's start to the first token and to
+  // the end; the queue figure adds the wait for admission into the engine loop.
+  const double front_ms = r.front_queue_ms;
+  const double queue_ms = front_ms + r.loop_queue_ms;
   timings->set_queue_ms(queue_ms);
   timings->set_lookup_ms(r.lookup_ms);
   timings->set_prefill_ms(r.prefill_ms);
-  timings->set_ttft_ms(queue_ms + r.first_token_ms);
-  timings->set_total_ms(queue_ms + r.total_ms);
+  timings->set_ttft_ms(front_ms + r.first_token_ms);
+  timings->set_total_ms(front_ms + r.total_ms);
 
   RequestFigures f;
   f.cache_result = r.cache_result;
@@ -146,9 +149,9 @@ void Report(const ServingCore& core, const InferenceResult& r, Clock::time_point
   core.metrics->RecordRequest(f);
 }
 
-// Builds the InferenceRequest of a validated Generate.
-std::shared_ptr<InferenceRequest> MakeRequest(ValidatedGenerate v, store::Namespace ns) {
-  auto ir = std::make_shared<InferenceRequest>();
+// Builds the ServeRequest of a validated Generate.
+std::shared_ptr<serving::ServeRequest> MakeRequest(ValidatedGenerate v, store::Namespace ns) {
+  auto ir = std::make_shared<serving::ServeRequest>();
   ir->input = std::move(v.input);
   ir->options = std::move(v.options);
   ir->policy = v.policy;
@@ -362,7 +365,6 @@ grpc::Status ServiceState::Complete(const char* method, const absl::Status& s) c
 grpc::ServerUnaryReactor* SemShareService::Generate(grpc::CallbackServerContext* ctx,
                                                     const grpc::ByteBuffer* request,
                                                     grpc::ByteBuffer* response) {
-  const auto accepted = Clock::now();
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   ServiceState* state = state_;
   auto fail = [&](const absl::Status& s) {
@@ -376,34 +378,30 @@ grpc::ServerUnaryReactor* SemShareService::Generate(grpc::CallbackServerContext*
   if (auto s = ParseRaw(request, &r); !s.ok()) return fail(s);
   absl::StatusOr<ValidatedGenerate> v = ValidateGenerateRequest(r, core->limits);
   if (!v.ok()) return fail(v.status());
-  std::shared_ptr<InferenceRequest> ir = MakeRequest(*std::move(v), state->NamespaceOf(*p));
+  std::shared_ptr<serving::ServeRequest> ir = MakeRequest(*std::move(v), state->NamespaceOf(*p));
   ir->cancelled = [ctx] { return ctx->IsCancelled(); };
-  absl::Status submitted = core->scheduler->Submit([=](InferenceWorker& w) {
-    const auto started = Clock::now();
-    absl::StatusOr<InferenceResult> res =
-        ctx->IsCancelled() ? absl::StatusOr<InferenceResult>(CancelStatus(ctx)) : w.Run(*ir);
-    absl::Status s = res.ok() ? AnswerStatus(ctx) : res.status();
-    if (!s.ok()) {
-      if (absl::IsCancelled(s) || ctx->IsCancelled()) s = CancelStatus(ctx);
-      reactor->Finish(state->Complete("Generate", s));
-      return;
-    }
-    v1::GenerateResponse out;
-    out.set_text(res->gen.text);
-    out.set_finish_reason(ToProto(res->gen.finish));
-    out.set_model(absl::StrCat(core->model->config.name, "@", core->model->fingerprint));
-    Report(*core, *res, accepted, started, out.mutable_usage(), out.mutable_cache(),
-           out.mutable_timings());
-    Serialize(out, response);
-    reactor->Finish(state->Complete("Generate", absl::OkStatus()));
-  });
+  absl::Status submitted =
+      core->pipeline->Generate(ir, [=](absl::StatusOr<serving::ServeResult> res) {
+        absl::Status s = res.ok() ? AnswerStatus(ctx) : res.status();
+        if (!s.ok()) {
+          if (absl::IsCancelled(s) || ctx->IsCancelled()) s = CancelStatus(ctx);
+          reactor->Finish(state->Complete("Generate", s));
+          return;
+        }
+        v1::GenerateResponse out;
+        out.set_text(res->gen.text);
+        out.set_finish_reason(ToProto(res->gen.finish));
+        out.set_model(absl::StrCat(core->model->config.name, "@", core->model->fingerprint));
+        Report(*core, *res, out.mutable_usage(), out.mutable_cache(), out.mutable_timings());
+        Serialize(out, response);
+        reactor->Finish(state->Complete("Generate", absl::OkStatus()));
+      });
   if (!submitted.ok()) return fail(submitted);
   return reactor;
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* SemShareService::GenerateStream(
     grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* request) {
-  const auto accepted = Clock::now();
   ServiceState* state = state_;
   auto fail = [&](const absl::Status& s) {
     return FailedStream(state->Complete("GenerateStream", s));
@@ -415,29 +413,26 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* SemShareService::GenerateStream(
   if (auto s = ParseRaw(request, &r); !s.ok()) return fail(s);
   absl::StatusOr<ValidatedGenerate> v = ValidateGenerateRequest(r, core->limits);
   if (!v.ok()) return fail(v.status());
-  std::shared_ptr<InferenceRequest> ir = MakeRequest(*std::move(v), state->NamespaceOf(*p));
+  std::shared_ptr<serving::ServeRequest> ir = MakeRequest(*std::move(v), state->NamespaceOf(*p));
   auto ch = std::make_shared<StreamChannel>();
   auto* reactor = new StreamReactor(ch);
   ir->cancelled = [ctx, ch] { return ch->broken() || ctx->IsCancelled(); };
   ir->on_text = [ch](std::string_view piece) { return ch->PushText(piece); };
-  absl::Status submitted = core->scheduler->Submit([=](InferenceWorker& w) {
-    const auto started = Clock::now();
-    absl::StatusOr<InferenceResult> res =
-        ir->cancelled() ? absl::StatusOr<InferenceResult>(CancelStatus(ctx)) : w.Run(*ir);
-    if (!res.ok()) {
-      absl::Status s = res.status();
-      if (absl::IsCancelled(s) || ir->cancelled()) s = CancelStatus(ctx);
-      ch->Fail(state->Complete("GenerateStream", s));
-      return;
-    }
-    v1::GenerateStreamResponse last;
-    last.set_done(true);
-    last.set_finish_reason(ToProto(res->gen.finish));
-    Report(*core, *res, accepted, started, last.mutable_usage(), last.mutable_cache(),
-           last.mutable_timings());
-    state->Complete("GenerateStream", absl::OkStatus());
-    ch->Finish(last);
-  });
+  absl::Status submitted =
+      core->pipeline->Generate(ir, [=](absl::StatusOr<serving::ServeResult> res) {
+        if (!res.ok()) {
+          absl::Status s = res.status();
+          if (absl::IsCancelled(s) || ir->cancelled()) s = CancelStatus(ctx);
+          ch->Fail(state->Complete("GenerateStream", s));
+          return;
+        }
+        v1::GenerateStreamResponse last;
+        last.set_done(true);
+        last.set_finish_reason(ToProto(res->gen.finish));
+        Report(*core, *res, last.mutable_usage(), last.mutable_cache(), last.mutable_timings());
+        state->Complete("GenerateStream", absl::OkStatus());
+        ch->Finish(last);
+      });
   if (!submitted.ok()) {
     ch->Fail(state->Complete("GenerateStream", submitted));
   }
@@ -456,7 +451,7 @@ grpc::ServerUnaryReactor* SemShareService::Tokenize(grpc::CallbackServerContext*
   if (input == nullptr) return reactor;
   ServingCore* core = state->core();
   return RunOnWorker(state, "Tokenize", ctx, reactor, response,
-                     [=](InferenceWorker& w) -> absl::StatusOr<v1::TokenizeResponse> {
+                     [=](serving::FrontWorker& w) -> absl::StatusOr<v1::TokenizeResponse> {
                        absl::StatusOr<std::vector<int32_t>> ids = w.Tokenize(*input);
                        if (!ids.ok()) return ids.status();
                        v1::TokenizeResponse out;
@@ -480,7 +475,7 @@ grpc::ServerUnaryReactor* SemShareService::AddReference(grpc::CallbackServerCont
   if (input == nullptr) return reactor;
   const store::Namespace ns = state->NamespaceOf(principal);
   return RunOnWorker(state, "AddReference", ctx, reactor, response,
-                     [=](InferenceWorker& w) -> absl::StatusOr<v1::AddReferenceResponse> {
+                     [=](serving::FrontWorker& w) -> absl::StatusOr<v1::AddReferenceResponse> {
                        absl::StatusOr<store::RecordHandle> rec = w.AddReference(*input, ns);
                        if (!rec.ok()) return rec.status();
                        v1::AddReferenceResponse out;
@@ -513,8 +508,8 @@ grpc::ServerUnaryReactor* SemShareService::LookupReference(grpc::CallbackServerC
   const float threshold = t == 0 ? core->limits.default_threshold : t;
   const store::Namespace ns = state->NamespaceOf(principal);
   return RunOnWorker(state, "LookupReference", ctx, reactor, response,
-                     [=](InferenceWorker& w) -> absl::StatusOr<v1::LookupReferenceResponse> {
-                       absl::StatusOr<LookupResult> res = w.Lookup(*input, ns, threshold);
+                     [=](serving::FrontWorker& w) -> absl::StatusOr<v1::LookupReferenceResponse> {
+                       absl::StatusOr<serving::LookupResult> res = w.Lookup(*input, ns, threshold);
                        if (!res.ok()) return res.status();
                        v1::LookupReferenceResponse out;
                        out.set_hit(res->hit);
@@ -545,9 +540,9 @@ grpc::ServerUnaryReactor* SemShareService::GetModelInfo(grpc::CallbackServerCont
   out->set_vocab_size(c.vocab_size);
   out->set_n_layers(c.n_layers);
   out->set_backend(core.backend_name);
-  out->set_max_prompt_tokens(core.serving.max_prompt_tokens);
+  out->set_max_prompt_tokens(core.pipeline->serving().max_prompt_tokens);
   out->set_max_new_tokens(core.limits.max_new_tokens);
-  out->set_min_reuse_tokens(core.serving.reuse.min_reuse_tokens);
+  out->set_min_reuse_tokens(core.pipeline->serving().reuse.min_reuse_tokens);
   out->set_similarity_threshold(core.limits.default_threshold);
   reactor->Finish(state_->Complete("GetModelInfo", absl::OkStatus()));
   return reactor;
@@ -584,8 +579,8 @@ grpc::ServerUnaryReactor* CacheAdminService::GetStats(grpc::CallbackServerContex
   out->set_published(s.published);
   out->set_publish_dropped(s.publish_dropped);
   out->set_publish_failed(s.publish_failed);
-  out->set_requests_running(core.scheduler->running());
-  out->set_requests_waiting(core.scheduler->waiting());
+  out->set_requests_running(core.pipeline->running());
+  out->set_requests_waiting(core.pipeline->waiting());
   reactor->Finish(state_->Complete("GetStats", absl::OkStatus()));
   return reactor;
 }

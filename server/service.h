@@ -1,7 +1,8 @@
-// The gRPC services (proto/semshare/v1/semshare.proto) on the callback API. Handlers never
-// block: they authenticate, validate and hand the work to the Scheduler, whose worker finishes
-// the call (unary) or feeds a ServerWriteReactor that writes one message at a time and
-// coalesces text produced while a write is in flight (streams).
+// The gRPC services (proto/semshare/v1/semshare.proto) on the callback API: a thin protocol
+// adapter over serving::Pipeline. Handlers never block: they authenticate, validate and hand
+// the work to the pipeline, whose front worker or engine loop finishes the call (unary) or
+// feeds a ServerWriteReactor that writes one message at a time and coalesces text produced
+// while a write is in flight (streams).
 //
 // Methods whose requests carry user text (Generate, GenerateStream, Tokenize, AddReference,
 // LookupReference) take the raw bytes and parse them here, so a request that is not a valid
@@ -26,7 +27,7 @@
 #include "server/config.h"
 #include "server/metrics.h"
 #include "server/request_validation.h"
-#include "server/scheduler.h"
+#include "serving/pipeline.h"
 
 namespace semshare::server {
 
@@ -34,10 +35,9 @@ namespace semshare::server {
 struct ServingCore {
   const engine::Model* model = nullptr;
   Metrics* metrics = nullptr;
-  Scheduler* scheduler = nullptr;
+  serving::Pipeline* pipeline = nullptr;  // the one path every request's work takes
   store::ReferenceStore* store = nullptr;
   RequestLimits limits;
-  ServingOptions serving;
   std::string backend_name;
 };
 

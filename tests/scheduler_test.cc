@@ -2,41 +2,21 @@
 // runs exactly once, at most `workers` at a time, a full queue answers RESOURCE_EXHAUSTED at
 // once, Close answers UNAVAILABLE while queued jobs still run, and the observer sees
 // consistent counts.
-#include "server/scheduler.h"
+#include "serving/scheduler.h"
 
 #include <atomic>
 #include <chrono>
 #include <thread>
 
-#include "engine/cpu/cpu_backend.h"
 #include "gtest/gtest.h"
-#include "tests/test_util.h"
 
-namespace semshare::server {
+namespace semshare::serving {
 namespace {
 
-class SchedulerTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    shared_.model = testing::TinyModel(engine::Arch::kLlama, engine::RopeStyle::kAdjacent, 7);
-    options_.max_prompt_tokens = 64;
-  }
-  std::vector<std::unique_ptr<InferenceWorker>> Workers(int n) {
-    std::vector<std::unique_ptr<InferenceWorker>> w;
-    for (int i = 0; i < n; ++i) {
-      w.push_back(std::make_unique<InferenceWorker>(shared_, std::make_unique<engine::CpuBackend>(),
-                                                    options_, nullptr, nullptr));
-    }
-    return w;
-  }
-  SharedModel shared_;
-  ServingOptions options_;
-};
-
-TEST_F(SchedulerTest, RunsEveryAcceptedJobOnceWithinTheLimits) {
+TEST(SchedulerTest, RunsEveryAcceptedJobOnceWithinTheLimits) {
   constexpr int kWorkers = 3, kQueue = 4, kThreads = 8, kPerThread = 60;
   std::atomic<int64_t> max_running{0}, max_waiting{0}, bad_observation{0};
-  Scheduler sched(Workers(kWorkers), kQueue, [&](int64_t r, int64_t w) {
+  Scheduler sched(kWorkers, kQueue, [&](int64_t r, int64_t w) {
     if (r < 0 || r > kWorkers || w < 0 || w > kQueue + kWorkers) ++bad_observation;
     int64_t m = max_running.load();
     while (r > m && !max_running.compare_exchange_weak(m, r)) {
@@ -50,7 +30,7 @@ TEST_F(SchedulerTest, RunsEveryAcceptedJobOnceWithinTheLimits) {
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&] {
       for (int i = 0; i < kPerThread; ++i) {
-        absl::Status s = sched.Submit([&](InferenceWorker&) {
+        absl::Status s = sched.Submit([&](int32_t) {
           const int64_t now = ++concurrent;
           int64_t p = peak.load();
           while (now > p && !peak.compare_exchange_weak(p, now)) {
@@ -81,19 +61,19 @@ TEST_F(SchedulerTest, RunsEveryAcceptedJobOnceWithinTheLimits) {
   EXPECT_EQ(sched.waiting(), 0);
 }
 
-TEST_F(SchedulerTest, CloseRefusesNewJobsButRunsQueuedOnes) {
-  Scheduler sched(Workers(1), 8);
+TEST(SchedulerTest, CloseRefusesNewJobsButRunsQueuedOnes) {
+  Scheduler sched(1, 8);
   std::atomic<int> ran{0};
   std::atomic<bool> release{false};
   ASSERT_TRUE(sched
-                  .Submit([&](InferenceWorker&) {
+                  .Submit([&](int32_t) {
                     while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(1));
                     ++ran;
                   })
                   .ok());
-  for (int i = 0; i < 3; ++i) ASSERT_TRUE(sched.Submit([&](InferenceWorker&) { ++ran; }).ok());
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(sched.Submit([&](int32_t) { ++ran; }).ok());
   sched.Close();
-  absl::Status s = sched.Submit([&](InferenceWorker&) { ++ran; });
+  absl::Status s = sched.Submit([&](int32_t) { ++ran; });
   EXPECT_TRUE(absl::IsUnavailable(s)) << s;
   EXPECT_FALSE(sched.WaitIdle(20));  // the first job is still held
   release = true;
@@ -101,11 +81,11 @@ TEST_F(SchedulerTest, CloseRefusesNewJobsButRunsQueuedOnes) {
   EXPECT_EQ(ran.load(), 4);
 }
 
-TEST_F(SchedulerTest, QueueLimitZeroAcceptsOnlyWhatWorkersCanStart) {
-  Scheduler sched(Workers(1), 0);
+TEST(SchedulerTest, QueueLimitZeroAcceptsOnlyWhatWorkersCanStart) {
+  Scheduler sched(1, 0);
   std::atomic<bool> release{false};
   ASSERT_TRUE(sched
-                  .Submit([&](InferenceWorker&) {
+                  .Submit([&](int32_t) {
                     while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(1));
                   })
                   .ok());
@@ -113,7 +93,7 @@ TEST_F(SchedulerTest, QueueLimitZeroAcceptsOnlyWhatWorkersCanStart) {
   for (int i = 0; i < 1000 && sched.running() == 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  absl::Status s = sched.Submit([](InferenceWorker&) {});
+  absl::Status s = sched.Submit([](int32_t) {});
   EXPECT_TRUE(absl::IsResourceExhausted(s)) << s;
   EXPECT_NE(std::string(s.message()).find("retry"), std::string::npos);
   release = true;
@@ -121,4 +101,4 @@ TEST_F(SchedulerTest, QueueLimitZeroAcceptsOnlyWhatWorkersCanStart) {
 }
 
 }  // namespace
-}  // namespace semshare::server
+}  // namespace semshare::serving

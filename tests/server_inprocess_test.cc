@@ -2,7 +2,8 @@
 // driven by many client threads at once: unary and streaming calls, cancellations mid-stream,
 // a full queue and concurrent admin calls. Checks the answers and that the server ends idle
 // (no request running, no KV held). Its point is the concurrency of the callback reactors, the
-// scheduler and the store: it also runs under ThreadSanitizer (label tsan).
+// pipeline (front workers and engine loop) and the store: it also runs under ThreadSanitizer (label
+// tsan).
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -23,11 +24,14 @@ class InProcessServer {
  public:
   explicit InProcessServer(const engine::Model* model)
       : state_(config_, std::nullopt), semshare_(&state_), admin_(&state_) {
-    shared_.model = std::shared_ptr<const engine::Model>(model, [](const engine::Model*) {});
     core_.model = model;
     core_.backend_name = "cpu";
-    core_.serving.reuse.min_reuse_tokens = 16;
-    core_.serving.max_prompt_tokens = 512;
+    serving::PipelineOptions po;
+    po.serving.reuse.min_reuse_tokens = 16;
+    po.serving.max_prompt_tokens = 512;
+    po.front_workers = 2;
+    po.max_queue = 3;
+    po.loop.kv_cache_bytes = int64_t{512} << 20;
     core_.limits.default_threshold = 0.8f;
     core_.limits.default_max_tokens = 4;
     metrics_ = std::make_unique<Metrics>("test");
@@ -37,13 +41,10 @@ class InProcessServer {
     so.memory_byte_budget = int64_t{256} << 20;
     store_ = *store::ReferenceStore::Open(so);
     core_.store = store_.get();
-    std::vector<std::unique_ptr<InferenceWorker>> workers;
-    for (int i = 0; i < 2; ++i) {
-      workers.push_back(std::make_unique<InferenceWorker>(
-          shared_, *engine::MakeBackend("cpu"), core_.serving, core_.store, metrics_.get()));
-    }
-    scheduler_ = std::make_unique<Scheduler>(std::move(workers), 3);
-    core_.scheduler = scheduler_.get();
+    pipeline_ = *serving::Pipeline::Create(
+        std::shared_ptr<const engine::Model>(model, [](const engine::Model*) {}), po, core_.store,
+        metrics_.get());
+    core_.pipeline = pipeline_.get();
     state_.Attach(&core_);
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
@@ -53,10 +54,10 @@ class InProcessServer {
   }
   ~InProcessServer() {
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    scheduler_.reset();
+    pipeline_.reset();
   }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
-  Scheduler& scheduler() { return *scheduler_; }
+  serving::Pipeline& pipeline() { return *pipeline_; }
   store::ReferenceStore& store() { return *store_; }
 
  private:
@@ -64,11 +65,10 @@ class InProcessServer {
   ServiceState state_;
   SemShareService semshare_;
   CacheAdminService admin_;
-  SharedModel shared_;
   ServingCore core_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<store::ReferenceStore> store_;
-  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<serving::Pipeline> pipeline_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
 };
@@ -140,10 +140,10 @@ TEST(ServerInProcessTest, ConcurrentCallsCancellationsAndAdmin) {
   EXPECT_GT(ok.load(), 0);
   EXPECT_EQ(other.load(), 0);
   EXPECT_EQ(ok + exhausted + cancelled + other, 12);
-  EXPECT_TRUE(server.scheduler().WaitIdle(30000));
+  EXPECT_TRUE(server.pipeline().WaitIdle(30000));
   server.store().Flush();
-  EXPECT_EQ(server.scheduler().running(), 0);
-  EXPECT_EQ(server.scheduler().waiting(), 0);
+  EXPECT_EQ(server.pipeline().running(), 0);
+  EXPECT_EQ(server.pipeline().waiting(), 0);
 }
 
 }  // namespace

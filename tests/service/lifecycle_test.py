@@ -25,8 +25,8 @@ DRAIN_S = 120  # far beyond the in-flight stream's length on a loaded 2-core mac
 @pytest.fixture(scope="module")
 def started(make_server):
     """The server and what was seen while it loaded: [(health of "", of the service)]."""
-    s = make_server(["--workers", 1, "--max-queue", 1, "--drain-seconds", DRAIN_S,
-                     "--threads", 2], ready=False, name="lifecycle")
+    s = make_server(["--workers", 1, "--max-queue", 1, "--max-num-seqs", 1,
+                     "--drain-seconds", DRAIN_S, "--threads", 2], ready=False, name="lifecycle")
     seen, early_generate = [], None
     with grpc.insecure_channel(s.target) as ch:
         c = sc.Client(s.target, api_key=sc.KEY_A)
@@ -83,8 +83,9 @@ def wait_idle(s):
 def test_queue_full_is_resource_exhausted(started):
     s, _, _ = started
     with s.client(sc.KEY_A) as c:
-        # Five at once: one computes, one waits, three are refused. Each runs 32 decode steps, so
-        # the first is still computing (seconds) when the last arrives (milliseconds later).
+        # Five at once: one computes (--max-num-seqs 1), one waits (--max-queue 1), three are
+        # refused. Each runs 32 decode steps, so the first is still computing (seconds) when the
+        # last arrives (milliseconds later).
         req = c.generate_request(sc.SHORT_PROMPT, max_tokens=32, ignore_eos=True)
         md = (("authorization", f"Bearer {sc.KEY_A}"),)
         futures = [c.semshare.Generate.future(req, metadata=md, timeout=300) for _ in range(5)]

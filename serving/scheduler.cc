@@ -1,15 +1,14 @@
-#include "server/scheduler.h"
+#include "serving/scheduler.h"
 
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
 
-namespace semshare::server {
+namespace semshare::serving {
 
-Scheduler::Scheduler(std::vector<std::unique_ptr<InferenceWorker>> workers, int32_t max_queue,
-                     Observer observer)
-    : max_queue_(max_queue), observer_(std::move(observer)), workers_(std::move(workers)) {
-  for (auto& w : workers_) threads_.emplace_back([this, p = w.get()] { Loop(p); });
+Scheduler::Scheduler(int32_t workers, int32_t max_queue, Observer observer)
+    : max_queue_(max_queue), observer_(std::move(observer)), workers_(workers) {
+  for (int32_t i = 0; i < workers_; ++i) threads_.emplace_back([this, i] { Loop(i); });
 }
 
 Scheduler::~Scheduler() {
@@ -26,7 +25,7 @@ absl::Status Scheduler::Submit(Job job) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (closed_) return absl::UnavailableError("the server is shutting down; retry elsewhere");
-    const int64_t idle = static_cast<int64_t>(workers_.size()) - running_;
+    const int64_t idle = workers_ - running_;
     if (static_cast<int64_t>(queue_.size()) - idle >= max_queue_) {
       return absl::ResourceExhaustedError(
           absl::StrCat("the server is at capacity (", running_, " running, ", queue_.size(),
@@ -64,7 +63,7 @@ void Scheduler::Notify() {
   if (observer_) observer_(running_, static_cast<int64_t>(queue_.size()));
 }
 
-void Scheduler::Loop(InferenceWorker* worker) {
+void Scheduler::Loop(int32_t worker) {
   for (;;) {
     Job job;
     {
@@ -76,7 +75,7 @@ void Scheduler::Loop(InferenceWorker* worker) {
       ++running_;
       Notify();
     }
-    job(*worker);
+    job(worker);
     {
       std::lock_guard<std::mutex> lock(mu_);
       --running_;
@@ -86,4 +85,4 @@ void Scheduler::Loop(InferenceWorker* worker) {
   }
 }
 
-}  // namespace semshare::server
+}  // namespace semshare::serving

@@ -1,0 +1,95 @@
+// BatchRunner: what the engine loop (serving/engine_loop.h) needs from a backend to run one
+// iteration over many sequences, each with its own KV wherever the backend keeps it.
+//
+//   CpuBatchRunner: LlamaForward::ForwardBatch over host KvCaches: projections and MLP as one
+//     GEMM over every row of the iteration, attention per sequence (varlen), one logits GEMM;
+//     prefill chunks of any size continue a sequence's cache (chunked prefill).
+//   SessionBatchRunner: a device ServingRuntime (engine/backend_factory.h) with one
+//     ServingSession per sequence (its KV on the device). Each item runs on its own session:
+//     a prompt is prefilled in one piece (max_chunk() == 0) and each decode step is its own
+//     forward. It serves the loop's scheduling, budget and preemption on CUDA today; a batched
+//     device forward replaces it without changing the loop.
+//
+// Not thread-safe: the engine loop's thread is its only user.
+#ifndef SEMSHARE_SERVING_BATCH_RUNNER_H_
+#define SEMSHARE_SERVING_BATCH_RUNNER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
+#include "engine/backend_factory.h"
+#include "engine/kv_cache.h"
+#include "engine/model/model.h"
+#include "engine/reuse/reuse_config.h"
+#include "engine/reuse/reuse_prefill.h"
+#include "engine/reuse/token_matcher.h"
+
+namespace semshare::serving {
+
+// One sequence's KV, owned by the loop, made and read by its runner.
+class SeqKv {
+ public:
+  virtual ~SeqKv() = default;
+  // Rows held in the layer with the most (retention may leave deeper layers shorter).
+  virtual int64_t rows() const = 0;
+  // Bytes of K and V held.
+  virtual int64_t bytes() const = 0;
+  // Position after the last row (0 when empty).
+  virtual int32_t next_position() const = 0;
+};
+
+class BatchRunner {
+ public:
+  // One sequence's share of an iteration: ids at positions pos appended to its KV; the last
+  // token's logits to logits[vocab] when non-null.
+  struct Item {
+    SeqKv* seq = nullptr;
+    std::span<const int32_t> ids;
+    std::span<const int32_t> pos;
+    float* logits = nullptr;
+  };
+
+  virtual ~BatchRunner() = default;
+  virtual std::string_view backend() const = 0;
+  virtual const engine::Model& model() const = 0;
+  // An empty sequence with room for `rows` rows (a hint: prompt + max_tokens).
+  virtual absl::StatusOr<std::unique_ptr<SeqKv>> NewSeq(int64_t rows) = 0;
+  // Runs every item in one iteration. An error fails the whole iteration: the loop then fails
+  // each request in it (their KV is in an unknown state).
+  virtual absl::Status Forward(std::span<const Item> items) = 0;
+  // A reuse hit as the sequence's whole prefill (the ReusePrefiller rule: exact reuse when the
+  // prompt repeats the reference, else selective prefill and retention); `interrupt` may stop
+  // it between layers (CANCELLED).
+  virtual absl::StatusOr<engine::PrefillStats> PrefillHit(SeqKv& seq, std::span<const int32_t> ids,
+                                                          std::span<const int32_t> ref_ids,
+                                                          const engine::KvCache& ref_kv,
+                                                          const engine::TokenMatch& match,
+                                                          float* logits,
+                                                          std::function<bool()> interrupt) = 0;
+  // The sequence's KV as a host cache (moved out on the host, copied from a device); the
+  // sequence is empty after it.
+  virtual absl::StatusOr<engine::KvCache> TakeKv(SeqKv& seq) = 0;
+  // Most prompt tokens one prefill item may carry; 0 when a prompt must come in one piece.
+  virtual int64_t max_chunk() const = 0;
+  // KV bytes of one token's row over every layer (for the loop's budget).
+  virtual int64_t row_bytes() const = 0;
+};
+
+// The CPU runner. Borrows model (outlives it); owns its backend's ops.
+std::unique_ptr<BatchRunner> NewCpuBatchRunner(const engine::Model& model,
+                                               std::unique_ptr<engine::Backend> backend,
+                                               const engine::ReuseConfig& reuse);
+
+// The device runner on `runtime` (borrowed; outlives it).
+std::unique_ptr<BatchRunner> NewSessionBatchRunner(const engine::Model& model,
+                                                   engine::ServingRuntime& runtime);
+
+}  // namespace semshare::serving
+
+#endif  // SEMSHARE_SERVING_BATCH_RUNNER_H_

@@ -1,0 +1,227 @@
+// The request pipeline (DESIGN.md section 3): the one path every protocol adapter (gRPC today,
+// HTTP beside it) hands its requests to.
+//
+//   Generate: a front worker tokenizes (chat template for conversations), checks limits,
+//     looks the prompt up in the store (the prompt-level index for candidates, the token
+//     matcher to rank them) and applies the hit rule (HitRule below, shared with `semshare
+//     bench`); the request then goes to the EngineLoop (serving/engine_loop.h), which prefills
+//     it (the hit's plan or a full, chunked prefill) and decodes it in the batch with every
+//     other running request. When it ends, its prompt's KV is published to the store (a miss
+//     under CachePolicy::kAuto), off the loop: the record is queued to the store's writer.
+//   Tokenize, LookupReference, AddReference: front-worker jobs (AddReference prefills through
+//     the engine loop too, so it shares the KV budget).
+//
+// Threads: `front_workers` threads (each with a host backend for token sketches and, with
+// --backend cuda, a device session for matching on the GPU) and the engine loop's one thread.
+// The store, the model and the observer are shared and thread-safe or immutable.
+#ifndef SEMSHARE_SERVING_PIPELINE_H_
+#define SEMSHARE_SERVING_PIPELINE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "cache_store/reference_store.h"
+#include "engine/backend.h"
+#include "engine/backend_factory.h"
+#include "engine/generator.h"
+#include "engine/model/model.h"
+#include "engine/reuse/reuse_prefill.h"
+#include "engine/reuse/serving_session.h"
+#include "engine/reuse/token_matcher.h"
+#include "engine/text/chat_template.h"
+#include "serving/engine_loop.h"
+#include "serving/scheduler.h"
+
+namespace semshare::serving {
+
+enum class CachePolicy { kAuto, kBypass, kNoPublish };
+
+// cache_result of a request (metrics label, response field).
+enum class CacheResult { kHit, kMiss, kBypass };
+const char* CacheResultName(CacheResult r);
+
+// The input of a request: a plain prompt or a conversation.
+struct PromptInput {
+  bool is_chat = false;
+  std::string prompt;
+  std::vector<engine::ChatMessage> messages;
+};
+
+struct ServeRequest {
+  PromptInput input;
+  engine::GenerateOptions options;  // max_tokens resolved (>= 1)
+  CachePolicy policy = CachePolicy::kAuto;
+  float threshold = 0.8f;  // hit threshold for this request
+  store::Namespace ns;
+  // True once the client cancelled, disconnected or its deadline passed; checked between
+  // engine iterations (a running prefill checks it between chunks and layers).
+  std::function<bool()> cancelled;
+  // Streaming: text pieces as they become final (on the engine loop's thread; must be quick);
+  // false stops generation.
+  engine::TextCallback on_text;
+};
+
+struct ServeResult {
+  engine::GenerateResult gen;
+  CacheResult cache_result = CacheResult::kBypass;
+  bool looked_up = false;
+  uint64_t reference_id = 0;
+  float similarity = -1;  // best candidate's; < 0 when none was scored
+  int32_t candidates = 0;
+  int64_t kv_bytes = 0;
+  bool published = false;
+  int64_t reused_tokens = 0, recomputed_tokens = 0;
+  int32_t preemptions = 0;
+  double front_queue_ms = 0;  // accepted to a front worker's start
+  double lookup_ms = 0;
+  double loop_queue_ms = 0;  // handed to the engine loop to its admission
+  double prefill_ms = 0;
+  double first_token_ms = 0;  // front worker's start to the first token
+  double total_ms = 0;        // front worker's start to the end
+};
+
+struct LookupResult {
+  bool hit = false;
+  uint64_t reference_id = 0;
+  float similarity = -1;
+  int32_t candidates = 0;
+  int64_t prompt_tokens = 0;
+  double lookup_ms = 0;
+};
+
+// The hit rule, one place for the server and `semshare bench`: a lookup runs for prompts of
+// at least min_reuse_tokens under a policy other than bypass, with a store; the best candidate
+// is a hit at or above the request's threshold.
+struct HitRule {
+  static bool LooksUp(const engine::ReuseConfig& reuse, CachePolicy policy, bool have_store,
+                      int64_t prompt_tokens) {
+    return have_store && policy != CachePolicy::kBypass && prompt_tokens >= reuse.min_reuse_tokens;
+  }
+  static bool Hits(float similarity, float threshold) { return similarity >= threshold; }
+};
+
+struct ServingOptions {
+  engine::ReuseConfig reuse;      // mode semshare; hit_threshold / min_reuse_tokens from flags
+  int32_t lookup_candidates = 4;  // store candidates scored per lookup
+  int64_t max_prompt_tokens = 0;  // resolved (> 0)
+};
+
+// What the pipeline reports (the server's metrics implement it); thread-safe.
+class PipelineObserver : public LoopObserver {
+ public:
+  // Front workers: jobs queued and running (tokenize, lookup).
+  virtual void OnFrontQueues(int64_t running, int64_t waiting) = 0;
+};
+
+class Pipeline;
+
+// One front thread's tools: tokenizer, lookups (sketch and match on its session), records.
+class FrontWorker {
+ public:
+  // Borrows pipeline; owns backend (host ops for sketches) and session (matching; null: a
+  // CpuServingSession on backend).
+  FrontWorker(Pipeline& pipeline, std::unique_ptr<engine::Backend> backend,
+              std::unique_ptr<engine::ServingSession> session);
+
+  // Token ids of the input (chat template applied for conversations). InvalidArgument for a
+  // conversation the template cannot render; OUT_OF_RANGE over max_prompt_tokens.
+  absl::StatusOr<std::vector<int32_t>> Tokenize(const PromptInput& input) const;
+  // Tokenize, lookup, the hit rule, then the engine loop; `done` is called exactly once (on
+  // this thread for errors before the loop, else on the loop's thread).
+  void Generate(std::shared_ptr<ServeRequest> request,
+                std::function<void(absl::StatusOr<ServeResult>)> done);
+  // Full prefill of the input through the engine loop, published into `ns` and flushed
+  // (blocks this front worker until then).
+  absl::StatusOr<store::RecordHandle> AddReference(const PromptInput& input,
+                                                   const store::Namespace& ns);
+  // The lookup a Generate would do, without prefilling.
+  absl::StatusOr<LookupResult> Lookup(const PromptInput& input, const store::Namespace& ns,
+                                      float threshold);
+
+ private:
+  struct Best {
+    store::RecordHandle record;
+    engine::TokenMatch match;
+  };
+  Best FindBest(const store::Namespace& ns, std::span<const int32_t> ids,
+                const std::vector<uint64_t>& features, int32_t* candidates);
+  // The lookup's target sketch when the session kept a host one (its codes go into the
+  // published record; records without codes are valid), else empty.
+  engine::TokenSketch TargetSketch(std::span<const int32_t> ids);
+
+  Pipeline& pipeline_;
+  std::unique_ptr<engine::Backend> backend_;
+  engine::ReusePrefiller prefiller_;  // sketches (CPU session) on backend_
+  engine::Generator generator_;       // tokenizer and option checks
+  std::unique_ptr<engine::ServingSession> session_;
+};
+
+struct PipelineOptions {
+  std::string backend = "cpu";  // cpu | cuda
+  ServingOptions serving;
+  LoopOptions loop;  // kv_cache_bytes 0: the backend's default (see Create)
+  int32_t front_workers = 1;
+  int32_t max_queue = 64;  // front jobs waiting beyond the front workers
+};
+
+class Pipeline {
+ public:
+  // Builds the backend (the one place that chooses it), the front workers and the engine
+  // loop. A KV budget of 0 becomes a quarter of the host's memory (at most 4 GiB) on the CPU,
+  // and half the device memory left after the weights on CUDA. Errors: the backend's
+  // (engine/backend_factory.h).
+  static absl::StatusOr<std::unique_ptr<Pipeline>> Create(
+      std::shared_ptr<const engine::Model> model, const PipelineOptions& options,
+      store::ReferenceStore* store, PipelineObserver* observer);
+  ~Pipeline();
+
+  // Queues a Generate; RESOURCE_EXHAUSTED at once when the front queue is full (then `done`
+  // is not called), UNAVAILABLE after Close. `done` is called exactly once otherwise.
+  absl::Status Generate(std::shared_ptr<ServeRequest> request,
+                        std::function<void(absl::StatusOr<ServeResult>)> done);
+  // Runs a job on a front worker (Tokenize, Lookup, AddReference); errors as Generate's.
+  absl::Status RunFront(std::function<void(FrontWorker&)> job);
+
+  // Stops accepting; queued work still runs.
+  void Close();
+  // Until nothing is queued or running anywhere, or timeout_ms; true when idle.
+  bool WaitIdle(int64_t timeout_ms);
+  int64_t running() const;  // requests in the engine loop
+  int64_t waiting() const;  // front jobs queued or running + requests awaiting admission
+  LoopStats loop_stats() const { return loop_->Stats(); }
+  // The device memory of a device backend (BackendMemory::device false on the CPU).
+  engine::BackendMemory Memory() const;
+
+  const engine::Model& model() const { return *model_; }
+  const ServingOptions& serving() const { return options_.serving; }
+  const PipelineOptions& options() const { return options_; }
+  store::ReferenceStore* store() const { return store_; }
+  EngineLoop& loop() { return *loop_; }
+
+ private:
+  friend class FrontWorker;
+  Pipeline(std::shared_ptr<const engine::Model> model, const PipelineOptions& options,
+           store::ReferenceStore* store, PipelineObserver* observer);
+  // Queues the record of a finished request's KV for the store (cheap: moves and a queue).
+  bool Publish(const store::Namespace& ns, std::vector<int32_t> ids, engine::KvCache kv,
+               engine::TokenSketch sketch, std::vector<uint64_t> features);
+
+  const std::shared_ptr<const engine::Model> model_;
+  PipelineOptions options_;
+  store::ReferenceStore* const store_;
+  PipelineObserver* const observer_;
+  std::unique_ptr<engine::ServingRuntime> runtime_;  // device weights; null on the CPU
+  std::unique_ptr<EngineLoop> loop_;
+  std::vector<std::unique_ptr<FrontWorker>> workers_;  // one per front thread
+  std::unique_ptr<Scheduler> front_;  // after loop_ and workers_: its jobs use both
+};
+
+}  // namespace semshare::serving
+
+#endif  // SEMSHARE_SERVING_PIPELINE_H_
