@@ -1,0 +1,285 @@
+// The engine loop (serving/engine_loop.h) on the real default model ($SEMSHARE_MODEL):
+// continuous batching must not change what a request generates.
+//  - 16 concurrent greedy requests of mixed lengths (prompts chunked across iterations), with
+//    reuse hits (an exact repeat and a selective one), misses, stop strings, max_tokens 1 and
+//    two cancelled mid-decode, give each the token ids it gets alone (Generator / ReusePrefiller
+//    on one sequence), and the KV held returns to 0.
+//  - 64 requests against a KV budget of 4 sequences all finish with their tokens; some are
+//    preempted (counted) and recomputed; nothing is lost.
+// Tokens are compared exactly: batched and single-sequence logits differ by float summation
+// order only (kGemmOrderRelBound, tests/forward_test.cc checks it per sequence), which moves a
+// greedy choice only at a near-tie; none occurs on these prompts (the test would show it).
+#include "serving/engine_loop.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <numeric>
+#include <string>
+
+#include "cache_store/prompt_features.h"
+#include "cache_store/record.h"
+#include "engine/cpu/cpu_backend.h"
+#include "engine/generator.h"
+#include "engine/reuse/reuse_prefill.h"
+#include "serving/batch_runner.h"
+#include "tests/test_util.h"
+
+namespace semshare::serving {
+namespace {
+
+constexpr const char* kSentences[] = {
+    "The river flooded the old market town after three days of heavy rain.",
+    "Engineers at the port said the new cranes would double the number of ships unloaded.",
+    "A small bakery on the corner sells bread that people queue for before dawn.",
+    "The committee postponed its vote on the budget until the auditors finish their report.",
+    "Scientists found that the lake's water level has fallen by two metres in a decade.",
+    "The orchestra will tour five cities this spring, opening with a new symphony.",
+    "Farmers in the valley switched to drought resistant wheat after the failed harvest.",
+    "The museum reopened its east wing with a collection of maps from the sixteenth century.",
+    "Local officials promised to repair the bridge before the winter storms arrive.",
+    "A team of students built a solar car that crossed the desert in four days.",
+};
+constexpr int kNumSentences = sizeof(kSentences) / sizeof(kSentences[0]);
+
+class EngineLoopTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    std::string error;
+    model_ = testing::DefaultModel(&error);
+    if (model_ == nullptr) error_ = error;
+  }
+  void SetUp() override { ASSERT_NE(model_, nullptr) << error_; }
+
+  // A prompt of `count` sentences starting at `first` (wrapping), with BOS when the model
+  // wants one.
+  std::vector<int32_t> Prompt(int first, int count, const std::string& tail = "") const {
+    std::string text;
+    for (int i = 0; i < count; ++i) {
+      text += kSentences[(first + i) % kNumSentences];
+      text += " ";
+    }
+    text += tail;
+    engine::CpuBackend be;
+    engine::Generator g(*model_, be);
+    return g.TokenizePrompt(text);
+  }
+
+  static engine::GenerateOptions Greedy(int32_t max_tokens) {
+    engine::GenerateOptions o;
+    o.max_tokens = max_tokens;
+    o.stop_at_eog = false;  // every request runs its full length: more decode rows
+    return o;
+  }
+
+  // What a request generates alone: a full prefill (or the reference's hit plan) and a
+  // single-sequence decode.
+  std::vector<int32_t> Alone(const std::vector<int32_t>& ids, const engine::GenerateOptions& o,
+                             const store::Record* ref = nullptr,
+                             const engine::TokenMatch* match = nullptr) const {
+    engine::CpuBackend be;
+    engine::Generator g(*model_, be);
+    if (ref == nullptr) {
+      auto r = g.Generate(ids, o);
+      EXPECT_TRUE(r.ok()) << r.status();
+      return r.ok() ? r->tokens : std::vector<int32_t>{};
+    }
+    engine::ReusePrefiller p(*model_, be, engine::ReuseConfig{});
+    engine::KvCache cache = p.forward().NewCache();
+    std::vector<float> logits(model_->config.vocab_size);
+    auto st = p.PrefillHit(ids, ref->ids, ref->kv, *match, &cache, logits.data());
+    EXPECT_TRUE(st.ok()) << st.status();
+    auto r = g.Decode(static_cast<int64_t>(ids.size()), cache, logits, o);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? r->tokens : std::vector<int32_t>{};
+  }
+
+  // A store record of `ids` (full prefill), as the pipeline publishes a miss.
+  store::RecordHandle Reference(const std::vector<int32_t>& ids) const {
+    engine::CpuBackend be;
+    engine::ReusePrefiller p(*model_, be, engine::ReuseConfig{});
+    auto ref = p.MakeReference(ids);
+    EXPECT_TRUE(ref.ok()) << ref.status();
+    auto rec =
+        store::RecordFromReference(store::Namespace{"t", model_->fingerprint}, *std::move(ref),
+                                   engine::ReuseConfig{}, store::PromptFeatures(ids));
+    EXPECT_TRUE(rec.ok()) << rec.status();
+    return std::make_shared<const store::Record>(*std::move(rec));
+  }
+
+  engine::TokenMatch Match(const std::vector<int32_t>& ids, const store::Record& ref) const {
+    engine::CpuBackend be;
+    engine::ReusePrefiller p(*model_, be, engine::ReuseConfig{});
+    return p.Match(p.Sketch(ids), p.Sketch(ref.ids));
+  }
+
+  std::unique_ptr<EngineLoop> NewLoop(const LoopOptions& o) const {
+    return std::make_unique<EngineLoop>(
+        NewCpuBatchRunner(*model_, std::make_unique<engine::CpuBackend>(), engine::ReuseConfig{}),
+        o, nullptr);
+  }
+
+  static const engine::Model* model_;
+  static std::string error_;
+};
+const engine::Model* EngineLoopTest::model_ = nullptr;
+std::string EngineLoopTest::error_;
+
+// Collects the results of submitted requests; Wait bounds a hang only.
+struct Results {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<absl::StatusOr<LoopResult>> out;
+  int done = 0;
+
+  explicit Results(size_t n) {
+    for (size_t i = 0; i < n; ++i) out.emplace_back(absl::UnknownError("not finished"));
+  }
+  std::function<void(absl::StatusOr<LoopResult>)> Slot(size_t i) {
+    return [this, i](absl::StatusOr<LoopResult> r) {
+      std::lock_guard<std::mutex> lock(mu);
+      out[i] = std::move(r);
+      ++done;
+      cv.notify_all();
+    };
+  }
+  bool Wait(int n) {
+    std::unique_lock<std::mutex> lock(mu);
+    return cv.wait_for(lock, std::chrono::minutes(10), [&] { return done == n; });
+  }
+};
+
+TEST_F(EngineLoopTest, BatchedRequestsGenerateWhatEachGeneratesAlone) {
+  struct Case {
+    std::vector<int32_t> ids;
+    engine::GenerateOptions opt;
+    store::RecordHandle ref;
+    engine::TokenMatch match;
+    bool cancel = false;
+  };
+  std::vector<Case> cases;
+  // Misses of mixed lengths: 11 to ~280 tokens, longer than a 64-token batch budget.
+  const int counts[] = {1, 3, 6, 10, 14, 2, 8, 12, 4, 5};
+  for (int i = 0; i < 10; ++i) cases.push_back({Prompt(i, counts[i]), Greedy(6 + i), {}, {}});
+  cases[3].opt.max_tokens = 1;  // max_tokens 1: the prefill's logits alone
+  cases[7].opt.stop = {"the"};  // a stop string (the text ends before it)
+  cases[7].opt.max_tokens = 24;
+  // Reuse hits: an exact repeat of a reference, and a selective one (a sentence changed in the
+  // middle: the prompt differs long before its last `window` tokens).
+  const std::vector<int32_t> ref_ids = Prompt(2, 12);
+  store::RecordHandle ref = Reference(ref_ids);
+  cases.push_back({ref_ids, Greedy(8), ref, Match(ref_ids, *ref)});
+  std::vector<int32_t> edited = Prompt(2, 5);
+  const std::vector<int32_t> rest = Prompt(8, 7);
+  edited.insert(edited.end(), rest.begin() + 1, rest.end());  // no second BOS
+  cases.push_back({edited, Greedy(8), ref, Match(edited, *ref)});
+  ASSERT_GE(cases.back().match.similarity, 0.5f);
+  // Two cancelled mid-decode, and two more misses.
+  cases.push_back({Prompt(4, 3), Greedy(40), {}, {}, true});
+  cases.push_back({Prompt(6, 9), Greedy(40), {}, {}, true});
+  cases.push_back({Prompt(9, 2), Greedy(12), {}, {}});
+  cases.push_back({Prompt(1, 7), Greedy(10), {}, {}});
+  ASSERT_EQ(cases.size(), 16u);
+
+  LoopOptions lo;
+  lo.max_batch_tokens = 64;  // long prompts take several iterations beside the decodes
+  lo.max_num_seqs = 16;
+  lo.kv_cache_bytes = int64_t{2} << 30;
+  std::unique_ptr<EngineLoop> loop = NewLoop(lo);
+  Results results(cases.size());
+  std::vector<std::unique_ptr<std::atomic<int>>> pieces;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    pieces.push_back(std::make_unique<std::atomic<int>>(0));
+    auto r = std::make_unique<LoopRequest>();
+    r->ids = cases[i].ids;
+    r->options = cases[i].opt;
+    r->reference = cases[i].ref;
+    r->match = cases[i].match;
+    std::atomic<int>* seen = pieces.back().get();
+    r->on_text = [seen](std::string_view) {
+      ++*seen;
+      return true;
+    };
+    if (cases[i].cancel) r->cancelled = [seen] { return seen->load() >= 3; };
+    r->done = results.Slot(i);
+    ASSERT_TRUE(loop->Submit(std::move(r)).ok());
+  }
+  ASSERT_TRUE(results.Wait(static_cast<int>(cases.size())));
+  ASSERT_TRUE(loop->WaitIdle(60000));
+  const LoopStats stats = loop->Stats();
+  EXPECT_EQ(stats.kv_bytes, 0);
+  EXPECT_EQ(stats.running, 0);
+  EXPECT_GT(stats.iterations, 20);  // decodes and chunks shared iterations
+
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE(::testing::Message()
+                 << "request " << i << " (" << cases[i].ids.size() << " tokens)");
+    if (cases[i].cancel) {
+      ASSERT_FALSE(results.out[i].ok());
+      EXPECT_EQ(results.out[i].status().code(), absl::StatusCode::kCancelled);
+      continue;
+    }
+    ASSERT_TRUE(results.out[i].ok()) << results.out[i].status();
+    const LoopResult& r = *results.out[i];
+    EXPECT_EQ(r.hit, cases[i].ref != nullptr);
+    const std::vector<int32_t> alone =
+        Alone(cases[i].ids, cases[i].opt, cases[i].ref.get(), &cases[i].match);
+    EXPECT_EQ(r.gen.tokens, alone);
+    EXPECT_GT(r.kv_bytes, 0);
+    EXPECT_GT(r.ttft_ms, 0);
+  }
+  EXPECT_EQ(results.out[3]->gen.tokens.size(), 1u);
+  EXPECT_EQ(results.out[7]->gen.finish, engine::FinishReason::kStopString);
+  EXPECT_EQ(results.out[10]->prefill.recomputed_tokens, engine::ReuseConfig{}.window);  // exact
+  EXPECT_LT(results.out[11]->prefill.reused_tokens, static_cast<int64_t>(edited.size()));
+  EXPECT_GT(results.out[11]->prefill.reused_tokens, 0);  // selective
+}
+
+TEST_F(EngineLoopTest, SixtyFourStreamsOnABudgetOfFourSequencesAllFinish) {
+  constexpr int kRequests = 64, kMaxTokens = 8;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 8; ++i) prompts.push_back(Prompt(i, 1));
+  int64_t longest = 0;
+  for (const auto& p : prompts) longest = std::max<int64_t>(longest, p.size());
+  const engine::ModelConfig& c = model_->config;
+  const int64_t row_bytes = c.n_layers * c.n_kv_heads * c.head_dim * 2 * 4;
+  LoopOptions lo;
+  lo.max_num_seqs = kRequests;
+  lo.max_waiting = kRequests;
+  lo.kv_cache_bytes = 4 * (longest + kMaxTokens) * row_bytes;  // four sequences' worth
+  std::unique_ptr<EngineLoop> loop = NewLoop(lo);
+  Results results(kRequests);
+  for (int i = 0; i < kRequests; ++i) {
+    auto r = std::make_unique<LoopRequest>();
+    r->ids = prompts[i % prompts.size()];
+    r->options = Greedy(kMaxTokens);
+    r->done = results.Slot(i);
+    ASSERT_TRUE(loop->Submit(std::move(r)).ok());
+  }
+  ASSERT_TRUE(results.Wait(kRequests));
+  ASSERT_TRUE(loop->WaitIdle(60000));
+  const LoopStats stats = loop->Stats();
+  EXPECT_GT(stats.preemptions, 0);  // admission by the prompt's need lets decodes outgrow it
+  EXPECT_EQ(stats.kv_bytes, 0);
+  std::vector<std::vector<int32_t>> alone;
+  for (const auto& p : prompts) alone.push_back(Alone(p, Greedy(kMaxTokens)));
+  int preempted = 0;
+  for (int i = 0; i < kRequests; ++i) {
+    ASSERT_TRUE(results.out[i].ok()) << i << ": " << results.out[i].status();
+    EXPECT_EQ(results.out[i]->gen.tokens, alone[i % prompts.size()]) << "request " << i;
+    preempted += results.out[i]->preemptions > 0 ? 1 : 0;
+  }
+  EXPECT_GT(preempted, 0);
+  // A request that alone needs more than the whole budget is refused at once, clearly.
+  auto big = std::make_unique<LoopRequest>();
+  big->ids = Prompt(0, 30);
+  big->options = Greedy(kMaxTokens);
+  const absl::Status s = loop->Submit(std::move(big));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(s.message().find("--kv-cache-bytes"), std::string_view::npos) << s;
+}
+
+}  // namespace
+}  // namespace semshare::serving
