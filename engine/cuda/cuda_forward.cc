@@ -60,6 +60,10 @@ DeviceKvCache CudaForward::NewCache() const {
 
 absl::Status CudaForward::Reserve(int64_t s) {
   if (s <= reserved_) return absl::OkStatus();
+  // Nothing is reserved until every buffer below holds s rows: a failure part way leaves some
+  // smaller than before, or empty (DevicePool::EnsureSize), and a later call with fewer rows
+  // than the old reserved_ must size them again, not launch on them.
+  reserved_ = 0;
   DevicePool& p = ctx_.pool();
   SEMSHARE_STATUS_RETURN(p.EnsureSize(x_, s * d_ * 4));
   SEMSHARE_STATUS_RETURN(p.EnsureSize(h_, s * d_ * 2));

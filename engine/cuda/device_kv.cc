@@ -247,11 +247,11 @@ absl::Status DeviceKvCache::FromHost(const KvCache& kv) {
     return absl::InvalidArgumentError("DeviceKvCache::FromHost: shape mismatch");
   }
   const ScopedDevice on = ctx_.Activate();
+  Clear();  // a failure part way leaves the layers not yet copied empty, not stale
   std::vector<bf16> tmp;
   for (int64_t li = 0; li < n_layers(); ++li) {
     const LayerKv& src = kv.layer(li);
     DeviceLayerKv& l = layers_[li];
-    l.rows = 0;
     SEMSHARE_STATUS_RETURN(Reserve(li, src.rows()));
     const int64_t count = src.rows() * kv_dim_;
     tmp.resize(2 * count);
@@ -308,11 +308,12 @@ absl::Status DeviceKvCache::StartUpload(const PinnedKv& ref) {
     // Reserve below may hand those buffers back to the pool.
     for (cudaEvent_t e : events_) SEMSHARE_CUDA_RETURN(cudaStreamWaitEvent(ctx_.stream(), e, 0));
   }
-  // Capacity first (on the compute stream), then the copy stream waits for that.
-  for (int64_t li = 0; li < n_layers(); ++li) {
-    layers_[li].rows = 0;
-    SEMSHARE_STATUS_RETURN(Reserve(li, ref.rows()));
-  }
+  // No rows until every copy is queued: a failure part way (Reserve out of memory, a refused
+  // enqueue) must leave an empty cache, not one whose rows or host_pos (next_position(), the
+  // retention's positions) still describe the previous contents. Then capacity (on the compute
+  // stream, nothing to copy), then the copy stream waits for that.
+  Clear();
+  for (int64_t li = 0; li < n_layers(); ++li) SEMSHARE_STATUS_RETURN(Reserve(li, ref.rows()));
   cudaEvent_t ready = events_[0];
   SEMSHARE_CUDA_RETURN(cudaEventRecord(ready, ctx_.stream()));
   SEMSHARE_CUDA_RETURN(cudaStreamWaitEvent(ctx_.copy_stream(), ready, 0));
@@ -325,8 +326,10 @@ absl::Status DeviceKvCache::StartUpload(const PinnedKv& ref) {
     SEMSHARE_CUDA_RETURN(cudaMemcpyAsync(l.pos.data(), ref.pinned_pos(li), ref.rows() * 4,
                                          cudaMemcpyHostToDevice, cs));
     SEMSHARE_CUDA_RETURN(cudaEventRecord(events_[li], cs));
-    l.rows = ref.rows();
-    l.host_pos = ref.pos(li);
+  }
+  for (int64_t li = 0; li < n_layers(); ++li) {
+    layers_[li].rows = ref.rows();
+    layers_[li].host_pos = ref.pos(li);
   }
   return absl::OkStatus();
 }
