@@ -388,6 +388,11 @@ std::vector<RecordInfo> DiskTier::List() const {
   return out;
 }
 
+int64_t DiskTier::prefix_entries() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int64_t>(prefix_.size());
+}
+
 TierStats DiskTier::Stats() const {
   TierStats st;
   {

@@ -65,6 +65,8 @@ class DiskTier : public Tier {
   // Path of a record's file (whether or not it exists).
   std::string PathOf(uint64_t id) const;
   int64_t quarantined() const { return quarantined_.load(); }
+  // (block key, record id) pairs in the exact-prefix index: the stored records' full blocks.
+  int64_t prefix_entries() const;
 
  private:
   struct Entry {

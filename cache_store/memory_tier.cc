@@ -219,6 +219,15 @@ std::vector<RecordInfo> MemoryTier::List() const {
   return out;
 }
 
+int64_t MemoryTier::prefix_entries() const {
+  int64_t n = 0;
+  for (const auto& s : shards_) {
+    std::lock_guard<std::mutex> lock(s->mu);
+    n += static_cast<int64_t>(s->prefix.size());
+  }
+  return n;
+}
+
 TierStats MemoryTier::Stats() const {
   TierStats st;
   st.entries = entries_.load();

@@ -65,6 +65,8 @@ class MemoryTier : public Tier {
   TierStats Stats() const override;
 
   int32_t shard_count() const { return static_cast<int32_t>(shards_.size()); }
+  // (block key, record id) pairs in the exact-prefix index: the stored records' full blocks.
+  int64_t prefix_entries() const;
   int64_t byte_budget() const { return options_.byte_budget; }
 
  private:

@@ -289,6 +289,7 @@ TEST(StorePrefixLookup, EvictionDeleteAndClearRemoveIndexEntries) {
   const StoreStats st = store->Stats();
   ASSERT_EQ(st.memory.evictions, 3);
   ASSERT_LE(st.memory.bytes, o.memory_byte_budget);
+  EXPECT_EQ(store->memory().prefix_entries(), 3 * 4);  // three records of 4 blocks, no more
   for (int i = 0; i < 6; ++i) {
     SCOPED_TRACE(i);
     // The tier's own index no longer names an evicted record (no stale candidate to read).
@@ -314,10 +315,12 @@ TEST(StorePrefixLookup, EvictionDeleteAndClearRemoveIndexEntries) {
   absl::StatusOr<PrefixMatch> held = store->LookupPrefix(kNs, r[4]->ids);
   ASSERT_TRUE(held.ok());
   ASSERT_TRUE(store->Delete(r[4]->id).ok());
+  EXPECT_EQ(store->memory().prefix_entries(), 2 * 4);
   EXPECT_EQ(store->LookupPrefix(kNs, r[4]->ids).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(held->record->ids, r[4]->ids);
   EXPECT_EQ(held->record->kv.layer(1).k, r[4]->kv.layer(1).k);
   ASSERT_TRUE(store->Clear().ok());
+  EXPECT_EQ(store->memory().prefix_entries(), 0);
   EXPECT_EQ(store->LookupPrefix(kNs, r[5]->ids).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(store->Stats().prefix_stale, 0);
 }
@@ -373,6 +376,7 @@ TEST(StorePrefixDisk, RestartRebuildsTheIndexAndDeletesPersist) {
   {
     auto store = OpenStore(o);  // a new process: memory empty, disk index from the files
     ASSERT_EQ(store->Stats().memory.entries, 0);
+    EXPECT_EQ(store->disk()->prefix_entries(), 5 + 10 + 4);  // 80, 163 and 70 tokens
     absl::StatusOr<PrefixMatch> m = store->LookupPrefix(kNs, base);
     ASSERT_TRUE(m.ok()) << m.status();
     EXPECT_EQ(m->id, b->id);
@@ -426,6 +430,7 @@ TEST(StorePrefixDisk, AFileRemovedBehindTheTiersBackFallsBackToAnotherHolder) {
   EXPECT_EQ(m->id, turn1->id);
   EXPECT_EQ(store->Stats().prefix_stale, 1);
   EXPECT_EQ(store->Stats().disk.entries, 1);
+  EXPECT_EQ(store->disk()->prefix_entries(), 4);  // turn 1's blocks only
 }
 
 TEST(StorePrefixConcurrency, ThreadsPublishLookUpAndDeleteUnderABudget) {
@@ -498,7 +503,11 @@ TEST(StorePrefixConcurrency, ThreadsPublishLookUpAndDeleteUnderABudget) {
   const StoreStats st = store->Stats();
   EXPECT_LE(st.memory.bytes, o.memory_byte_budget);
   EXPECT_EQ(st.prefix_errors, 0);
-  // Quiescent: every record still in memory is found by its own ids, exactly.
+  // Quiescent: the index holds exactly the stored records' blocks, and every record still in
+  // memory is found by its own ids, exactly.
+  int64_t blocks = 0;
+  for (const RecordInfo& info : store->List()) blocks += info.tokens / kB;
+  EXPECT_EQ(store->memory().prefix_entries(), blocks);
   for (const RecordInfo& info : store->List()) {
     absl::StatusOr<RecordHandle> r = store->Get(info.ns, info.id);
     ASSERT_TRUE(r.ok());
