@@ -334,6 +334,39 @@ absl::Status DeviceKvCache::StartUpload(const PinnedKv& ref) {
   return absl::OkStatus();
 }
 
+absl::Status DeviceKvCache::CopyPrefixFrom(DeviceKvCache& src, int64_t rows) {
+  if (&src.ctx_ != &ctx_ || src.n_layers() != n_layers() || src.kv_dim() != kv_dim_) {
+    return absl::InvalidArgumentError("DeviceKvCache::CopyPrefixFrom: context or shape mismatch");
+  }
+  for (int64_t l = 0; l < n_layers(); ++l) {
+    if (rows < 0 || src.layer(l).rows < rows) {
+      return absl::InvalidArgumentError(absl::StrCat("DeviceKvCache::CopyPrefixFrom: ", rows,
+                                                     " rows asked, layer ", l, " has ",
+                                                     src.layer(l).rows));
+    }
+  }
+  const ScopedDevice on = ctx_.Activate();
+  Clear();
+  for (int64_t l = 0; l < n_layers(); ++l) SEMSHARE_STATUS_RETURN(Reserve(l, rows));
+  cudaStream_t s = ctx_.stream();
+  for (int64_t l = 0; l < n_layers() && rows > 0; ++l) {
+    SEMSHARE_STATUS_RETURN(src.WaitLayer(l));
+    const DeviceLayerKv& a = src.layer(l);
+    DeviceLayerKv& b = layers_[l];
+    SEMSHARE_CUDA_RETURN(
+        cudaMemcpyAsync(b.k.data(), a.k.data(), rows * kv_dim_ * 2, cudaMemcpyDeviceToDevice, s));
+    SEMSHARE_CUDA_RETURN(
+        cudaMemcpyAsync(b.v.data(), a.v.data(), rows * kv_dim_ * 2, cudaMemcpyDeviceToDevice, s));
+    SEMSHARE_CUDA_RETURN(
+        cudaMemcpyAsync(b.pos.data(), a.pos.data(), rows * 4, cudaMemcpyDeviceToDevice, s));
+  }
+  for (int64_t l = 0; l < n_layers(); ++l) {
+    layers_[l].rows = rows;
+    layers_[l].host_pos.assign(src.layer(l).host_pos.begin(), src.layer(l).host_pos.begin() + rows);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status DeviceKvCache::WaitLayer(int64_t l) {
   if (events_.empty()) return absl::OkStatus();
   SEMSHARE_CUDA_RETURN(cudaStreamWaitEvent(ctx_.stream(), events_[l], 0));
