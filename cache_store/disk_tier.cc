@@ -347,10 +347,12 @@ absl::StatusOr<std::vector<PrefixCandidate>> DiskTier::ProbePrefix(const Namespa
   std::vector<PrefixCandidate> out;
   std::vector<uint64_t> holders;
   std::lock_guard<std::mutex> lock(mu_);
-  // The deepest block's holders, then shallower blocks' other holders as fallbacks (a file can
-  // vanish between this probe and the read), until `max` ids: at most one probe per block.
-  for (int64_t depth = prefix_.Depth(chain); depth > 0 && static_cast<int>(out.size()) < max;
-       --depth) {
+  // The deepest block's holders, then other holders of shallower blocks as fallbacks (a file
+  // can vanish between this probe and the read), until `max` ids: the next block up, then
+  // halving the depth, so O(log(blocks)) probes however long the shared prefix.
+  const int64_t deepest = prefix_.Depth(chain);
+  for (int64_t depth = deepest; depth > 0 && static_cast<int>(out.size()) < max;
+       depth = depth == deepest ? depth - 1 : depth / 2) {
     holders.clear();
     prefix_.Holders(chain[depth - 1], max, &holders);
     for (uint64_t id : holders) {
