@@ -59,6 +59,8 @@ struct PrefixMatch {
   // refined to the token past the last matching block (so not a multiple of the block), at
   // most min(prompt, record) tokens. It may equal the prompt's length (a repeated prompt, or
   // one the record extends): the caller still computes at least the last token for logits.
+  // The store does not look at the KV: the caller checks its shape (layers, kv_dim, rows ==
+  // ids) as it does for a semantic candidate before copying rows [0, tokens).
   int64_t tokens = 0;
   int64_t blocks = 0;     // full blocks of the match: tokens / kPrefixBlockTokens
   const char* tier = "";  // the tier whose index named the record: memory, disk or redis
