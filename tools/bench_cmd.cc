@@ -81,7 +81,9 @@ int BenchCommand(int argc, char** argv) {
       return BenchCudaCommand(argc, argv);
   }
   static const std::vector<FlagSpec> specs = {
-      {"model", "a .gguf file or a Hugging Face model directory ($SEMSHARE_MODEL)"},
+      {"model",
+       "a .gguf file or a Hugging Face model directory (default: $SEMSHARE_MODEL, else the "
+       "installed default model)"},
       {"suite", "what to measure: forward, reuse, store, matcher, cuda (= --backend cuda)", false,
        false, "forward"},
       {"lengths", "comma-separated prompt lengths", false, false, "512,2048,4096"},

@@ -2,7 +2,7 @@
 //
 // 1. Lookup latency against 10 / 1,000 / 100,000 references in each tier (memory, disk, Redis
 //    standalone on loopback), k = 4. Prompts are real text: the MRPC sentences
-//    (../shared/data/paraphrase) tokenized by the model's tokenizer (only the tokenizer is
+//    (data/paraphrase, or --data) tokenized by the model's tokenizer (only the tokenizer is
 //    used). Reference r is a chat instruction, then the first sentences of pairs drawn from a
 //    generator seeded by r, then a closing question, cut to --tokens tokens (2,048); its
 //    query is the same wrapper around the second sentences (the human paraphrases) of the same
@@ -327,24 +327,6 @@ std::vector<int64_t> ParseSizes(const std::string& s) {
   return out;
 }
 
-// The MRPC file: --data (a file, or a dir holding paraphrase/), else ../shared/data beside
-// $SEMSHARE_SOURCE_DIR, the working directory or the checkout holding this binary.
-fs::path MrpcPath(const std::string& flag) {
-  const fs::path rel = fs::path("paraphrase") / "msr_paraphrase_train.txt";
-  std::error_code ec;
-  if (!flag.empty()) return fs::is_directory(flag, ec) ? fs::path(flag) / rel : fs::path(flag);
-  std::vector<fs::path> roots;
-  if (const char* env = std::getenv("SEMSHARE_SOURCE_DIR")) roots.emplace_back(env);
-  roots.push_back(fs::current_path());
-  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
-  if (!ec) roots.push_back(exe.parent_path().parent_path().parent_path());
-  for (const fs::path& r : roots) {
-    const fs::path p = r / ".." / "shared" / "data" / rel;
-    if (fs::exists(p, ec)) return p;
-  }
-  return roots.front() / ".." / "shared" / "data" / rel;
-}
-
 // redis-benchmark's requests/s for SET and GET of `bytes`-byte values (--csv output).
 absl::StatusOr<std::pair<double, double>> RedisBenchmark(int port, int64_t bytes, int64_t n) {
   const std::string bin = testing::FindOnPath("redis-benchmark");
@@ -375,10 +357,12 @@ absl::StatusOr<std::pair<double, double>> RedisBenchmark(int port, int64_t bytes
 
 int BenchStoreCommand(int argc, char** argv) {
   static const std::vector<FlagSpec> specs = {
-      {"model", "a .gguf file or a Hugging Face model directory ($SEMSHARE_MODEL; tokenizer)"},
+      {"model",
+       "a .gguf file or a Hugging Face model directory (default: $SEMSHARE_MODEL, else the "
+       "installed default model; tokenizer)"},
       {"data",
-       "the MRPC file, or a data dir holding paraphrase/ (default: ../shared/data beside "
-       "$SEMSHARE_SOURCE_DIR or the working directory)"},
+       "the paraphrase corpus file (MRPC format), or a data dir holding paraphrase/ (default: "
+       "data/paraphrase/paraphrase_pairs.txt in the repository)"},
       {"suite", "store", false, false, "store"},
       {"quick", "every tier at 10,1000; 100 queries; 2 repeats; 3 full records", true},
       {"memory-sizes", "references in the memory tier", false, false, "10,1000,100000"},
@@ -425,8 +409,8 @@ int BenchStoreCommand(int argc, char** argv) {
   const int64_t n_records = quick ? 3 : *records;
   const int64_t n_repeats = quick ? 2 : *repeats;
   if (absl::Status s = testing::RequireRedisBinaries(); !s.ok()) return fail(s.message(), 1);
-  const fs::path data = MrpcPath(args->Str("data"));
-  auto mrpc = LoadMrpc(data.string());
+  const std::string data = CorpusPath(args->Str("data"));
+  auto mrpc = LoadMrpc(data);
   if (!mrpc.ok()) return fail(absl::StrCat(mrpc.status().message(), " (set --data)"), 2);
   double load_ms = 0;
   auto model = LoadModelForCli(args->Str("model"), &load_ms);
@@ -608,7 +592,7 @@ int BenchStoreCommand(int argc, char** argv) {
                         {"date_utc", utc},
                         {"quick", quick},
                         {"prompt_tokens", *tokens},
-                        {"corpus", data.string()},
+                        {"corpus", data},
                         {"index",
                          {{"bands", index.bands},
                           {"rows", index.rows},

@@ -17,7 +17,9 @@ namespace semshare::tools {
 
 int ForwardCommand(int argc, char** argv) {
   static const std::vector<FlagSpec> specs = {
-      {"model", "a .gguf file or a Hugging Face model directory ($SEMSHARE_MODEL)"},
+      {"model",
+       "a .gguf file or a Hugging Face model directory (default: $SEMSHARE_MODEL, else the "
+       "installed default model)"},
       {"ids-file", "JSON array of prompt token ids (no BOS added)"},
       {"greedy", "greedy tokens to generate after the prompt", false, false, "0"},
       {"logits-out", "write the last prompt position's logits here (raw float32)"},
