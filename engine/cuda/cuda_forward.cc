@@ -251,7 +251,8 @@ absl::StatusOr<int32_t> CudaForward::ForwardSample(std::span<const int32_t> ids,
 
 absl::Status CudaForward::Retain(const void* q_window, const int32_t* qpos_d, int64_t w,
                                  int64_t budget, const std::vector<uint8_t>& protect,
-                                 DeviceLayerKv& kv, uint8_t* prot_h, int32_t* idx_h) {
+                                 DeviceLayerKv& kv, uint8_t* prot_h, int32_t* idx_h,
+                                 int64_t* kept) {
   const int64_t m = kv.rows;
   if (m <= budget) return absl::OkStatus();
   cudaStream_t st = ctx_.stream();
@@ -262,8 +263,7 @@ absl::Status CudaForward::Retain(const void* q_window, const int32_t* qpos_d, in
   SEMSHARE_CUDA_RETURN(k::AttentionMass<bf16>(static_cast<const bf16*>(q_window), qpos_d,
                                               kv.k.as<bf16>(), kv.pos.as<int32_t>(), sh,
                                               mass_.as<float>(), mass_ws_.as<float>(), st));
-  // prot_h: the previous layer's upload from it finished at that layer's synchronisation.
-  int64_t cand = 0;
+  int64_t cand = 0;  // prot_h is this layer's own region: no earlier copy reads it
   for (int64_t j = 0; j < m; ++j) {
     const int32_t pp = kv.host_pos[j];
     prot_h[j] = pp >= 0 && pp < static_cast<int32_t>(protect.size()) && protect[pp] ? 1 : 0;
@@ -287,17 +287,16 @@ absl::Status CudaForward::Retain(const void* q_window, const int32_t* qpos_d, in
   SEMSHARE_CUDA_RETURN(k::CompactRows<bf16>(
       kv.k.as<bf16>(), kv.v.as<bf16>(), kv.pos.as<int32_t>(), kvd_, sel_idx_.as<int32_t>(), count,
       kv_spare_k_.as<bf16>(), kv_spare_v_.as<bf16>(), kv_spare_pos_.as<int32_t>(), st));
+  // The kept rows' indices come back without waiting: the caller maps kv.host_pos through them
+  // after its final synchronisation (nothing reads this layer's host positions before that).
   SEMSHARE_STATUS_RETURN(ctx_.Download(idx_h, sel_idx_.data(), count * 4));
-  SEMSHARE_STATUS_RETURN(ctx_.Sync());  // idx_h is read below
   std::swap(kv.k, kv_spare_k_);
   std::swap(kv.v, kv_spare_v_);
   std::swap(kv.pos, kv_spare_pos_);
   kv.capacity =
       std::min({kv.k.bytes() / (kvd_ * 2), kv.v.bytes() / (kvd_ * 2), kv.pos.bytes() / 4});
-  std::vector<int32_t> pos(count);
-  for (int64_t r = 0; r < count; ++r) pos[r] = kv.host_pos[idx_h[r]];
-  kv.host_pos.swap(pos);
   kv.rows = count;
+  *kept = count;
   return absl::OkStatus();
 }
 
@@ -352,11 +351,13 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
   DevicePool& p = ctx_.pool();
 
   // Pinned staging, one 256-byte aligned region each: ids, iota, src, delta (uploaded once),
-  // set (uploaded per selecting layer), sel and idx (downloaded per selecting / compacting
-  // layer), layer 0's deviations; selection flags, retention flags (uploaded per layer). A
-  // region is rewritten only after the stream synchronisation that follows its last copy.
+  // set (uploaded per selecting layer), sel (downloaded per selecting layer), layer 0's
+  // deviations, selection flags (uploaded per selecting layer); then per layer retention's flags
+  // and kept indices. A shared region is rewritten only after the stream synchronisation that
+  // follows its last copy (the selection's, once per selecting layer).
   const int64_t r4 = (n * 4 + 255) / 256 * 256, r1 = (n + 255) / 256 * 256;
-  SEMSHARE_STATUS_RETURN(EnsureStage(8 * r4 + 2 * r1));
+  const int64_t layers = c.n_layers;
+  SEMSHARE_STATUS_RETURN(EnsureStage(7 * r4 + r1 + layers * (r1 + r4)));
   char* const hb = static_cast<char*>(stage_);
   int32_t* const ids_h = reinterpret_cast<int32_t*>(hb);
   int32_t* const iota_h = reinterpret_cast<int32_t*>(hb + r4);
@@ -364,10 +365,25 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
   int32_t* const delta_h = reinterpret_cast<int32_t*>(hb + 3 * r4);
   int32_t* const set_h = reinterpret_cast<int32_t*>(hb + 4 * r4);
   int32_t* const sel_h = reinterpret_cast<int32_t*>(hb + 5 * r4);
-  int32_t* const idx_h = reinterpret_cast<int32_t*>(hb + 6 * r4);
-  float* const dev0_h = reinterpret_cast<float*>(hb + 7 * r4);
-  uint8_t* const flags_h = reinterpret_cast<uint8_t*>(hb + 8 * r4);
-  uint8_t* const prot_h = reinterpret_cast<uint8_t*>(hb + 8 * r4 + r1);
+  float* const dev0_h = reinterpret_cast<float*>(hb + 6 * r4);
+  uint8_t* const flags_h = reinterpret_cast<uint8_t*>(hb + 7 * r4);
+  // Retention's per-layer regions (no synchronisation between layers orders their reuse):
+  // layer l's flags at prot_at(l), its kept row indices at idx_at(l).
+  char* const per_layer = hb + 7 * r4 + r1;
+  auto prot_at = [&](int64_t l) { return reinterpret_cast<uint8_t*>(per_layer + l * r1); };
+  auto idx_at = [&](int64_t l) {
+    return reinterpret_cast<int32_t*>(per_layer + layers * r1 + l * r4);
+  };
+  std::vector<int64_t> retained(layers, -1);  // rows kept by retention, per layer
+  // On an error return the cache is left empty: a retained layer's host positions are mapped
+  // only after the final synchronisation, so they would not match its rows.
+  struct ClearOnError {
+    DeviceKvCache& cache;
+    bool armed = true;
+    ~ClearOnError() {
+      if (armed) cache.Clear();
+    }
+  } clear_on_error{cache};
 
   std::vector<uint8_t> forced(n, 0);
   for (int64_t i = 0; i < sink; ++i) forced[i] = 1;
@@ -470,7 +486,7 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
         for (int32_t i : set) protect[i] = 1;
       }
       SEMSHARE_STATUS_RETURN(Retain(At<bf16>(q_, (s - window) * qd_), set_d + (s - window), window,
-                                    budget, protect, kv, prot_h, idx_h));
+                                    budget, protect, kv, prot_at(l), idx_at(l), &retained[l]));
     }
     held_rows += kv.rows;
     st->layer_rows[l] = kv.rows;
@@ -521,6 +537,16 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
       logits != nullptr ? Logits(At<float>(x_, (static_cast<int64_t>(set.size()) - 1) * d_), logits)
                         : ctx_.Sync());
   if (hit) st->layer0_deviation.assign(dev0_h, dev0_h + n);  // layer 0 computed all n tokens
+  std::vector<int32_t> kept_pos;
+  for (int64_t l = 0; l < layers; ++l) {
+    if (retained[l] < 0) continue;
+    DeviceLayerKv& kv = cache.layer(l);
+    const int32_t* idx = idx_at(l);
+    kept_pos.resize(retained[l]);
+    for (int64_t r = 0; r < retained[l]; ++r) kept_pos[r] = kv.host_pos[idx[r]];
+    kv.host_pos.swap(kept_pos);
+  }
+  clear_on_error.armed = false;
   return absl::OkStatus();
 }
 

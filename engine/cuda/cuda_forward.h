@@ -8,8 +8,8 @@
 // The residual stream x stays float. Host work per layer is launches only, except in the
 // selective prefill, which copies the chosen index lists back (a few KB, through pinned memory)
 // to size the next launches: one stream synchronisation per layer that shrinks the recompute
-// set and one per layer that retention compacts, none else before the logits. Not thread-safe:
-// one per request stream.
+// set, none else before the logits (retention's kept rows come back without waiting). Not
+// thread-safe: one per request stream.
 #ifndef SEMSHARE_ENGINE_CUDA_CUDA_FORWARD_H_
 #define SEMSHARE_ENGINE_CUDA_CUDA_FORWARD_H_
 
@@ -85,10 +85,13 @@ class CudaForward {
   int64_t last_rows_ = 0;  // rows of the last chunk of the last Forward (its x_ holds them)
   // Retention of one layer's rows: scores from the window queries q_window [w, q_dim] (bf16,
   // device) at positions qpos_d [w]; protect is indexed by position.
-  // prot_h and idx_h: pinned host scratch of kv.rows bytes and int32s (see stage_).
+  // prot_h and idx_h: this layer's pinned host scratch of kv.rows bytes and int32s (stage_).
+  // When it evicts: kv's rows and buffers are the kept ones, *kept their count, and idx_h
+  // receives (asynchronously) their indices into the old rows; kv.host_pos still lists the old
+  // rows, for the caller to map through idx_h after a stream synchronisation.
   absl::Status Retain(const void* q_window, const int32_t* qpos_d, int64_t w, int64_t budget,
                       const std::vector<uint8_t>& protect, DeviceLayerKv& kv, uint8_t* prot_h,
-                      int32_t* idx_h);
+                      int32_t* idx_h, int64_t* kept);
   // stage_ of at least `bytes` (contents not kept).
   absl::Status EnsureStage(int64_t bytes);
 
