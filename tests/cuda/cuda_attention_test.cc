@@ -1,6 +1,7 @@
 // The attention kernels (flash prefill, generic / split-KV decode) and the retention kernels
 // built on attention scores (attention mass, compaction), against float64 CPU references:
-// fresh random inputs every run (seed printed), odd and unaligned shapes, fully masked rows,
+// fresh random inputs every run (seed printed; SEMSHARE_TEST_SEED replays one), odd and
+// unaligned shapes, ~4k-token prompts at head_dim 128, fully masked rows,
 // outputs poisoned with NaN before the launch. Bounds: 1e-2 where q/k/v and the
 // probabilities are rounded to bf16 before P V (8 significant bits, 2^-9 per element, over
 // sums that partly cancel), 8e-3 where only the output is bf16, 1e-4 for float paths. The

@@ -5,8 +5,10 @@
 // reference (selective prefill with the same plan, retention, 16 decode steps), a second hit
 // against a shorter reference (the session's pinned buffers and upload events reused), two
 // sessions sharing one runtime's weights, the memory gauge's figures, and bad plans refused with
-// InvalidArgument. Logits within 3e-2 (full) and 5e-2 (selective) of the CPU's, as
-// cuda_forward_test.cc; the decode is teacher-forced with the CPU's greedy token.
+// InvalidArgument. Then the resident reference tier (repeated hits, exact reuse, a replaced KV,
+// budgets 0 and one entry) and two sessions serving at once from two host threads. Logits within
+// 3e-2 (full) and 5e-2 (selective) of the CPU's, as cuda_forward_test.cc; the decode is
+// teacher-forced with the CPU's greedy token.
 #include "engine/cuda/cuda_serving.h"
 
 #include <gtest/gtest.h>
