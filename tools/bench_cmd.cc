@@ -90,6 +90,8 @@ int BenchCommand(int argc, char** argv) {
       {"decode-tokens", "tokens to decode after a 512-token prefill", false, false, "64"},
       {"repeats", "runs per measurement (median reported)", false, false, "3"},
       {"threads", "CPU threads (0 = all cores)", false, false, "0"},
+      {"matmul", "CPU projections: quant (quantized-activation kernels for few rows) or float",
+       false, false, "quant"},
       {"json", "write the results to this JSON file"},
       {"help", "show this help", true},
   };
@@ -125,7 +127,10 @@ int BenchCommand(int argc, char** argv) {
   auto model = LoadModelForCli(args->Str("model"), &load_ms);
   if (!model.ok()) return fail(model.status().message(), 1);
   const engine::ModelConfig& c = (*model)->config;
-  engine::CpuBackend backend;
+  const std::string matmul = args->Str("matmul");
+  if (matmul != "float" && matmul != "quant") return fail("--matmul must be quant or float", 2);
+  engine::CpuBackend backend(matmul == "quant" ? engine::MatMulPrecision::kQuantizedActivations
+                                               : engine::MatMulPrecision::kFloat);
   engine::LlamaForward fwd(**model, backend);
 
   // The sgemm rate: a large square problem (the machine's practical peak) and the model's own
