@@ -371,7 +371,7 @@ absl::StatusOr<int64_t> SummaryPrefixBytes(std::string_view b) {
   }
   absl::StatusOr<Header> h = ParseHeader(b);
   if (!h.ok()) return h.status();
-  return h->ids_off;  // features and their checksum end where the ids begin
+  return h->codes_off;  // features, ids and their checksums end where the codes begin
 }
 
 absl::StatusOr<RecordSummary> DecodeSummary(std::string_view b, int64_t total_bytes) {
@@ -383,11 +383,15 @@ absl::StatusOr<RecordSummary> DecodeSummary(std::string_view b, int64_t total_by
                                             " bytes but its header says ", h.end,
                                             total_bytes < h.end ? " (truncated)" : ""));
   }
-  if (static_cast<int64_t>(b.size()) < h.ids_off) {
-    return Truncated(static_cast<int64_t>(b.size()), h.ids_off, "summary prefix");
+  if (static_cast<int64_t>(b.size()) < h.codes_off) {
+    return Truncated(static_cast<int64_t>(b.size()), h.codes_off, "summary prefix");
   }
   const int64_t features_end = h.features_off + 8 * static_cast<int64_t>(h.n_features);
   if (absl::Status s = CheckSection(b, h.features_off, features_end, "features"); !s.ok()) return s;
+  const int64_t n = static_cast<int64_t>(h.n_tokens);
+  if (absl::Status s = CheckSection(b, h.ids_off, h.ids_off + 4 * n, "token ids"); !s.ok()) {
+    return s;
+  }
   RecordSummary sum;
   sum.id = h.id;
   sum.ns = h.ns;
@@ -398,6 +402,7 @@ absl::StatusOr<RecordSummary> DecodeSummary(std::string_view b, int64_t total_by
       return absl::DataLossError("record features are not sorted and unique");
     }
   }
+  CopyOut(b, h.ids_off, n, &sum.ids);
   sum.created_ms = h.created_ms;
   sum.last_used_ms = h.last_used_ms;
   sum.hit_count = h.hit_count;

@@ -18,9 +18,10 @@
 //
 // The header checksum is verified before any header field is trusted; the total size implied
 // by the header must equal total_len and the bytes given, so no allocation exceeds the input.
-// Features sit before the KV so a directory scan can read a record's index entry from a short
-// prefix (DecodeSummary). Errors: InvalidArgument for a foreign or unsupported file (magic,
-// version, dtype, limits), DataLoss for damage (checksum, truncation, inconsistent fields).
+// Features and ids sit before the KV so a directory scan can read a record's index entries (the
+// prompt-level and the exact-prefix index) from a short prefix (DecodeSummary). Errors:
+// InvalidArgument for a foreign or unsupported file (magic, version, dtype, limits), DataLoss for
+// damage (checksum, truncation, inconsistent fields).
 #ifndef SEMSHARE_CACHE_STORE_CODEC_H_
 #define SEMSHARE_CACHE_STORE_CODEC_H_
 
@@ -51,6 +52,7 @@ struct RecordSummary {
   Namespace ns;
   int64_t n_tokens = 0;
   std::vector<uint64_t> features;
+  std::vector<int32_t> ids;  // [n_tokens] (the exact-prefix index hashes them)
   int64_t created_ms = 0;
   int64_t last_used_ms = 0;
   uint64_t hit_count = 0;
@@ -62,8 +64,9 @@ struct RecordSummary {
 // `bytes` is shorter than prelude + header, returns the length still needed to know it.
 absl::StatusOr<int64_t> SummaryPrefixBytes(std::string_view bytes);
 
-// Summary from a prefix of an encoded record (at least SummaryPrefixBytes long) whose full
-// size is `total_bytes`; verifies the header and feature checksums and that total_bytes equals
+// Summary from a prefix of an encoded record (at least SummaryPrefixBytes long: through the
+// token ids) whose full size is `total_bytes`; verifies the header, feature and id checksums
+// and that total_bytes equals
 // the header's total_len (so a truncated file is caught without reading its KV).
 absl::StatusOr<RecordSummary> DecodeSummary(std::string_view prefix, int64_t total_bytes);
 

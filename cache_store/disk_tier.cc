@@ -120,7 +120,8 @@ absl::Status DiskTier::Scan() {
   struct Found {
     int64_t mtime_ns;
     uint64_t id;
-    RecordSummary summary;
+    RecordSummary summary;  // without its ids (up to 4 bytes a token): chain replaces them
+    std::vector<uint64_t> chain;
   };
   std::vector<Found> found;
   std::error_code ec;
@@ -176,8 +177,10 @@ absl::Status DiskTier::Scan() {
       Quarantine(path);
       continue;
     }
+    std::vector<uint64_t> chain = PrefixChain(summary->ns, summary->ids);
+    summary->ids = {};
     found.push_back({static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec, id,
-                     *std::move(summary)});
+                     *std::move(summary), std::move(chain)});
   }
   std::sort(found.begin(), found.end(), [](const Found& a, const Found& b) {
     return std::tie(a.mtime_ns, a.id) < std::tie(b.mtime_ns, b.id);
@@ -185,8 +188,8 @@ absl::Status DiskTier::Scan() {
   std::lock_guard<std::mutex> lock(mu_);
   for (Found& f : found) {
     Entry e{
-        f.summary.ns,        f.summary.total_len, f.summary.n_tokens, 0, f.mtime_ns / 1000000, 0,
-        f.summary.created_ms};
+        f.summary.ns,         f.summary.total_len, f.summary.n_tokens, 0, f.mtime_ns / 1000000, 0,
+        f.summary.created_ms, std::move(f.chain)};
     InsertLocked(f.id, std::move(e), hasher_.Compute(f.summary.features));
   }
   EvictLocked();
@@ -194,26 +197,29 @@ absl::Status DiskTier::Scan() {
 }
 
 void DiskTier::InsertLocked(uint64_t id, Entry e, Signature sig) {
-  if (auto it = entries_.find(id); it != entries_.end()) {
-    e.hits = it->second.hits;
-    lru_.erase({it->second.tick, id});
-    bytes_ -= it->second.bytes;
-    entries_.erase(it);
-  }
+  if (auto it = entries_.find(id); it != entries_.end()) e.hits = it->second.hits;
+  EraseLocked(id);
   e.tick = ++tick_;
   lru_.insert({e.tick, id});
   bytes_ += e.bytes;
   index_.Insert(id, e.ns, std::move(sig));
+  prefix_.Insert(id, e.chain);
   entries_.emplace(id, std::move(e));
 }
 
-bool DiskTier::RemoveLocked(uint64_t id) {
+bool DiskTier::EraseLocked(uint64_t id) {
   auto it = entries_.find(id);
   if (it == entries_.end()) return false;
   lru_.erase({it->second.tick, id});
   bytes_ -= it->second.bytes;
   index_.Erase(id);
+  prefix_.Erase(id, it->second.chain);
   entries_.erase(it);
+  return true;
+}
+
+bool DiskTier::RemoveLocked(uint64_t id) {
+  if (!EraseLocked(id)) return false;
   std::error_code ec;
   fs::remove(PathOf(id), ec);
   return true;
@@ -236,6 +242,7 @@ absl::Status DiskTier::Put(RecordHandle record) {
         "record of ", size, " bytes exceeds the disk budget of ", options_.byte_budget));
   }
   Signature sig = hasher_.Compute(record->features);
+  std::vector<uint64_t> chain = PrefixChain(record->ns, record->ids);
   const uint64_t id = record->id;
   const std::string path = PathOf(id);
   const std::string tmp = absl::StrFormat("%s/%s%016x-%d-%d", options_.dir, kTempPrefix, id,
@@ -258,8 +265,14 @@ absl::Status DiskTier::Put(RecordHandle record) {
       ::unlink(tmp.c_str());
       return s;
     }
-    Entry e{record->ns,        size, static_cast<int64_t>(record->ids.size()), 0, NowUnixMs(), 0,
-            record->created_ms};
+    Entry e{record->ns,
+            size,
+            static_cast<int64_t>(record->ids.size()),
+            0,
+            NowUnixMs(),
+            0,
+            record->created_ms,
+            std::move(chain)};
     InsertLocked(id, std::move(e), std::move(sig));
     EvictLocked();
   }
@@ -291,6 +304,14 @@ absl::StatusOr<RecordHandle> DiskTier::Get(uint64_t id) {
   struct stat st;
   if (f.fd < 0 || ::fstat(f.fd, &st) != 0) {
     misses_.fetch_add(1);  // evicted or deleted since the index said it was here
+    if (errno == ENOENT) {
+      // Removed behind the tier's back (or by an eviction that has already dropped the entry):
+      // drop the entry so neither index names it again. A concurrent Put that renamed a new
+      // file into place since the open failed keeps its entry.
+      std::error_code ec;
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!fs::exists(path, ec)) EraseLocked(id);
+    }
     return absl::NotFoundError(absl::StrCat("record ", absl::Hex(id), " left the disk tier"));
   }
   absl::StatusOr<Record> rec = absl::DataLossError("unread");
@@ -301,12 +322,7 @@ absl::StatusOr<RecordHandle> DiskTier::Get(uint64_t id) {
   if (!rec.ok()) {
     misses_.fetch_add(1);
     std::lock_guard<std::mutex> lock(mu_);
-    if (auto it = entries_.find(id); it != entries_.end()) {
-      lru_.erase({it->second.tick, id});
-      bytes_ -= it->second.bytes;
-      index_.Erase(id);
-      entries_.erase(it);
-    }
+    EraseLocked(id);
     Quarantine(path);
     return absl::DataLossError(
         absl::StrCat("disk record ", path, " is damaged (quarantined): ", rec.status().message()));
@@ -320,6 +336,35 @@ absl::StatusOr<std::vector<Candidate>> DiskTier::Lookup(const Namespace& ns, con
   lookups_.fetch_add(1);
   std::lock_guard<std::mutex> lock(mu_);
   return index_.Query(ns, sig, k);
+}
+
+absl::StatusOr<std::vector<PrefixCandidate>> DiskTier::ProbePrefix(const Namespace& ns,
+                                                                   std::span<const int32_t> ids,
+                                                                   std::span<const uint64_t> chain,
+                                                                   int max) {
+  (void)ids;  // the ids of stored records are on disk only: candidates are unverified
+  prefix_lookups_.fetch_add(1);
+  std::vector<PrefixCandidate> out;
+  std::vector<uint64_t> holders;
+  std::lock_guard<std::mutex> lock(mu_);
+  // The deepest block's holders, then other holders of shallower blocks as fallbacks (a file
+  // can vanish between this probe and the read), until `max` ids: the next block up, then
+  // halving the depth, so O(log(blocks)) probes however long the shared prefix.
+  const int64_t deepest = prefix_.Depth(chain);
+  for (int64_t depth = deepest; depth > 0 && static_cast<int>(out.size()) < max;
+       depth = depth == deepest ? depth - 1 : depth / 2) {
+    holders.clear();
+    prefix_.Holders(chain[depth - 1], max, &holders);
+    for (uint64_t id : holders) {
+      if (static_cast<int>(out.size()) >= max) break;
+      auto it = entries_.find(id);
+      if (it == entries_.end() || !(it->second.ns == ns)) continue;  // a 64-bit hash collision
+      if (std::any_of(out.begin(), out.end(), [&](const PrefixCandidate& c) { return c.id == id; }))
+        continue;
+      out.push_back({id, depth, depth * kPrefixBlockTokens, false});
+    }
+  }
+  return out;
 }
 
 absl::Status DiskTier::Delete(uint64_t id) {
@@ -345,6 +390,11 @@ std::vector<RecordInfo> DiskTier::List() const {
   return out;
 }
 
+int64_t DiskTier::prefix_entries() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int64_t>(prefix_.size());
+}
+
 TierStats DiskTier::Stats() const {
   TierStats st;
   {
@@ -355,6 +405,7 @@ TierStats DiskTier::Stats() const {
   st.hits = hits_.load();
   st.misses = misses_.load();
   st.lookups = lookups_.load();
+  st.prefix_lookups = prefix_lookups_.load();
   st.puts = puts_.load();
   st.evictions = evictions_.load();
   st.errors = errors_.load();

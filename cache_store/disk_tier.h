@@ -10,6 +10,13 @@
 // "quarantine/" (kept for inspection, never read again) and counted as an error. A byte budget
 // evicts the least recently used files (recency = last Get or Put; at Open, file mtime).
 //
+// The exact-prefix index (prefix_index.h) is kept beside the prompt-level one under the same
+// mutex and rebuilt at Open from each file's token ids (DecodeSummary reads them with the
+// features, still without the KV), so it survives a restart; eviction, Delete, Clear and a
+// quarantined file drop a record's keys with its entry. The tier does not keep ids in memory,
+// so its prefix candidates are unverified (blocks * 16 tokens): the store checks the record it
+// reads.
+//
 // Thread-safe: one mutex guards the index and metadata; encoding, writing and fsync of the
 // temp file and reading a file happen outside it (the rename and evictions happen under it, so
 // an eviction never unlinks a file a concurrent Put just renamed into place).
@@ -46,6 +53,10 @@ class DiskTier : public Tier {
   absl::StatusOr<RecordHandle> Get(uint64_t id) override;
   absl::StatusOr<std::vector<Candidate>> Lookup(const Namespace& ns, const Signature& sig,
                                                 int k) override;
+  absl::StatusOr<std::vector<PrefixCandidate>> ProbePrefix(const Namespace& ns,
+                                                           std::span<const int32_t> ids,
+                                                           std::span<const uint64_t> chain,
+                                                           int max) override;
   absl::Status Delete(uint64_t id) override;
   absl::Status Clear() override;
   std::vector<RecordInfo> List() const override;
@@ -54,6 +65,8 @@ class DiskTier : public Tier {
   // Path of a record's file (whether or not it exists).
   std::string PathOf(uint64_t id) const;
   int64_t quarantined() const { return quarantined_.load(); }
+  // (block key, record id) pairs in the exact-prefix index: the stored records' full blocks.
+  int64_t prefix_entries() const;
 
  private:
   struct Entry {
@@ -64,12 +77,15 @@ class DiskTier : public Tier {
     int64_t last_used_ms = 0;
     uint64_t tick = 0;  // LRU order
     int64_t created_ms = 0;
+    std::vector<uint64_t> chain;  // PrefixChain of the record's ids: its prefix index keys
   };
 
   explicit DiskTier(const DiskTierOptions& options);
   absl::Status Scan();
   // Adds or replaces an entry (mu_ held).
   void InsertLocked(uint64_t id, Entry e, Signature sig);
+  // Drops an entry and its index keys (mu_ held), leaving the file; false if absent.
+  bool EraseLocked(uint64_t id);
   // Drops an entry and its file (mu_ held); false if absent.
   bool RemoveLocked(uint64_t id);
   void EvictLocked();
@@ -82,10 +98,12 @@ class DiskTier : public Tier {
   absl::flat_hash_map<uint64_t, Entry> entries_;
   std::set<std::pair<uint64_t, uint64_t>> lru_;  // (tick, id), least recent first
   LshIndex index_;
+  PrefixIndex prefix_;
   int64_t bytes_ = 0;
   uint64_t tick_ = 0;
   std::atomic<uint64_t> temp_serial_{0};
-  std::atomic<int64_t> hits_{0}, misses_{0}, lookups_{0}, puts_{0}, evictions_{0}, errors_{0};
+  std::atomic<int64_t> hits_{0}, misses_{0}, lookups_{0}, prefix_lookups_{0}, puts_{0},
+      evictions_{0}, errors_{0};
   std::atomic<int64_t> quarantined_{0};
 };
 

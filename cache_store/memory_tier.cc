@@ -6,6 +6,14 @@
 #include "absl/strings/str_cat.h"
 
 namespace semshare::store {
+namespace {
+
+// Holders of the deepest block a probe compares with the prompt per shard (each comparison
+// stops at the first differing token): records sharing the block differ only inside the next
+// one, and the best of this many is the longest prefix unless more tie in one shard.
+constexpr int kPrefixExamine = 32;
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<MemoryTier>> MemoryTier::Create(const MemoryTierOptions& options) {
   if (absl::Status s = options.index.Validate(); !s.ok()) return s;
@@ -39,6 +47,7 @@ int64_t MemoryTier::RemoveLocked(Shard& s, uint64_t id) {
   const int64_t bytes = it->second.bytes;
   s.order.erase({it->second.priority, it->second.tick, id});
   s.index.Erase(id);
+  s.prefix.Erase(id, it->second.chain);
   s.entries.erase(it);
   bytes_.fetch_sub(bytes);
   entries_.fetch_sub(1);
@@ -53,6 +62,7 @@ absl::Status MemoryTier::Put(RecordHandle record) {
         "record of ", bytes, " bytes exceeds the memory budget of ", options_.byte_budget));
   }
   Signature sig = hasher_.Compute(record->features);  // outside the locks: the costly part
+  std::vector<uint64_t> chain = PrefixChain(record->ns, record->ids);
   const uint64_t id = record->id;
   const Namespace ns = record->ns;
   Shard& s = ShardOf(id);
@@ -69,8 +79,10 @@ absl::Status MemoryTier::Put(RecordHandle record) {
   EvictToFit(bytes);
   {
     std::lock_guard<std::mutex> lock(s.mu);
-    Entry e{std::move(record), bytes, hits, NowUnixMs(), Priority(hits, bytes), ++tick_};
+    Entry e{std::move(record), bytes,           hits, NowUnixMs(), Priority(hits, bytes),
+            ++tick_,           std::move(chain)};
     s.order.insert({e.priority, e.tick, id});
+    s.prefix.Insert(id, e.chain);
     s.entries.emplace(id, std::move(e));
     s.index.Insert(id, ns, std::move(sig));
     bytes_.fetch_add(bytes);
@@ -141,6 +153,38 @@ absl::StatusOr<std::vector<Candidate>> MemoryTier::Lookup(const Namespace& ns, c
   return all;
 }
 
+absl::StatusOr<std::vector<PrefixCandidate>> MemoryTier::ProbePrefix(
+    const Namespace& ns, std::span<const int32_t> ids, std::span<const uint64_t> chain, int max) {
+  prefix_lookups_.fetch_add(1);
+  std::vector<PrefixCandidate> out;
+  int64_t best = 0;  // deepest block count found so far
+  std::vector<uint64_t> holders;
+  for (const auto& s : shards_) {
+    std::lock_guard<std::mutex> lock(s->mu);
+    // A shard that does not hold the best depth's key cannot match deeper: one probe.
+    if (best > 0 && !s->prefix.Contains(chain[best - 1])) continue;
+    const int64_t depth = s->prefix.Depth(chain, best);
+    if (depth == 0) continue;
+    holders.clear();
+    s->prefix.Holders(chain[depth - 1], std::max(max, kPrefixExamine), &holders);
+    for (uint64_t id : holders) {
+      auto it = s->entries.find(id);
+      if (it == s->entries.end() || !(it->second.record->ns == ns)) continue;  // hash collision
+      const int64_t tokens = CommonPrefix(it->second.record->ids, ids);
+      if (tokens < kPrefixBlockTokens) continue;  // a 64-bit collision on the first block
+      if (depth > best) {
+        best = depth;
+        out.clear();
+      }
+      out.push_back({id, depth, tokens, true});
+    }
+  }
+  const size_t keep = std::min(out.size(), static_cast<size_t>(std::max(max, 0)));
+  std::partial_sort(out.begin(), out.begin() + keep, out.end(), PrefixCandidateBetter);
+  out.resize(keep);
+  return out;
+}
+
 absl::Status MemoryTier::Delete(uint64_t id) {
   Shard& s = ShardOf(id);
   std::lock_guard<std::mutex> lock(s.mu);
@@ -158,6 +202,7 @@ absl::Status MemoryTier::Clear() {
     s->entries.clear();
     s->order.clear();
     s->index.Clear();
+    s->prefix.Clear();
   }
   return absl::OkStatus();
 }
@@ -174,6 +219,15 @@ std::vector<RecordInfo> MemoryTier::List() const {
   return out;
 }
 
+int64_t MemoryTier::prefix_entries() const {
+  int64_t n = 0;
+  for (const auto& s : shards_) {
+    std::lock_guard<std::mutex> lock(s->mu);
+    n += static_cast<int64_t>(s->prefix.size());
+  }
+  return n;
+}
+
 TierStats MemoryTier::Stats() const {
   TierStats st;
   st.entries = entries_.load();
@@ -181,6 +235,7 @@ TierStats MemoryTier::Stats() const {
   st.hits = hits_.load();
   st.misses = misses_.load();
   st.lookups = lookups_.load();
+  st.prefix_lookups = prefix_lookups_.load();
   st.puts = puts_.load();
   st.evictions = evictions_.load();
   st.errors = 0;  // nothing in memory can be corrupt or fail I/O

@@ -12,6 +12,16 @@
 // drop the tier's reference and a request holding a handle keeps the record alive and
 // unchanged. Budgets count the tier's references only. A lookup takes one shard lock at a
 // time and never waits on another shard's writer. All methods are thread-safe.
+//
+// Each shard also holds the exact-prefix index of its records (prefix_index.h), changed under
+// the shard's lock together with its entries, so a record is in a shard's prefix index exactly
+// while it is in the shard (eviction, Delete and Clear drop its keys at once). ProbePrefix binary
+// searches each shard for the deepest block of the prompt it holds (shards that cannot beat the
+// best so far cost one probe), and compares up to 32 holders' ids with the prompt under the
+// lock, so its candidates carry the exact common prefix (verified), the best first. Cost:
+// O(shards * log(blocks)) index probes plus one id comparison (up to the first difference) per
+// holder examined. The index's own bytes (16 per 16-token
+// block) are not counted in the budget.
 #ifndef SEMSHARE_CACHE_STORE_MEMORY_TIER_H_
 #define SEMSHARE_CACHE_STORE_MEMORY_TIER_H_
 
@@ -45,12 +55,18 @@ class MemoryTier : public Tier {
   absl::StatusOr<RecordHandle> Get(uint64_t id) override;
   absl::StatusOr<std::vector<Candidate>> Lookup(const Namespace& ns, const Signature& sig,
                                                 int k) override;
+  absl::StatusOr<std::vector<PrefixCandidate>> ProbePrefix(const Namespace& ns,
+                                                           std::span<const int32_t> ids,
+                                                           std::span<const uint64_t> chain,
+                                                           int max) override;
   absl::Status Delete(uint64_t id) override;
   absl::Status Clear() override;
   std::vector<RecordInfo> List() const override;
   TierStats Stats() const override;
 
   int32_t shard_count() const { return static_cast<int32_t>(shards_.size()); }
+  // (block key, record id) pairs in the exact-prefix index: the stored records' full blocks.
+  int64_t prefix_entries() const;
   int64_t byte_budget() const { return options_.byte_budget; }
 
  private:
@@ -61,6 +77,7 @@ class MemoryTier : public Tier {
     int64_t last_used_ms = 0;
     double priority = 0;
     uint64_t tick = 0;  // last Put/Get: among equal priorities the least recent goes first
+    std::vector<uint64_t> chain;  // the record's PrefixChain: its keys in the shard's prefix index
   };
   struct Shard {
     explicit Shard(const IndexConfig& c) : index(c) {}
@@ -68,6 +85,7 @@ class MemoryTier : public Tier {
     absl::flat_hash_map<uint64_t, Entry> entries;
     std::set<std::tuple<double, uint64_t, uint64_t>> order;  // (priority, tick, id), lowest first
     LshIndex index;
+    PrefixIndex prefix;
   };
 
   explicit MemoryTier(const MemoryTierOptions& options);
@@ -85,7 +103,8 @@ class MemoryTier : public Tier {
   std::atomic<double> clock_{0.0};
   std::atomic<uint64_t> tick_{0};
   std::atomic<int64_t> bytes_{0}, entries_{0};
-  std::atomic<int64_t> hits_{0}, misses_{0}, lookups_{0}, puts_{0}, evictions_{0};
+  std::atomic<int64_t> hits_{0}, misses_{0}, lookups_{0}, prefix_lookups_{0}, puts_{0},
+      evictions_{0};
 };
 
 }  // namespace semshare::store

@@ -1,7 +1,9 @@
-// A reference record: one earlier prompt's token ids, LSH codes, position-free prompt features
-// and full per-layer KV, under a namespace (tenant + model fingerprint) that isolates tenants
-// and models absolutely (DESIGN.md section 5). Records are immutable once published; the store
-// shares them as std::shared_ptr<const Record> (RecordHandle) so a request holding one never
+// A reference record: one earlier prompt's (or whole turn's: prompt + generated tokens) token
+// ids, LSH codes, position-free prompt features and full per-layer KV, under a namespace (tenant
+// + model fingerprint) that isolates tenants and models absolutely (DESIGN.md section 5). Every
+// full 16-token block of the ids is in the exact-prefix index (prefix_index.h), so a record
+// serves any prompt that starts with its first tokens. Records are immutable once published; the
+// store shares them as std::shared_ptr<const Record> (RecordHandle) so a request holding one never
 // sees it freed or changed. Hit counts and last-used times the store tracks live beside the
 // record in each tier; the fields here are the values at the time the record was encoded.
 #ifndef SEMSHARE_CACHE_STORE_RECORD_H_

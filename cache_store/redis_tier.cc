@@ -214,6 +214,9 @@ std::string RedisTier::ChunkKey(uint64_t id, int64_t chunk) const {
 std::string RedisTier::SignatureKey(uint64_t id) const {
   return absl::StrCat(options_.key_prefix, ":{", Hex16(id), "}:s");
 }
+std::string RedisTier::PrefixKey(uint64_t ns_hash, uint64_t chain_hash) const {
+  return absl::StrCat(options_.key_prefix, ":p:", Hex16(ns_hash), ":", Hex16(chain_hash));
+}
 std::string RedisTier::BucketKey(uint64_t ns_hash, uint64_t band_key) const {
   return absl::StrCat(options_.key_prefix, ":b:", Hex16(ns_hash), ":", Hex16(band_key));
 }
@@ -272,19 +275,20 @@ absl::Status RedisTier::Put(RecordHandle record) {
   enc->clear();
 
   cmds.clear();
+  const auto add = [&](const std::string& key) {
+    cmds.push_back(Cmd({"SADD", key, Hex16(id)}));
+    if (options_.ttl_ms > 0) cmds.push_back(Cmd({"PEXPIRE", key, absl::StrCat(options_.ttl_ms)}));
+  };
+  const uint64_t ns_hash = record->ns.Hash();
   if (!sig.empty()) {
-    std::vector<uint64_t> keys = hasher_.BandKeys(record->ns.Hash(), sig);
+    std::vector<uint64_t> keys = hasher_.BandKeys(ns_hash, sig);
     std::sort(keys.begin(), keys.end());
     keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
-    for (uint64_t k : keys) {
-      const std::string bucket = BucketKey(record->ns.Hash(), k);
-      cmds.push_back(Cmd({"SADD", bucket, Hex16(id)}));
-      if (options_.ttl_ms > 0)
-        cmds.push_back(Cmd({"PEXPIRE", bucket, absl::StrCat(options_.ttl_ms)}));
-    }
+    for (uint64_t k : keys) add(BucketKey(ns_hash, k));
   }
-  // A bucket on an unreachable node is skipped (counted): the record stays findable through
-  // its other bands. Only when no band could be indexed is the Put a failure.
+  for (uint64_t h : PrefixChain(record->ns, record->ids)) add(PrefixKey(ns_hash, h));
+  // A bucket or prefix key on an unreachable node is skipped (counted): the record stays
+  // findable through its other bands. Only when no key could be written is the Put a failure.
   absl::Status first_error;
   size_t indexed = 0;
   for (absl::StatusOr<RedisReply>& r : client_->Run(cmds)) {
@@ -435,6 +439,77 @@ absl::StatusOr<std::vector<Candidate>> RedisTier::Lookup(const Namespace& ns, co
   return out;
 }
 
+absl::StatusOr<std::vector<PrefixCandidate>> RedisTier::ProbePrefix(const Namespace& ns,
+                                                                    std::span<const int32_t> ids,
+                                                                    std::span<const uint64_t> chain,
+                                                                    int max) {
+  (void)ids;  // candidates are unverified: the store compares the ids of the record it reads
+  prefix_lookups_.fetch_add(1);
+  std::vector<PrefixCandidate> out;
+  if (chain.empty() || max <= 0) return out;
+  const uint64_t ns_hash = ns.Hash();
+  std::vector<RedisCommand> cmds;
+  cmds.reserve(chain.size());
+  for (uint64_t h : chain) {
+    cmds.push_back(Cmd({"SRANDMEMBER", PrefixKey(ns_hash, h), absl::StrCat(max)}));
+  }
+  std::vector<absl::StatusOr<RedisReply>> sets = client_->Run(cmds);
+  // Some keys unreadable (a node down): use what the others gave; none: the probe fails.
+  absl::Status first_error;
+  size_t answered = 0;
+  for (const absl::StatusOr<RedisReply>& r : sets) {
+    if (r.ok()) {
+      ++answered;
+    } else {
+      first_error.Update(r.status());
+    }
+  }
+  if (answered == 0) return Count(first_error);
+  if (!first_error.ok()) errors_.fetch_add(1);
+  // Deepest key first; a record holding block b holds every block before it, so the deepest
+  // answered key is the longest prefix even when a shallower key sat on an unreachable node.
+  struct Seen {
+    PrefixCandidate c;
+    size_t key;  // index into chain of the key it was read from
+  };
+  std::vector<Seen> seen;
+  absl::flat_hash_map<uint64_t, bool> taken;
+  for (size_t b = chain.size(); b-- > 0 && static_cast<int>(seen.size()) < max;) {
+    if (!sets[b].ok()) continue;
+    std::vector<uint64_t> here;
+    for (const RedisReply& e : sets[b]->elements) {
+      uint64_t id = 0;
+      if (e.str.size() == 16 && absl::SimpleHexAtoi(e.str, &id)) here.push_back(id);
+    }
+    std::sort(here.begin(), here.end());  // SRANDMEMBER's order is random
+    for (uint64_t id : here) {
+      if (static_cast<int>(seen.size()) >= max || !taken.emplace(id, true).second) continue;
+      const int64_t blocks = static_cast<int64_t>(b) + 1;
+      seen.push_back({{id, blocks, blocks * kPrefixBlockTokens, false}, b});
+    }
+  }
+  if (seen.empty()) return out;
+  cmds.clear();
+  for (const Seen& s : seen) cmds.push_back(Cmd({"EXISTS", ManifestKey(s.c.id)}));
+  std::vector<absl::StatusOr<RedisReply>> exists = client_->Run(cmds);
+  cmds.clear();
+  for (size_t i = 0; i < seen.size(); ++i) {
+    if (!exists[i].ok()) continue;  // its node is unreachable: the record cannot be read now
+    if (exists[i]->integer == 1) {
+      out.push_back(seen[i].c);
+      continue;
+    }
+    // Gone (deleted by another replica, expired, evicted by Redis' maxmemory): drop the id from
+    // the keys of this prompt that named it (the others go when they expire or are probed).
+    prefix_stale_.fetch_add(1);
+    for (size_t b = 0; b <= seen[i].key; ++b) {
+      cmds.push_back(Cmd({"SREM", PrefixKey(ns_hash, chain[b]), Hex16(seen[i].c.id)}));
+    }
+  }
+  if (!cmds.empty()) (void)client_->Run(cmds);  // best effort: a failure leaves a stale id
+  return out;
+}
+
 absl::Status RedisTier::Delete(uint64_t id) {
   std::vector<RedisCommand> cmds{Cmd({"GET", ManifestKey(id)}), Cmd({"GET", SignatureKey(id)})};
   std::vector<absl::StatusOr<RedisReply>> got = client_->Run(cmds);
@@ -447,6 +522,14 @@ absl::Status RedisTier::Delete(uint64_t id) {
   cmds = {Cmd({"DEL", SignatureKey(id)})};
   if (absl::StatusOr<Layout> m = DecodeManifest(got[0]->str); m.ok()) {
     for (uint32_t j = 0; j < m->n_chunks; ++j) cmds.push_back(Cmd({"DEL", ChunkKey(id, j)}));
+    // The manifest's head holds the record's ids: its prefix keys.
+    if (absl::StatusOr<RecordSummary> sum =
+            DecodeSummary(m->head, static_cast<int64_t>(m->total_len));
+        sum.ok() && sum->id == id) {
+      for (uint64_t h : PrefixChain(sum->ns, sum->ids)) {
+        cmds.push_back(Cmd({"SREM", PrefixKey(sum->ns.Hash(), h), Hex16(id)}));
+      }
+    }
   }
   uint64_t sid = 0;
   Namespace ns;
@@ -519,6 +602,7 @@ TierStats RedisTier::Stats() const {
   s.hits = hits_.load();
   s.misses = misses_.load();
   s.lookups = lookups_.load();
+  s.prefix_lookups = prefix_lookups_.load();
   s.puts = puts_.load();
   s.errors = errors_.load();
   return s;

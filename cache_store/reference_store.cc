@@ -130,6 +130,63 @@ absl::StatusOr<std::vector<Candidate>> ReferenceStore::Lookup(const Namespace& n
   return out;
 }
 
+absl::StatusOr<PrefixMatch> ReferenceStore::LookupPrefix(const Namespace& ns,
+                                                         std::span<const int32_t> ids,
+                                                         int64_t min_tokens) {
+  prefix_lookups_.fetch_add(1);
+  min_tokens = std::max(min_tokens, kPrefixBlockTokens);
+  const auto miss = [&] {
+    return absl::NotFoundError(absl::StrCat("no record shares the first ", min_tokens,
+                                            " tokens of the prompt in ", ns.DebugString()));
+  };
+  if (static_cast<int64_t>(ids.size()) < min_tokens) return miss();
+  const std::vector<uint64_t> chain = PrefixChain(ns, ids);
+  struct Found {
+    PrefixCandidate c;
+    const char* tier;
+  };
+  std::vector<Found> found;
+  for (Tier* tier : Tiers()) {
+    absl::StatusOr<std::vector<PrefixCandidate>> c =
+        tier->ProbePrefix(ns, ids, chain, kMaxPrefixReads);
+    if (!c.ok()) {
+      prefix_errors_.fetch_add(1);
+      continue;
+    }
+    for (const PrefixCandidate& cand : *c) found.push_back({cand, tier->name()});
+    // Every full block matched and verified: a lower tier can add at most the partial block.
+    if (!c->empty() && (*c)[0].verified && (*c)[0].blocks == static_cast<int64_t>(chain.size())) {
+      break;
+    }
+  }
+  // Deepest first; the sort is stable, so among equals the earlier tier's candidate comes first.
+  std::stable_sort(found.begin(), found.end(), [](const Found& a, const Found& b) {
+    return a.c.blocks != b.c.blocks ? a.c.blocks > b.c.blocks : a.c.tokens > b.c.tokens;
+  });
+  PrefixMatch best;
+  absl::flat_hash_set<uint64_t> tried;
+  for (const Found& f : found) {
+    if (static_cast<int>(tried.size()) >= kMaxPrefixReads) break;
+    if (!tried.insert(f.c.id).second) continue;
+    // At most the claimed blocks plus a partial one: stop when that cannot beat what we hold or
+    // reach min_tokens (later candidates claim no more).
+    const int64_t bound = f.c.verified ? f.c.tokens : (f.c.blocks + 1) * kPrefixBlockTokens - 1;
+    if (bound <= best.tokens || bound < min_tokens) break;
+    absl::StatusOr<RecordHandle> h = Get(ns, f.c.id);
+    const int64_t tokens = h.ok() ? CommonPrefix((*h)->ids, ids) : 0;
+    if (tokens < f.c.blocks * kPrefixBlockTokens) prefix_stale_.fetch_add(1);
+    if (tokens >= min_tokens && tokens > best.tokens) {
+      best = PrefixMatch{f.c.id, *std::move(h), tokens, tokens / kPrefixBlockTokens, f.tier};
+    }
+    // As long as the index claimed: later candidates claim no more blocks (sorted).
+    if (tokens >= f.c.blocks * kPrefixBlockTokens) break;
+  }
+  if (best.record == nullptr) return miss();
+  prefix_hits_.fetch_add(1);
+  prefix_hit_tokens_.fetch_add(best.tokens);
+  return best;
+}
+
 absl::StatusOr<RecordHandle> ReferenceStore::Get(const Namespace& ns, uint64_t id) {
   const auto not_found = [&] {
     return absl::NotFoundError(
@@ -198,6 +255,11 @@ StoreStats ReferenceStore::Stats() const {
   st.publish_failed = failed_.load();
   st.lookup_errors = lookup_errors_.load();
   st.promotions = promotions_.load();
+  st.prefix_lookups = prefix_lookups_.load();
+  st.prefix_hits = prefix_hits_.load();
+  st.prefix_hit_tokens = prefix_hit_tokens_.load();
+  st.prefix_stale = prefix_stale_.load();
+  st.prefix_errors = prefix_errors_.load();
   return st;
 }
 

@@ -12,6 +12,11 @@
 // publish_failed. Namespace
 // isolation is absolute: Lookup filters inside every tier's index and Get answers NotFound for
 // another namespace's id. All methods are thread-safe.
+//
+// Exact prefixes (issue 15): LookupPrefix finds the stored record sharing the longest common
+// prefix with a prompt, through every tier's exact-prefix index (prefix_index.h), for the
+// hybrid prefill that copies rows [0, tokens) of the record's KV exactly. Records hold whole
+// turns (prompt + generated tokens), so the next turn of a conversation extends one.
 #ifndef SEMSHARE_CACHE_STORE_REFERENCE_STORE_H_
 #define SEMSHARE_CACHE_STORE_REFERENCE_STORE_H_
 
@@ -44,6 +49,23 @@ struct StoreOptions {
   RedisTierOptions redis;
 };
 
+// The answer of LookupPrefix.
+struct PrefixMatch {
+  uint64_t id = 0;
+  // The record, pinned for as long as the handle lives (read through Get: a disk or Redis
+  // record was promoted into memory). record->ids[0, tokens) == the prompt's ids[0, tokens).
+  RecordHandle record;
+  // Exact common prefix of the record's ids and the prompt, in tokens: >= kPrefixBlockTokens,
+  // refined to the token past the last matching block (so not a multiple of the block), at
+  // most min(prompt, record) tokens. It may equal the prompt's length (a repeated prompt, or
+  // one the record extends): the caller still computes at least the last token for logits.
+  // The store does not look at the KV: the caller checks its shape (layers, kv_dim, rows ==
+  // ids) as it does for a semantic candidate before copying rows [0, tokens).
+  int64_t tokens = 0;
+  int64_t blocks = 0;     // full blocks of the match: tokens / kPrefixBlockTokens
+  const char* tier = "";  // the tier whose index named the record: memory, disk or redis
+};
+
 struct StoreStats {
   TierStats memory;
   bool has_disk = false;
@@ -56,6 +78,15 @@ struct StoreStats {
   int64_t publish_failed = 0;   // a tier refused the record (too large, I/O error)
   int64_t lookup_errors = 0;    // a tier's lookup failed (counted, treated as no candidates)
   int64_t promotions = 0;       // disk or Redis hits copied into memory
+  // LookupPrefix: calls, hits (a match of at least one block returned), the tokens those hits
+  // matched, candidates an index named that could not be read or did not share the claimed
+  // prefix (evicted, deleted or expired in between, damaged: the next candidate is tried), and
+  // tier probes that failed (counted, treated as no candidates, like lookup_errors).
+  int64_t prefix_lookups = 0;
+  int64_t prefix_hits = 0;
+  int64_t prefix_hit_tokens = 0;
+  int64_t prefix_stale = 0;
+  int64_t prefix_errors = 0;
 };
 
 class ReferenceStore {
@@ -74,6 +105,24 @@ class ReferenceStore {
   // best first by estimated Jaccard, merged across tiers.
   absl::StatusOr<std::vector<Candidate>> Lookup(const Namespace& ns,
                                                 std::span<const uint64_t> features, int k);
+  // The stored record of namespace `ns` with the longest common prefix with `ids`, at least
+  // max(min_tokens, kPrefixBlockTokens) tokens long; see PrefixMatch. A caller that would not
+  // use a short match passes its threshold as min_tokens: candidates that cannot reach it are
+  // not read (a disk or Redis read costs the whole record). Tiers are probed in order (memory,
+  // disk, Redis); the deepest block match wins, an earlier tier on a tie, and lower tiers are
+  // skipped once a match covers every full block of the prompt. Candidates are read through Get
+  // (promotion included) and their ids compared with the prompt, so the answer is exact even
+  // against a hash collision. Only OK or NotFound (a miss: nothing shares a block, a prompt
+  // shorter than a block, or every candidate vanished or failed): a tier that is down or a
+  // record evicted between index and read is counted and never an error to the request. Cost:
+  // the prompt's chain hashes (a few microseconds at 4k tokens), O(shards * log(blocks)) index
+  // probes in memory, O(log(blocks)) on disk, two pipelined round trips to Redis, and one Get
+  // per candidate tried (at most kMaxPrefixReads). Thread-safe.
+  absl::StatusOr<PrefixMatch> LookupPrefix(const Namespace& ns, std::span<const int32_t> ids,
+                                           int64_t min_tokens = kPrefixBlockTokens);
+  // Candidates a lookup reads at most before it answers with the best it verified (or a miss).
+  static constexpr int kMaxPrefixReads = 4;
+
   // The record, pinned for as long as the handle lives. NotFound on a miss or for another
   // namespace's id; DataLoss when a tier held it damaged (dropped and counted).
   absl::StatusOr<RecordHandle> Get(const Namespace& ns, uint64_t id);
@@ -108,6 +157,8 @@ class ReferenceStore {
   std::thread writer_;
 
   std::atomic<int64_t> published_{0}, dropped_{0}, failed_{0}, lookup_errors_{0}, promotions_{0};
+  std::atomic<int64_t> prefix_lookups_{0}, prefix_hits_{0}, prefix_hit_tokens_{0}, prefix_stale_{0},
+      prefix_errors_{0};
 };
 
 }  // namespace semshare::store

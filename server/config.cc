@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "engine/model/default_model.h"
 #include "nlohmann/json.hpp"
 
 extern char** environ;
@@ -36,7 +37,8 @@ constexpr double kI64 = 9.0e18;
 const std::vector<Knob>& Knobs() {
   static const std::vector<Knob> knobs = {
       {"model", &ServerConfig::model, "PATH",
-       "GGUF file or Hugging Face directory (empty: the embedded default model)"},
+       "GGUF file or Hugging Face directory (default: the installed default model, "
+       "$SEMSHARE_CACHE_DIR/models/SmolLM2-135M-Instruct.Q4_1.gguf)"},
       {"model-name", &ServerConfig::model_name, "NAME",
        "the model label of every metric (empty: the model file or directory name without "
        ".gguf)"},
@@ -273,6 +275,8 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv,
   for (const auto& [k, value] : flags) {
     if (auto s = SetKnob(*k, value, "flag", &c); !s.ok()) return s;
   }
+  if (c.model.empty())
+    c.model = engine::InstalledDefaultModelPath();  // scripts/setup puts it there
   if (auto s = ValidateServerConfig(c); !s.ok()) return s;
   return c;
 }

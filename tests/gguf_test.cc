@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "engine/model/default_model.h"
 #include "engine/model/dequant.h"
 #include "tests/gguf_writer.h"
 
@@ -543,12 +544,9 @@ TEST(GgufFuzzTest, RandomMutationsNeverCrash) {
 }
 
 TEST(GgufModelTest, DefaultModelOpens) {
-  const char* path = std::getenv("SEMSHARE_MODEL");
-  ASSERT_NE(path, nullptr)
-      << "SEMSHARE_MODEL is not set: point it at the default model "
-         "(scripts/test does: ~/.cache/semshare/models/SmolLM2-135M-Instruct.Q4_1.gguf)";
+  const std::string path = ResolveModelPath("");  // $SEMSHARE_MODEL or the installed model
   auto f = GgufFile::Open(path);
-  ASSERT_TRUE(f.ok()) << f.status();
+  ASSERT_TRUE(f.ok()) << path << ": " << f.status() << " (run scripts/setup or set SEMSHARE_MODEL)";
   EXPECT_EQ(*(*f)->GetString("general.architecture"), "llama");
   EXPECT_EQ(*(*f)->GetInt("llama.block_count"), 30);
   EXPECT_EQ((*f)->tensors().size(), 272u);

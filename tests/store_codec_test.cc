@@ -125,7 +125,13 @@ TEST(StoreCodecTest, RoundTripIsBitExact) {
     EXPECT_EQ(sum->id, r.id);
     EXPECT_EQ(sum->ns, r.ns);
     EXPECT_EQ(sum->features, r.features);
+    EXPECT_EQ(sum->ids, r.ids);  // the disk tier's exact-prefix index is rebuilt from them
     EXPECT_EQ(sum->n_tokens, 600);
+    // A damaged id in the prefix is caught there (the index would otherwise hash wrong blocks).
+    std::string bad_ids = bytes->substr(0, have);
+    bad_ids[have - 8 - 4 * 300] ^= 1;  // inside the ids section, before its checksum
+    EXPECT_EQ(DecodeSummary(bad_ids, static_cast<int64_t>(bytes->size())).status().code(),
+              absl::StatusCode::kDataLoss);
     EXPECT_EQ(sum->total_len, static_cast<int64_t>(bytes->size()));
     // A file shorter than its header promises is caught from the prefix alone.
     absl::Status s = DecodeSummary(bytes->substr(0, have), bytes->size() - 1).status();

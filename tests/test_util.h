@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "engine/model/default_model.h"
 #include "engine/model/model.h"
 
 namespace semshare::testing {
@@ -87,24 +88,32 @@ inline std::unique_ptr<engine::Model> TinyModel(engine::Arch arch, engine::RopeS
   return m;
 }
 
-// $SEMSHARE_MODEL, or "" (tests that need it fail with a message saying how to set it).
-inline std::string DefaultModelPath() {
-  const char* p = std::getenv("SEMSHARE_MODEL");
-  return p == nullptr ? "" : p;
-}
+// The model the tests load: $SEMSHARE_MODEL, else the default model scripts/setup installs
+// (engine/model/default_model.h). A test that loads it fails with a message naming the path.
+inline std::string DefaultModelPath() { return engine::ResolveModelPath(""); }
 
-// One pair of the MRPC paraphrase corpus (../shared/data/paraphrase).
+// The paraphrase corpus shipped in the repository (data/paraphrase/README.md): 775 pairs, 588
+// of them paraphrases (label 1), in the MRPC train file's format.
+inline constexpr size_t kCorpusPairs = 775;
+inline constexpr size_t kCorpusParaphrases = 588;
+
+// One pair of the paraphrase corpus.
 struct MrpcPair {
   int label = 0;
   std::string first, second;
 };
 
-// The MRPC train file: utf-8-sig, CRLF, header line, tab-separated
-// "Quality  #1 ID  #2 ID  #1 String  #2 String", no quoting.
-inline std::vector<MrpcPair> ReadMrpc(std::string* error) {
+// $SEMSHARE_SOURCE_DIR/data/paraphrase/paraphrase_pairs.txt (ctest sets the variable).
+inline std::string CorpusPath() {
   const char* src = std::getenv("SEMSHARE_SOURCE_DIR");
-  const std::string path = std::string(src == nullptr ? "." : src) +
-                           "/../shared/data/paraphrase/msr_paraphrase_train.txt";
+  return std::string(src == nullptr ? "." : src) + "/data/paraphrase/paraphrase_pairs.txt";
+}
+
+// The corpus: utf-8-sig, CRLF, header line, tab-separated
+// "Quality  #1 ID  #2 ID  #1 String  #2 String", no quoting (MRPC's format). A line without
+// five fields is an error, not skipped.
+inline std::vector<MrpcPair> ReadMrpc(std::string* error) {
+  const std::string path = CorpusPath();
   std::ifstream f(path, std::ios::binary);
   if (!f) {
     *error = "cannot open " + path + " (SEMSHARE_SOURCE_DIR is set by ctest)";
@@ -122,25 +131,29 @@ inline std::vector<MrpcPair> ReadMrpc(std::string* error) {
       continue;
     }
     std::vector<std::string> cols = absl::StrSplit(line, '\t');
-    if (cols.size() != 5) continue;
+    if (cols.size() != 5 || (cols[0] != "0" && cols[0] != "1")) {
+      *error = path + ": line " + std::to_string(pairs.size() + 2) + " is not a corpus row";
+      return {};
+    }
     pairs.push_back({cols[0] == "1" ? 1 : 0, cols[3], cols[4]});
   }
   return pairs;
 }
 
 // The default model, loaded once per test binary and kept for its lifetime; null (with a
-// message in *error) when $SEMSHARE_MODEL is unset or does not load.
+// message in *error naming the path) when it does not load.
 inline const engine::Model* DefaultModel(std::string* error) {
   static std::string load_error;
   static const engine::Model* model = []() -> const engine::Model* {
     const std::string path = DefaultModelPath();
     if (path.empty()) {
-      load_error = "set SEMSHARE_MODEL to the default model (scripts/test does)";
+      load_error = "no model path (set SEMSHARE_MODEL or run scripts/setup)";
       return nullptr;
     }
     auto m = engine::LoadModel(path);
     if (!m.ok()) {
-      load_error = std::string(m.status().message());
+      load_error = path + ": " + std::string(m.status().message()) +
+                   " (run scripts/setup, or set SEMSHARE_MODEL)";
       return nullptr;
     }
     return std::move(*m).release();

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/model/default_model.h"
 #include "engine/model/gguf.h"
 #include "engine/text/bpe_pretokenizer.h"
 #include "engine/text/unicode_utf8.h"
@@ -33,16 +34,11 @@ using ::testing::HasSubstr;
 class ModelTokenizerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    const char* path = std::getenv("SEMSHARE_MODEL");
-    if (path == nullptr || *path == '\0') {
-      load_error_ = new std::string(
-          "SEMSHARE_MODEL is not set: point it at the default model "
-          "(scripts/test sets it; the file is SmolLM2-135M-Instruct.Q4_1.gguf)");
-      return;
-    }
+    const std::string path = ResolveModelPath("");  // $SEMSHARE_MODEL or the installed model
     auto gguf = GgufFile::Open(path);
     if (!gguf.ok()) {
-      load_error_ = new std::string(gguf.status().ToString());
+      load_error_ = new std::string(path + ": " + gguf.status().ToString() +
+                                    " (run scripts/setup or set SEMSHARE_MODEL)");
       return;
     }
     auto tok = Tokenizer::FromGguf(**gguf);

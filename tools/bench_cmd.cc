@@ -81,13 +81,17 @@ int BenchCommand(int argc, char** argv) {
       return BenchCudaCommand(argc, argv);
   }
   static const std::vector<FlagSpec> specs = {
-      {"model", "a .gguf file or a Hugging Face model directory ($SEMSHARE_MODEL)"},
+      {"model",
+       "a .gguf file or a Hugging Face model directory (default: $SEMSHARE_MODEL, else the "
+       "installed default model)"},
       {"suite", "what to measure: forward, reuse, store, matcher, cuda (= --backend cuda)", false,
        false, "forward"},
       {"lengths", "comma-separated prompt lengths", false, false, "512,2048,4096"},
       {"decode-tokens", "tokens to decode after a 512-token prefill", false, false, "64"},
       {"repeats", "runs per measurement (median reported)", false, false, "3"},
       {"threads", "CPU threads (0 = all cores)", false, false, "0"},
+      {"matmul", "CPU projections: quant (quantized-activation kernels for few rows) or float",
+       false, false, "quant"},
       {"json", "write the results to this JSON file"},
       {"help", "show this help", true},
   };
@@ -123,7 +127,10 @@ int BenchCommand(int argc, char** argv) {
   auto model = LoadModelForCli(args->Str("model"), &load_ms);
   if (!model.ok()) return fail(model.status().message(), 1);
   const engine::ModelConfig& c = (*model)->config;
-  engine::CpuBackend backend;
+  const std::string matmul = args->Str("matmul");
+  if (matmul != "float" && matmul != "quant") return fail("--matmul must be quant or float", 2);
+  engine::CpuBackend backend(matmul == "quant" ? engine::MatMulPrecision::kQuantizedActivations
+                                               : engine::MatMulPrecision::kFloat);
   engine::LlamaForward fwd(**model, backend);
 
   // The sgemm rate: a large square problem (the machine's practical peak) and the model's own

@@ -1,9 +1,12 @@
 #include "tools/bench_pairs.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <system_error>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -149,6 +152,29 @@ absl::StatusOr<std::vector<MrpcPair>> LoadMrpc(const std::string& path) {
   auto text = ReadFile(path);
   if (!text.ok()) return text.status();
   return ParseMrpc(*text, path);
+}
+
+std::string CorpusPath(const std::string& flag) {
+  namespace fs = std::filesystem;
+  const fs::path shipped = fs::path("paraphrase") / "paraphrase_pairs.txt";
+  std::error_code ec;
+  if (!flag.empty()) {
+    if (!fs::is_directory(flag, ec)) return flag;
+    const fs::path mrpc = fs::path(flag) / "paraphrase" / "msr_paraphrase_train.txt";
+    if (!fs::exists(fs::path(flag) / shipped, ec) && fs::exists(mrpc, ec)) return mrpc.string();
+    return (fs::path(flag) / shipped).string();
+  }
+  std::vector<fs::path> roots;
+  if (const char* env = std::getenv("SEMSHARE_SOURCE_DIR"); env != nullptr && *env != '\0') {
+    roots.emplace_back(env);
+  }
+  roots.push_back(fs::current_path(ec));
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) roots.push_back(exe.parent_path().parent_path().parent_path());
+  for (const fs::path& r : roots) {
+    if (fs::exists(r / "data" / shipped, ec)) return (r / "data" / shipped).string();
+  }
+  return (roots.front() / "data" / shipped).string();
 }
 
 const char* PairKindName(PairKind kind) {

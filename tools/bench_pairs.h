@@ -1,6 +1,6 @@
 // (reference, target) prompt pairs for `semshare bench --suite reuse` (issue 3, item 7).
 //
-// Two kinds are built from the MRPC paraphrase corpus (shared/data/paraphrase; utf-8-sig, CRLF,
+// Two kinds are built from the paraphrase corpus (data/paraphrase, MRPC's format; utf-8-sig, CRLF,
 // tab-separated, no CSV quoting):
 //  - paraphrase: the reference body is many label-1 first sentences, the target body the
 //    human paraphrases of the same sentences in the same order (what a semantically similar
@@ -41,6 +41,13 @@ struct MrpcPair {
 absl::StatusOr<std::vector<MrpcPair>> ParseMrpc(std::string_view text, std::string_view source);
 // NotFound / InvalidArgument naming the path when it cannot be read or parsed.
 absl::StatusOr<std::vector<MrpcPair>> LoadMrpc(const std::string& path);
+// The corpus the benches read: `flag` when set (a file, or a data dir holding
+// paraphrase/paraphrase_pairs.txt or, like ../shared/data, paraphrase/msr_paraphrase_train.txt);
+// else the corpus shipped in the repository, data/paraphrase/paraphrase_pairs.txt, under
+// $SEMSHARE_SOURCE_DIR, the working directory or the checkout holding this binary (the first
+// that has it; the $SEMSHARE_SOURCE_DIR or working-directory path when none does, so the load
+// error names it).
+std::string CorpusPath(const std::string& flag);
 
 enum class PairKind { kParaphrase, kReorder, kRepeat, kUser };
 const char* PairKindName(PairKind kind);

@@ -410,11 +410,13 @@ absl::Status RunPair(const engine::Model& model, PairRunner& runner, const Optio
 
 int BenchReuseCommand(int argc, char** argv) {
   static const std::vector<FlagSpec> specs = {
-      {"model", "a .gguf file or a Hugging Face model directory ($SEMSHARE_MODEL)"},
+      {"model",
+       "a .gguf file or a Hugging Face model directory (default: $SEMSHARE_MODEL, else the "
+       "installed default model)"},
       {"suite", "reuse", false, false, "reuse"},
       {"data",
-       "the paraphrase corpus file, or a data dir holding paraphrase/ (default: "
-       "../shared/data next to the repo)"},
+       "the paraphrase corpus file (MRPC format), or a data dir holding paraphrase/ (default: "
+       "data/paraphrase/paraphrase_pairs.txt in the repository)"},
       {"pairs", "JSON lines {\"reference\": ..., \"target\": ...} to use instead of the corpus"},
       {"lengths", "comma-separated target lengths in tokens", false, false, "512,1024,2048,4096"},
       {"kinds", "comma-separated pair kinds: paraphrase, reorder, repeat", false, false,
@@ -551,11 +553,8 @@ int BenchReuseCommand(int argc, char** argv) {
     if (!p.ok()) return fail(p.status().message(), 2);
     user_pairs = *std::move(p);
   } else {
-    fs::path data =
-        args->Has("data") ? fs::path(args->Str("data")) : root / ".." / "shared" / "data";
-    std::error_code ec;
-    if (fs::is_directory(data, ec)) data = data / "paraphrase" / "msr_paraphrase_train.txt";
-    auto c = LoadMrpc(data.string());
+    const std::string data = CorpusPath(args->Str("data"));
+    auto c = LoadMrpc(data);
     if (!c.ok()) return fail(absl::StrCat(c.status().message(), " (set --data)"), 2);
     corpus = *std::move(c);
   }

@@ -2,7 +2,7 @@
 //
 // 1. Lookup latency against 10 / 1,000 / 100,000 references in each tier (memory, disk, Redis
 //    standalone on loopback), k = 4. Prompts are real text: the MRPC sentences
-//    (../shared/data/paraphrase) tokenized by the model's tokenizer (only the tokenizer is
+//    (data/paraphrase, or --data) tokenized by the model's tokenizer (only the tokenizer is
 //    used). Reference r is a chat instruction, then the first sentences of pairs drawn from a
 //    generator seeded by r, then a closing question, cut to --tokens tokens (2,048); its
 //    query is the same wrapper around the second sentences (the human paraphrases) of the same
@@ -26,6 +26,13 @@
 //    values ~11.8 MB) beside `redis-benchmark -t set,get -d <chunk value size>` against the same
 //    server, in the same run (median of --repeats runs). Fetch includes reassembly and full
 //    codec verification. The MB/s figures are medians over the records.
+// 3. Exact-prefix lookup latency (issue 15): ReferenceStore::LookupPrefix with the memory tier
+//    alone (one shard per hardware thread) holding --prefix-refs records of each
+//    --prefix-tokens length (the reference prompts above: all share the chat instruction's first
+//    blocks, as a system prompt would); each query is a next turn, a stored record's ids plus
+//    64 tokens, so the answer must be that record, all of it. Timed per query: the whole
+//    LookupPrefix (chain hashes, every shard's probes, Get, the id comparison) and PrefixChain
+//    alone; medians over --repeats of each repeat's p50 and p99.
 // Redis servers are started here (tests/redis_harness.h) on free loopback ports and killed at
 // the end. Results: markdown tables on stdout and --json FILE.
 #include <algorithm>
@@ -48,6 +55,7 @@
 #include "cache_store/memory_tier.h"
 #include "cache_store/prompt_features.h"
 #include "cache_store/redis_tier.h"
+#include "cache_store/reference_store.h"
 #include "engine/model/model.h"
 #include "nlohmann/json.hpp"
 #include "tests/redis_harness.h"
@@ -167,6 +175,63 @@ RecordHandle FullRecord(uint64_t seed, int64_t n, int64_t layers, int64_t kv_dim
   return std::make_shared<const Record>(std::move(r));
 }
 
+struct PrefixResult {
+  int64_t tokens = 0, refs = 0, queries = 0, repeats = 0;
+  double p50_us = 0, p99_us = 0, chain_p50_us = 0;  // medians over the repeats
+  double exact = 0;  // fraction of queries answered with their record and all its tokens
+};
+
+// Fills a memory-only store with `refs` records of `tokens` tokens, then times LookupPrefix of
+// `queries` next-turn prompts `repeats` times (see the top, item 3).
+absl::StatusOr<PrefixResult> BenchPrefix(int64_t tokens, int64_t refs, int64_t queries,
+                                         int64_t repeats, const Corpus& corpus) {
+  store::StoreOptions o;
+  o.memory_byte_budget = int64_t{64} << 30;
+  absl::StatusOr<std::unique_ptr<store::ReferenceStore>> st = store::ReferenceStore::Open(o);
+  if (!st.ok()) return st.status();
+  for (int64_t i = 0; i < refs; ++i) {
+    RecordHandle r = IndexRecord(corpus.Prompt(i, tokens, false));
+    if (!(*st)->Publish(r)) {  // queue full: wait for the writer
+      (*st)->Flush();
+      if (!(*st)->Publish(std::move(r))) return absl::InternalError("publish refused");
+    }
+  }
+  (*st)->Flush();
+  PrefixResult res{tokens, refs, queries, repeats};
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<uint64_t> want;
+  for (int64_t q = 0; q < queries; ++q) {
+    const int64_t target = (q * 7919) % refs;
+    std::vector<int32_t> p = corpus.Prompt(target, tokens, false);
+    want.push_back(store::RecordId(kNs, p));
+    const std::vector<int32_t> next = corpus.Prompt(refs + q, 64, true);
+    p.insert(p.end(), next.begin(), next.end());
+    prompts.push_back(std::move(p));
+  }
+  std::vector<double> p50s, p99s, chain50s;
+  int64_t exact = 0;
+  for (int64_t rep = 0; rep < repeats; ++rep) {
+    std::vector<double> lat, chain_lat;
+    for (int64_t q = 0; q < queries; ++q) {
+      auto t0 = Clock::now();
+      const std::vector<uint64_t> chain = store::PrefixChain(kNs, prompts[q]);
+      chain_lat.push_back(Ms(t0) * 1e3);
+      t0 = Clock::now();
+      absl::StatusOr<store::PrefixMatch> m = (*st)->LookupPrefix(kNs, prompts[q]);
+      lat.push_back(Ms(t0) * 1e3);
+      if (rep == 0) exact += m.ok() && m->id == want[q] && m->tokens == tokens;
+    }
+    p50s.push_back(Pct(lat, 0.5));
+    p99s.push_back(Pct(lat, 0.99));
+    chain50s.push_back(Pct(chain_lat, 0.5));
+  }
+  res.p50_us = Median(p50s);
+  res.p99_us = Median(p99s);
+  res.chain_p50_us = Median(chain50s);
+  res.exact = queries ? static_cast<double>(exact) / queries : 0;
+  return res;
+}
+
 struct LookupResult {
   std::string tier;
   int64_t refs = 0, queries = 0, repeats = 0;
@@ -262,24 +327,6 @@ std::vector<int64_t> ParseSizes(const std::string& s) {
   return out;
 }
 
-// The MRPC file: --data (a file, or a dir holding paraphrase/), else ../shared/data beside
-// $SEMSHARE_SOURCE_DIR, the working directory or the checkout holding this binary.
-fs::path MrpcPath(const std::string& flag) {
-  const fs::path rel = fs::path("paraphrase") / "msr_paraphrase_train.txt";
-  std::error_code ec;
-  if (!flag.empty()) return fs::is_directory(flag, ec) ? fs::path(flag) / rel : fs::path(flag);
-  std::vector<fs::path> roots;
-  if (const char* env = std::getenv("SEMSHARE_SOURCE_DIR")) roots.emplace_back(env);
-  roots.push_back(fs::current_path());
-  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
-  if (!ec) roots.push_back(exe.parent_path().parent_path().parent_path());
-  for (const fs::path& r : roots) {
-    const fs::path p = r / ".." / "shared" / "data" / rel;
-    if (fs::exists(p, ec)) return p;
-  }
-  return roots.front() / ".." / "shared" / "data" / rel;
-}
-
 // redis-benchmark's requests/s for SET and GET of `bytes`-byte values (--csv output).
 absl::StatusOr<std::pair<double, double>> RedisBenchmark(int port, int64_t bytes, int64_t n) {
   const std::string bin = testing::FindOnPath("redis-benchmark");
@@ -310,10 +357,12 @@ absl::StatusOr<std::pair<double, double>> RedisBenchmark(int port, int64_t bytes
 
 int BenchStoreCommand(int argc, char** argv) {
   static const std::vector<FlagSpec> specs = {
-      {"model", "a .gguf file or a Hugging Face model directory ($SEMSHARE_MODEL; tokenizer)"},
+      {"model",
+       "a .gguf file or a Hugging Face model directory (default: $SEMSHARE_MODEL, else the "
+       "installed default model; tokenizer)"},
       {"data",
-       "the MRPC file, or a data dir holding paraphrase/ (default: ../shared/data beside "
-       "$SEMSHARE_SOURCE_DIR or the working directory)"},
+       "the paraphrase corpus file (MRPC format), or a data dir holding paraphrase/ (default: "
+       "data/paraphrase/paraphrase_pairs.txt in the repository)"},
       {"suite", "store", false, false, "store"},
       {"quick", "every tier at 10,1000; 100 queries; 2 repeats; 3 full records", true},
       {"memory-sizes", "references in the memory tier", false, false, "10,1000,100000"},
@@ -326,6 +375,9 @@ int BenchStoreCommand(int argc, char** argv) {
       {"layers", "layers of a full-size record", false, false, "30"},
       {"kv-dim", "kv_dim of a full-size record", false, false, "192"},
       {"threads", "threads filling the tiers", false, false, "2"},
+      {"prefix-tokens", "record lengths of the exact-prefix lookup", false, false, "1024,4096"},
+      {"prefix-refs", "records in the memory tier for the exact-prefix lookup", false, false,
+       "1000"},
       {"json", "write the results to this JSON file"},
       {"help", "show this help", true},
   };
@@ -357,8 +409,8 @@ int BenchStoreCommand(int argc, char** argv) {
   const int64_t n_records = quick ? 3 : *records;
   const int64_t n_repeats = quick ? 2 : *repeats;
   if (absl::Status s = testing::RequireRedisBinaries(); !s.ok()) return fail(s.message(), 1);
-  const fs::path data = MrpcPath(args->Str("data"));
-  auto mrpc = LoadMrpc(data.string());
+  const std::string data = CorpusPath(args->Str("data"));
+  auto mrpc = LoadMrpc(data);
   if (!mrpc.ok()) return fail(absl::StrCat(mrpc.status().message(), " (set --data)"), 2);
   double load_ms = 0;
   auto model = LoadModelForCli(args->Str("model"), &load_ms);
@@ -401,6 +453,28 @@ int BenchStoreCommand(int argc, char** argv) {
     auto mem = store::MemoryTier::Create({0, int64_t{64} << 30, index});
     if (!mem.ok()) return fail(mem.status().message(), 1);
     if (!run("memory", **mem, n)) return 1;
+  }
+  std::vector<PrefixResult> prefix_rows;
+  nlohmann::json prefix_json = nlohmann::json::array();
+  const std::vector<int64_t> prefix_tokens = ParseSizes(args->Str("prefix-tokens"));
+  absl::StatusOr<int64_t> prefix_refs = args->Int("prefix-refs");
+  if (prefix_tokens.empty() || !prefix_refs.ok() || *prefix_refs < 1) {
+    return fail("--prefix-tokens and --prefix-refs must be positive integers", 2);
+  }
+  for (int64_t t : prefix_tokens) {
+    std::fprintf(stderr, "[store bench] exact prefix: %lld records of %lld tokens...\n",
+                 static_cast<long long>(*prefix_refs), static_cast<long long>(t));
+    absl::StatusOr<PrefixResult> r = BenchPrefix(t, *prefix_refs, n_queries, n_repeats, corpus);
+    if (!r.ok()) return fail(r.status().message(), 1);
+    prefix_rows.push_back(*r);
+    prefix_json.push_back({{"prompt_tokens", r->tokens},
+                           {"records", r->refs},
+                           {"queries", r->queries},
+                           {"repeats", r->repeats},
+                           {"lookup_p50_us", r->p50_us},
+                           {"lookup_p99_us", r->p99_us},
+                           {"chain_p50_us", r->chain_p50_us},
+                           {"exact_hit_rate", r->exact}});
   }
   for (int64_t n : disk_sizes) {
     char tmpl[] = "/tmp/semshare-bench-disk-XXXXXX";
@@ -498,6 +572,18 @@ int BenchStoreCommand(int argc, char** argv) {
               static_cast<long long>(chunk_bytes), set_mbs, set_rps);
   std::printf("| redis-benchmark GET -d %lld -c 1 | %.0f | %.0f req/s |\n",
               static_cast<long long>(chunk_bytes), get_rb_mbs, get_rps);
+  std::printf(
+      "\n### Exact-prefix lookup (ReferenceStore::LookupPrefix, memory tier; query = a stored "
+      "record + 64 tokens; medians of %lld repeats)\n\n",
+      static_cast<long long>(n_repeats));
+  std::printf(
+      "| record tokens | records | queries | lookup p50 us | lookup p99 us | chain hashes p50 us "
+      "| exact hits |\n|---|---|---|---|---|---|---|\n");
+  for (const PrefixResult& r : prefix_rows) {
+    std::printf("| %lld | %lld | %lld | %.1f | %.1f | %.1f | %.2f |\n",
+                static_cast<long long>(r.tokens), static_cast<long long>(r.refs),
+                static_cast<long long>(r.queries), r.p50_us, r.p99_us, r.chain_p50_us, r.exact);
+  }
   if (args->Has("json")) {
     const std::time_t now = std::time(nullptr);
     char utc[32];
@@ -506,7 +592,7 @@ int BenchStoreCommand(int argc, char** argv) {
                         {"date_utc", utc},
                         {"quick", quick},
                         {"prompt_tokens", *tokens},
-                        {"corpus", data.string()},
+                        {"corpus", data},
                         {"index",
                          {{"bands", index.bands},
                           {"rows", index.rows},
@@ -524,7 +610,8 @@ int BenchStoreCommand(int argc, char** argv) {
                           {"redis_benchmark_set_mb_per_s_median", set_mbs},
                           {"redis_benchmark_get_mb_per_s_median", get_rb_mbs},
                           {"redis_benchmark_requests", bench_n},
-                          {"redis_benchmark_runs", n_repeats}}}};
+                          {"redis_benchmark_runs", n_repeats}}},
+                        {"prefix_lookups", prefix_json}};
     std::ofstream out(args->Str("json"));
     out << j.dump(2) << "\n";
     if (!out) return fail(absl::StrCat("cannot write ", args->Str("json")), 1);

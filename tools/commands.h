@@ -26,7 +26,8 @@ int BenchStoreCommand(int argc, char** argv);
 // `semshare bench --suite matcher` (tools/bench_matcher.cc): the CPU token matcher's cost.
 int BenchMatcherCommand(int argc, char** argv);
 
-// --model, else $SEMSHARE_MODEL; loads it and reports the load time on stderr.
+// --model, else $SEMSHARE_MODEL, else the installed default model (engine/model/default_model.h);
+// loads it and reports the load time on stderr.
 absl::StatusOr<std::unique_ptr<engine::Model>> LoadModelForCli(const std::string& flag_value,
                                                                double* load_ms);
 // The median of v (the mean of the middle two for an even count); NaN when v is empty.

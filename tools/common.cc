@@ -4,24 +4,25 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
+#include <system_error>
 
 #include "absl/strings/str_cat.h"
 #include "engine/cpu/thread_pool.h"
+#include "engine/model/default_model.h"
 #include "tools/commands.h"
 
 namespace semshare::tools {
 
 absl::StatusOr<std::unique_ptr<engine::Model>> LoadModelForCli(const std::string& flag_value,
                                                                double* load_ms) {
-  std::string path = flag_value;
-  if (path.empty()) {
-    const char* env = std::getenv("SEMSHARE_MODEL");
-    if (env != nullptr) path = env;
-  }
-  if (path.empty()) {
-    return absl::InvalidArgumentError(
-        "no model: pass --model PATH (a .gguf file or a Hugging Face directory) or set "
-        "SEMSHARE_MODEL");
+  const std::string path = engine::ResolveModelPath(flag_value);
+  std::error_code ec;
+  if (flag_value.empty() && !std::filesystem::exists(path, ec)) {
+    return absl::NotFoundError(absl::StrCat(
+        "no model: the default model ", path,
+        " is not installed (run scripts/setup), or pass --model PATH (a .gguf file or a Hugging "
+        "Face directory) or set SEMSHARE_MODEL"));
   }
   const auto t0 = std::chrono::steady_clock::now();
   auto model = engine::LoadModel(path);

@@ -1,9 +1,15 @@
 // `semshare forward`: the oracle hook. Runs given token ids through the model and writes the
 // last position's logits (raw float32) plus N greedy continuation tokens (JSON on stdout), so
 // tests/oracle can compare us with an independent reference without our tokenizer involved.
+// --matmul float (the default) computes every projection in float32 on the exactly dequantised
+// weights, the model math the float64 reference checks; --matmul quant runs the serving path
+// (quantized-activation dot kernels for decode, engine/cpu/quant_matmul.h), which
+// tests/oracle/quant_oracle_test.py checks against its derived bound.
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
+#include <limits>
 
 #include "absl/strings/string_view.h"
 #include "engine/cpu/cpu_backend.h"
@@ -17,11 +23,15 @@ namespace semshare::tools {
 
 int ForwardCommand(int argc, char** argv) {
   static const std::vector<FlagSpec> specs = {
-      {"model", "a .gguf file or a Hugging Face model directory ($SEMSHARE_MODEL)"},
+      {"model",
+       "a .gguf file or a Hugging Face model directory (default: $SEMSHARE_MODEL, else the "
+       "installed default model)"},
       {"ids-file", "JSON array of prompt token ids (no BOS added)"},
       {"greedy", "greedy tokens to generate after the prompt", false, false, "0"},
       {"logits-out", "write the last prompt position's logits here (raw float32)"},
       {"threads", "CPU threads (0 = all cores)", false, false, "0"},
+      {"matmul", "quant (the serving kernels) or float (exact weights, float32)", false, false,
+       "float"},
       {"help", "show this help", true},
   };
   auto fail = [](absl::string_view msg, int code) {
@@ -56,7 +66,10 @@ int ForwardCommand(int argc, char** argv) {
   double load_ms = 0;
   auto model = LoadModelForCli(args->Str("model"), &load_ms);
   if (!model.ok()) return fail(model.status().message(), 1);
-  engine::CpuBackend backend;
+  const std::string matmul = args->Str("matmul");
+  if (matmul != "float" && matmul != "quant") return fail("--matmul must be quant or float", 2);
+  engine::CpuBackend backend(matmul == "quant" ? engine::MatMulPrecision::kQuantizedActivations
+                                               : engine::MatMulPrecision::kFloat);
   engine::LlamaForward fwd(**model, backend);
   engine::KvCache cache = fwd.NewCache();
   std::vector<int32_t> pos(ids.size());
@@ -70,18 +83,26 @@ int ForwardCommand(int argc, char** argv) {
     if (!out) return fail("cannot write --logits-out", 1);
   }
   std::vector<int32_t> gen;
+  std::vector<double> margins;  // top-2 logit gap each greedy token was chosen with
   std::vector<float> step_logits = logits;
   for (int64_t i = 0; i < *greedy; ++i) {
     const int32_t id = engine::Argmax(step_logits);
     gen.push_back(id);
+    float second = -std::numeric_limits<float>::infinity();
+    for (int64_t t = 0; t < vocab; ++t) {
+      if (t != id) second = std::max(second, step_logits[t]);
+    }
+    margins.push_back(static_cast<double>(step_logits[id]) - second);
     if (i + 1 == *greedy) break;
     const int32_t p = cache.next_position();
     if (auto s = fwd.Forward({&id, 1}, {&p, 1}, cache, step_logits.data()); !s.ok()) {
       return fail(s.message(), 1);
     }
   }
-  nlohmann::json j = {
-      {"vocab_size", vocab}, {"greedy", gen}, {"fingerprint", (*model)->fingerprint}};
+  nlohmann::json j = {{"vocab_size", vocab},
+                      {"greedy", gen},
+                      {"margins", margins},
+                      {"fingerprint", (*model)->fingerprint}};
   std::printf("%s\n", j.dump().c_str());
   return 0;
 }

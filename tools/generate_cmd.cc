@@ -16,7 +16,9 @@ namespace {
 
 const std::vector<FlagSpec>& Specs() {
   static const std::vector<FlagSpec> specs = {
-      {"model", "a .gguf file or a Hugging Face model directory ($SEMSHARE_MODEL)"},
+      {"model",
+       "a .gguf file or a Hugging Face model directory (default: $SEMSHARE_MODEL, else the "
+       "installed default model)"},
       {"prompt", "the prompt text"},
       {"chat", "wrap the prompt as a user message in the model's chat template", true},
       {"system", "system message for --chat"},

@@ -26,7 +26,9 @@ constexpr int64_t kFlashMinQueries = 16;
 
 void CpuBackend::MatMul(const float* x, int64_t n, const Matrix& w, const Matrix& bias, float* y) {
   if (n == 0) return;
-  if (n == 1) {
+  if (w.quantized()) {
+    BlockMatMul(x, n, w, y, precision_);
+  } else if (n == 1) {
     cblas_sgemv(CblasRowMajor, CblasNoTrans, w.rows, w.cols, 1.0f, w.data.data(), w.cols, x, 1,
                 0.0f, y, 1);
   } else {
@@ -236,9 +238,7 @@ void CpuBackend::SwiGlu(const float* gate, const float* up, int64_t count, float
 }
 
 void CpuBackend::Embed(const Matrix& table, const int32_t* ids, int64_t n, float* out) {
-  for (int64_t i = 0; i < n; ++i) {
-    std::memcpy(out + i * table.cols, table.row(ids[i]), table.cols * sizeof(float));
-  }
+  for (int64_t i = 0; i < n; ++i) DequantizeRows(table, ids[i], 1, out + i * table.cols);
 }
 
 void CpuBackend::GatherRows(const float* src, int64_t row_len, const int32_t* idx, int64_t n,

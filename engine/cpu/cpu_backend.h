@@ -2,7 +2,9 @@
 // products) run on OpenBLAS sgemm, which threads them itself; element-wise ops and softmax are
 // parallelised with OpenMP outside any BLAS call (OpenBLAS must not be called from inside an
 // OpenMP region). Attention over 16 or more queries runs the fused AVX-512 kernel
-// (flash_attention.h) when the build and shapes allow, the sgemm pair otherwise.
+// (flash_attention.h) when the build and shapes allow, the sgemm pair otherwise. Weights held
+// in ggml blocks go through BlockMatMul (quant_matmul.h): dot kernels on the blocks with
+// quantized activations for few rows, dequantised tiles + sgemm for many.
 #ifndef SEMSHARE_ENGINE_CPU_CPU_BACKEND_H_
 #define SEMSHARE_ENGINE_CPU_CPU_BACKEND_H_
 
@@ -10,12 +12,16 @@
 
 #include "engine/backend.h"
 #include "engine/cpu/flash_attention.h"
+#include "engine/cpu/quant_matmul.h"
 
 namespace semshare::engine {
 
 class CpuBackend final : public Backend {
  public:
   CpuBackend() = default;
+  // kFloat: float32 arithmetic on exactly dequantised weights for every row count (the float32
+  // oracles' mode); the default quantizes few-row activations (quant_dot.h).
+  explicit CpuBackend(MatMulPrecision precision) : precision_(precision) {}
   std::string_view name() const override { return "cpu"; }
 
   void MatMul(const float* x, int64_t n, const Matrix& w, const Matrix& bias, float* y) override;
@@ -42,6 +48,7 @@ class CpuBackend final : public Backend {
   void SoftmaxRows(float* rows, const int32_t* q_pos, int64_t nb, const int32_t* k_pos, int64_t mm,
                    int64_t window, float* inv_sums);
 
+  MatMulPrecision precision_ = MatMulPrecision::kQuantizedActivations;
   FlashAttentionScratch flash_;    // packed K/V of the fused attention kernel
   std::vector<float> scores_;      // attention scratch [group * block, m]
   std::vector<float> q_pack_;      // [group * block, head_dim] queries of one kv group

@@ -54,12 +54,42 @@ CudaForward::CudaForward(CudaContext& ctx, const DeviceModel& model, int64_t max
   ff_ = c.d_ff;
 }
 
+CudaForward::~CudaForward() {
+  if (stage_ == nullptr) return;
+  const ScopedDevice on = ctx_.Activate();
+  cudaStreamSynchronize(ctx_.stream());  // no copy may still read or write it
+  cudaFreeHost(stage_);
+}
+
+absl::Status CudaForward::EnsureStage(int64_t bytes) {
+  if (stage_bytes_ >= bytes) return absl::OkStatus();
+  if (stage_ != nullptr) {
+    SEMSHARE_STATUS_RETURN(ctx_.Sync());  // an earlier (failed) call's copies may still use it
+    cudaFreeHost(stage_);
+    stage_ = nullptr;
+    stage_bytes_ = 0;
+  }
+  const int64_t want = std::max<int64_t>(bytes, 64 << 10);
+  const cudaError_t e = cudaHostAlloc(&stage_, static_cast<size_t>(want), cudaHostAllocPortable);
+  if (e != cudaSuccess) {
+    stage_ = nullptr;
+    (void)cudaGetLastError();  // returned as a status, not left for the next Check
+    return CudaStatus(e, "cudaHostAlloc (selective prefill staging)");
+  }
+  stage_bytes_ = want;
+  return absl::OkStatus();
+}
+
 DeviceKvCache CudaForward::NewCache() const {
   return DeviceKvCache(ctx_, model_.config.n_layers, kvd_);
 }
 
 absl::Status CudaForward::Reserve(int64_t s) {
   if (s <= reserved_) return absl::OkStatus();
+  // Nothing is reserved until every buffer below holds s rows: a failure part way leaves some
+  // smaller than before, or empty (DevicePool::EnsureSize), and a later call with fewer rows
+  // than the old reserved_ must size them again, not launch on them.
+  reserved_ = 0;
   DevicePool& p = ctx_.pool();
   SEMSHARE_STATUS_RETURN(p.EnsureSize(x_, s * d_ * 4));
   SEMSHARE_STATUS_RETURN(p.EnsureSize(h_, s * d_ * 2));
@@ -221,7 +251,8 @@ absl::StatusOr<int32_t> CudaForward::ForwardSample(std::span<const int32_t> ids,
 
 absl::Status CudaForward::Retain(const void* q_window, const int32_t* qpos_d, int64_t w,
                                  int64_t budget, const std::vector<uint8_t>& protect,
-                                 DeviceLayerKv& kv) {
+                                 DeviceLayerKv& kv, uint8_t* prot_h, int32_t* idx_h,
+                                 int64_t* kept) {
   const int64_t m = kv.rows;
   if (m <= budget) return absl::OkStatus();
   cudaStream_t st = ctx_.stream();
@@ -232,12 +263,11 @@ absl::Status CudaForward::Retain(const void* q_window, const int32_t* qpos_d, in
   SEMSHARE_CUDA_RETURN(k::AttentionMass<bf16>(static_cast<const bf16*>(q_window), qpos_d,
                                               kv.k.as<bf16>(), kv.pos.as<int32_t>(), sh,
                                               mass_.as<float>(), mass_ws_.as<float>(), st));
-  std::vector<uint8_t> prot(m);
-  int64_t cand = 0;
+  int64_t cand = 0;  // prot_h is this layer's own region: no earlier copy reads it
   for (int64_t j = 0; j < m; ++j) {
     const int32_t pp = kv.host_pos[j];
-    prot[j] = pp >= 0 && pp < static_cast<int32_t>(protect.size()) && protect[pp] ? 1 : 0;
-    cand += prot[j] == 0;
+    prot_h[j] = pp >= 0 && pp < static_cast<int32_t>(protect.size()) && protect[pp] ? 1 : 0;
+    cand += prot_h[j] == 0;
   }
   const int64_t evict = std::min(m - budget, cand);
   if (evict <= 0) return absl::OkStatus();
@@ -245,7 +275,7 @@ absl::Status CudaForward::Retain(const void* q_window, const int32_t* qpos_d, in
   SEMSHARE_STATUS_RETURN(p.EnsureSize(flags_, m));
   SEMSHARE_STATUS_RETURN(p.EnsureSize(sel_idx_, m * 4));
   SEMSHARE_STATUS_RETURN(p.EnsureSize(sel_count_, 8));
-  SEMSHARE_STATUS_RETURN(ctx_.Upload(flags_.data(), prot.data(), m));
+  SEMSHARE_STATUS_RETURN(ctx_.Upload(flags_.data(), prot_h, m));
   // Keep the highest-mass candidates; among equal masses the later rows (the CPU evicts the
   // lowest mass, earlier rows first).
   SEMSHARE_CUDA_RETURN(k::SelectTopK(mass_.as<float>(), flags_.as<uint8_t>(), m, keep_k, false,
@@ -257,18 +287,16 @@ absl::Status CudaForward::Retain(const void* q_window, const int32_t* qpos_d, in
   SEMSHARE_CUDA_RETURN(k::CompactRows<bf16>(
       kv.k.as<bf16>(), kv.v.as<bf16>(), kv.pos.as<int32_t>(), kvd_, sel_idx_.as<int32_t>(), count,
       kv_spare_k_.as<bf16>(), kv_spare_v_.as<bf16>(), kv_spare_pos_.as<int32_t>(), st));
-  std::vector<int32_t> idx(count);
-  SEMSHARE_STATUS_RETURN(ctx_.Download(idx.data(), sel_idx_.data(), count * 4));
-  SEMSHARE_STATUS_RETURN(ctx_.Sync());
+  // The kept rows' indices come back without waiting: the caller maps kv.host_pos through them
+  // after its final synchronisation (nothing reads this layer's host positions before that).
+  SEMSHARE_STATUS_RETURN(ctx_.Download(idx_h, sel_idx_.data(), count * 4));
   std::swap(kv.k, kv_spare_k_);
   std::swap(kv.v, kv_spare_v_);
   std::swap(kv.pos, kv_spare_pos_);
   kv.capacity =
       std::min({kv.k.bytes() / (kvd_ * 2), kv.v.bytes() / (kvd_ * 2), kv.pos.bytes() / 4});
-  std::vector<int32_t> pos(count);
-  for (int64_t r = 0; r < count; ++r) pos[r] = kv.host_pos[idx[r]];
-  kv.host_pos.swap(pos);
   kv.rows = count;
+  *kept = count;
   return absl::OkStatus();
 }
 
@@ -282,13 +310,17 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
   // started its upload (StartUpload), an error return would leave later layers in flight on
   // the copy stream, and the caller may free or refill the pinned source at once. (After a
   // successful hit the compute stream waited for every layer and synchronised: no cost.)
+  // Likewise the compute stream, whose queued copies read and write the pinned staging
+  // (stage_) that the next call rewrites (on success it is idle already: no cost).
   struct CopyDrain {
     cudaStream_t stream;
+    cudaStream_t compute;
     bool armed;
     ~CopyDrain() {
       if (armed) cudaStreamSynchronize(stream);
+      cudaStreamSynchronize(compute);
     }
-  } drain{ctx_.copy_stream(), reference != nullptr};
+  } drain{ctx_.copy_stream(), ctx_.stream(), reference != nullptr};
   if (n == 0) return absl::InvalidArgumentError("prefill: the prompt has no tokens");
   if (cache.rows() != 0 || cache.n_layers() != c.n_layers || cache.kv_dim() != kvd_) {
     return absl::InvalidArgumentError("prefill: the cache must be empty and shaped for the model");
@@ -318,22 +350,57 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
   cudaStream_t sm = ctx_.stream();
   DevicePool& p = ctx_.pool();
 
+  // Pinned staging, one 256-byte aligned region each: ids, iota, src, delta (uploaded once),
+  // set (uploaded per selecting layer), sel (downloaded per selecting layer), layer 0's
+  // deviations, selection flags (uploaded per selecting layer); then per layer retention's flags
+  // and kept indices. A shared region is rewritten only after the stream synchronisation that
+  // follows its last copy (the selection's, once per selecting layer).
+  const int64_t r4 = (n * 4 + 255) / 256 * 256, r1 = (n + 255) / 256 * 256;
+  const int64_t layers = c.n_layers;
+  SEMSHARE_STATUS_RETURN(EnsureStage(7 * r4 + r1 + layers * (r1 + r4)));
+  char* const hb = static_cast<char*>(stage_);
+  int32_t* const ids_h = reinterpret_cast<int32_t*>(hb);
+  int32_t* const iota_h = reinterpret_cast<int32_t*>(hb + r4);
+  int32_t* const src_h = reinterpret_cast<int32_t*>(hb + 2 * r4);
+  int32_t* const delta_h = reinterpret_cast<int32_t*>(hb + 3 * r4);
+  int32_t* const set_h = reinterpret_cast<int32_t*>(hb + 4 * r4);
+  int32_t* const sel_h = reinterpret_cast<int32_t*>(hb + 5 * r4);
+  float* const dev0_h = reinterpret_cast<float*>(hb + 6 * r4);
+  uint8_t* const flags_h = reinterpret_cast<uint8_t*>(hb + 7 * r4);
+  // Retention's per-layer regions (no synchronisation between layers orders their reuse):
+  // layer l's flags at prot_at(l), its kept row indices at idx_at(l).
+  char* const per_layer = hb + 7 * r4 + r1;
+  auto prot_at = [&](int64_t l) { return reinterpret_cast<uint8_t*>(per_layer + l * r1); };
+  auto idx_at = [&](int64_t l) {
+    return reinterpret_cast<int32_t*>(per_layer + layers * r1 + l * r4);
+  };
+  std::vector<int64_t> retained(layers, -1);  // rows kept by retention, per layer
+  // On an error return the cache is left empty: a retained layer's host positions are mapped
+  // only after the final synchronisation, so they would not match its rows.
+  struct ClearOnError {
+    DeviceKvCache& cache;
+    bool armed = true;
+    ~ClearOnError() {
+      if (armed) cache.Clear();
+    }
+  } clear_on_error{cache};
+
   std::vector<uint8_t> forced(n, 0);
   for (int64_t i = 0; i < sink; ++i) forced[i] = 1;
   for (int64_t i = n - window; i < n; ++i) forced[i] = 1;
-  std::vector<int32_t> delta, src;
   if (hit) {
-    delta.resize(n);
-    src.resize(n);
     for (int64_t i = 0; i < n; ++i) {
       const int32_t r = match->ref_index[i];
       if (r < 0) forced[i] = 1;
-      src[i] = std::max(r, 0);
-      delta[i] = static_cast<int32_t>(i) - (r < 0 ? static_cast<int32_t>(i) : r);
+      src_h[i] = std::max(r, 0);
+      delta_h[i] = static_cast<int32_t>(i) - (r < 0 ? static_cast<int32_t>(i) : r);
     }
   }
   std::vector<int32_t> set(n);
   std::iota(set.begin(), set.end(), 0);
+  std::copy(ids.begin(), ids.end(), ids_h);
+  std::copy(set.begin(), set.end(), iota_h);
+  std::copy(set.begin(), set.end(), set_h);
 
   SEMSHARE_STATUS_RETURN(Reserve(n));
   SEMSHARE_STATUS_RETURN(cache.ReserveAll(n));
@@ -347,25 +414,25 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
   SEMSHARE_STATUS_RETURN(p.EnsureSize(flags_, n));
   SEMSHARE_STATUS_RETURN(p.EnsureSize(sel_idx_, n * 4));
   SEMSHARE_STATUS_RETURN(p.EnsureSize(sel_count_, 8));
-  SEMSHARE_STATUS_RETURN(ctx_.Upload(ids_.data(), ids.data(), n * 4));
-  SEMSHARE_STATUS_RETURN(ctx_.Upload(iota_.data(), set.data(), n * 4));
-  SEMSHARE_STATUS_RETURN(ctx_.Upload(set_.data(), set.data(), n * 4));
   if (hit) {
     SEMSHARE_STATUS_RETURN(p.EnsureSize(src_, n * 4));
     SEMSHARE_STATUS_RETURN(p.EnsureSize(delta_, n * 4));
-    SEMSHARE_STATUS_RETURN(ctx_.Upload(src_.data(), src.data(), n * 4));
-    SEMSHARE_STATUS_RETURN(ctx_.Upload(delta_.data(), delta.data(), n * 4));
+  }
+  SEMSHARE_STATUS_RETURN(ctx_.Upload(ids_.data(), ids_h, n * 4));
+  SEMSHARE_STATUS_RETURN(ctx_.Upload(iota_.data(), iota_h, n * 4));
+  SEMSHARE_STATUS_RETURN(ctx_.Upload(set_.data(), set_h, n * 4));
+  if (hit) {
+    SEMSHARE_STATUS_RETURN(ctx_.Upload(src_.data(), src_h, n * 4));
+    SEMSHARE_STATUS_RETURN(ctx_.Upload(delta_.data(), delta_h, n * 4));
   }
   SEMSHARE_CUDA_RETURN(k::EmbedGather<float>(model_.tok_embd.data(), c.vocab_size, d_,
                                              ids_.as<int32_t>(), n, x_.as<float>(), sm));
-  SEMSHARE_STATUS_RETURN(ctx_.Sync());  // host vectors above may go out of scope below
 
   int64_t held_rows = 0;
   st->mode = config.mode;
   st->layer_computed.assign(c.n_layers, 0);
   st->layer_rows.assign(c.n_layers, 0);
-  std::vector<int32_t> sel, next;
-  std::vector<uint8_t> in_set_forced;
+  std::vector<int32_t> next;
   for (int64_t l = 0; l < c.n_layers; ++l) {
     if (interrupted()) return absl::CancelledError("prefill: interrupted (request cancelled)");
     const int64_t s = static_cast<int64_t>(set.size());
@@ -398,9 +465,8 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
           k::GatherRows<bf16>(kv.v.as<bf16>(), kvd_, set_d, s, tmp_rows_.as<bf16>(), sm));
       SEMSHARE_CUDA_RETURN((k::RowDistance<bf16, bf16>(vcur_.as<bf16>(), kvd_, tmp_rows_.as<bf16>(),
                                                        kvd_, s, kvd_, true, dev_.as<float>(), sm)));
-      if (l == 0) {
-        st->layer0_deviation.resize(s);
-        SEMSHARE_STATUS_RETURN(ctx_.Download(st->layer0_deviation.data(), dev_.data(), s * 4));
+      if (l == 0) {  // read from dev0_h after a later synchronisation
+        SEMSHARE_STATUS_RETURN(ctx_.Download(dev0_h, dev_.data(), s * 4));
       }
       SEMSHARE_CUDA_RETURN(
           k::ScatterRows<bf16>(kcur_.as<bf16>(), kvd_, set_d, s, kv.k.as<bf16>(), sm));
@@ -420,7 +486,7 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
         for (int32_t i : set) protect[i] = 1;
       }
       SEMSHARE_STATUS_RETURN(Retain(At<bf16>(q_, (s - window) * qd_), set_d + (s - window), window,
-                                    budget, protect, kv));
+                                    budget, protect, kv, prot_at(l), idx_at(l), &retained[l]));
     }
     held_rows += kv.rows;
     st->layer_rows[l] = kv.rows;
@@ -430,28 +496,29 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
       const double ratio = l == 0 ? config.recompute_ratio : config.alpha;
       const int64_t base = l == 0 ? n : s;
       const int64_t keep = static_cast<int64_t>(std::ceil(ratio * static_cast<double>(base)));
-      in_set_forced.resize(s);
+      // flags_h: its previous upload finished at the previous selecting layer's sync.
       int64_t nf = 0;
-      for (int64_t i = 0; i < s; ++i) nf += in_set_forced[i] = forced[set[i]];
+      for (int64_t i = 0; i < s; ++i) nf += flags_h[i] = forced[set[i]];
       const int64_t room = std::max<int64_t>(0, keep - nf);
       const int64_t count = nf + std::min(room, s - nf);
       if (count == s) continue;
-      SEMSHARE_STATUS_RETURN(ctx_.Upload(flags_.data(), in_set_forced.data(), s));
+      SEMSHARE_STATUS_RETURN(ctx_.Upload(flags_.data(), flags_h, s));
       SEMSHARE_CUDA_RETURN(k::SelectTopK(dev_.as<float>(), flags_.as<uint8_t>(), s, room, true,
                                          sel_idx_.as<int32_t>(), nullptr, sel_count_.as<int64_t>(),
                                          sm));
-      sel.resize(count);
-      SEMSHARE_STATUS_RETURN(ctx_.Download(sel.data(), sel_idx_.data(), count * 4));
+      SEMSHARE_STATUS_RETURN(ctx_.Download(sel_h, sel_idx_.data(), count * 4));
       // Compact the residual stream to the next set's rows.
       SEMSHARE_CUDA_RETURN(k::GatherRows<float>(x_.as<float>(), d_, sel_idx_.as<int32_t>(), count,
                                                 xs_.as<float>(), sm));
+      // The layer's one synchronisation: the host needs the chosen rows to size the next
+      // launches. After it, every earlier copy from the staging is done.
       SEMSHARE_STATUS_RETURN(ctx_.Sync());
       std::swap(x_, xs_);
       next.resize(count);
-      for (int64_t i = 0; i < count; ++i) next[i] = set[sel[i]];
+      for (int64_t i = 0; i < count; ++i) next[i] = set[sel_h[i]];
       set.swap(next);
-      SEMSHARE_STATUS_RETURN(ctx_.Upload(set_.data(), set.data(), count * 4));
-      SEMSHARE_STATUS_RETURN(ctx_.Sync());  // `next` is reused next layer
+      std::copy(set.begin(), set.end(), set_h);
+      SEMSHARE_STATUS_RETURN(ctx_.Upload(set_.data(), set_h, count * 4));  // queued, no wait
     }
   }
   if (hit) {
@@ -465,10 +532,22 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
   st->prompt_tokens = n;
   st->kv_bytes = cache.ByteSize();
   st->kv_bytes_peak = std::max(st->kv_bytes_peak, st->kv_bytes);
-  if (logits != nullptr) {
-    return Logits(At<float>(x_, (static_cast<int64_t>(set.size()) - 1) * d_), logits);
+  // Logits synchronises after its download; without logits, synchronise here.
+  SEMSHARE_STATUS_RETURN(
+      logits != nullptr ? Logits(At<float>(x_, (static_cast<int64_t>(set.size()) - 1) * d_), logits)
+                        : ctx_.Sync());
+  if (hit) st->layer0_deviation.assign(dev0_h, dev0_h + n);  // layer 0 computed all n tokens
+  std::vector<int32_t> kept_pos;
+  for (int64_t l = 0; l < layers; ++l) {
+    if (retained[l] < 0) continue;
+    DeviceLayerKv& kv = cache.layer(l);
+    const int32_t* idx = idx_at(l);
+    kept_pos.resize(retained[l]);
+    for (int64_t r = 0; r < retained[l]; ++r) kept_pos[r] = kv.host_pos[idx[r]];
+    kv.host_pos.swap(kept_pos);
   }
-  return ctx_.Sync();
+  clear_on_error.armed = false;
+  return absl::OkStatus();
 }
 
 }  // namespace semshare::engine::cuda

@@ -6,8 +6,10 @@
 //   att = attention(q, KV) (flash kernel, bf16); x += att Wo^T (GEMM epilogue, beta = 1);
 //   h = rmsnorm(x); gu = h Wgu^T (bf16); a = silu(g) * u; x += a Wdown^T (beta = 1).
 // The residual stream x stays float. Host work per layer is launches only, except in the
-// selective prefill, which copies the chosen index lists back (a few KB) to size the next
-// launches. Not thread-safe: one per request stream.
+// selective prefill, which copies the chosen index lists back (a few KB, through pinned memory)
+// to size the next launches: one stream synchronisation per layer that shrinks the recompute
+// set, none else before the logits (retention's kept rows come back without waiting). Not
+// thread-safe: one per request stream.
 #ifndef SEMSHARE_ENGINE_CUDA_CUDA_FORWARD_H_
 #define SEMSHARE_ENGINE_CUDA_CUDA_FORWARD_H_
 
@@ -31,6 +33,9 @@ class CudaForward {
  public:
   // Borrows ctx and model. Scratch is sized for max_chunk tokens on first use.
   CudaForward(CudaContext& ctx, const DeviceModel& model, int64_t max_chunk = 8192);
+  ~CudaForward();
+  CudaForward(const CudaForward&) = delete;
+  CudaForward& operator=(const CudaForward&) = delete;
 
   // As LlamaForward::Forward: tokens ids[n] at positions pos[n] (ascending, after the cache's),
   // appended to `cache`; logits of the last token to host logits[vocab] when non-null.
@@ -80,8 +85,15 @@ class CudaForward {
   int64_t last_rows_ = 0;  // rows of the last chunk of the last Forward (its x_ holds them)
   // Retention of one layer's rows: scores from the window queries q_window [w, q_dim] (bf16,
   // device) at positions qpos_d [w]; protect is indexed by position.
+  // prot_h and idx_h: this layer's pinned host scratch of kv.rows bytes and int32s (stage_).
+  // When it evicts: kv's rows and buffers are the kept ones, *kept their count, and idx_h
+  // receives (asynchronously) their indices into the old rows; kv.host_pos still lists the old
+  // rows, for the caller to map through idx_h after a stream synchronisation.
   absl::Status Retain(const void* q_window, const int32_t* qpos_d, int64_t w, int64_t budget,
-                      const std::vector<uint8_t>& protect, DeviceLayerKv& kv);
+                      const std::vector<uint8_t>& protect, DeviceLayerKv& kv, uint8_t* prot_h,
+                      int32_t* idx_h, int64_t* kept);
+  // stage_ of at least `bytes` (contents not kept).
+  absl::Status EnsureStage(int64_t bytes);
 
   CudaContext& ctx_;
   const DeviceModel& model_;
@@ -95,6 +107,12 @@ class CudaForward {
   DeviceBuffer x_, h_, qkv_, q_, kcur_, vcur_, att_, gu_, act_, ids_, pos_, logits_, ws_;
   DeviceBuffer xs_, set_, src_, delta_, iota_, dev_, tmp_rows_, flags_, sel_idx_, sel_count_, mass_,
       mass_ws_, kv_spare_k_, kv_spare_v_, kv_spare_pos_;
+  // Pinned host memory for the selective prefill's small transfers (ids, index lists, flags,
+  // deviations): a copy from or to pageable memory drains the stream (a download returns only
+  // when it is done, an upload may wait to be staged), one from pinned memory is queued like a
+  // kernel. Grown, never shrunk; freed only after the stream is idle.
+  void* stage_ = nullptr;
+  int64_t stage_bytes_ = 0;
 };
 
 }  // namespace semshare::engine::cuda

@@ -5,9 +5,12 @@
 //   miss:  CudaForward::Forward of the prompt (chunks of 8k tokens) into the device KV;
 //   lookup: the prompt's and each candidate's token sketches and the token match on the device
 //          (DeviceMatcher: TokenMatcher's semantics, a few ms where the CPU takes hundreds);
-//   hit:   the reference's host KV -> pinned BF16 (PinnedKv) -> device layer by layer on the
-//          copy stream, overlapped with layer 0, then CudaForward::SelectivePrefill with the
-//          server's plan (semshare recompute schedule and retention of the ReuseConfig);
+//   hit:   the reference's KV on the device: from the session's resident tier when it holds
+//          it (no conversion, no transfer), else host KV -> pinned BF16 (PinnedKv) -> device layer
+//          by layer on the copy stream, overlapped with layer 0, and kept in the tier; then
+//          CudaForward::SelectivePrefill with the server's plan (semshare recompute schedule and
+//          retention of the ReuseConfig), or for a repeat (exact reuse) its prefix rows copied
+//          device to device and the rest computed;
 //   decode: one CudaForward::Forward per token; its logits come back to the host, where the
 //          Generator samples (the CPU sampler's exact semantics: seeds, top-k/p, stop strings);
 //   publish: TakeKv downloads the KV (BF16 -> float) into the host cache the store keeps.
@@ -17,6 +20,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <vector>
 
 #include "engine/backend_factory.h"
@@ -55,7 +59,31 @@ class CudaServingSession final : public ServingSession {
 
   CudaContext& context() { return *ctx_; }
 
+  // The resident reference tier: hot references kept on the device in BF16, so that a repeated
+  // hit against one skips the host conversion (PinnedKv::From, ~0.3 s for a 5k-token reference
+  // of an 8B model) and the transfer. Keyed by the reference's token ids and a fingerprint of
+  // its KV (sampled values of every layer: a store entry replaced under the same ids is not
+  // served stale); least recently used evicted first, within a byte budget per session:
+  // SEMSHARE_CUDA_REF_TIER_MB (default 1024; 0 disables). Its bytes are the session pool's, so
+  // the memory gauges count them.
+  struct RefTierStats {
+    int64_t hits = 0, misses = 0, entries = 0, bytes = 0, budget = 0;
+  };
+  RefTierStats ref_tier_stats() const;
+
  private:
+  struct ResidentRef {
+    std::vector<int32_t> ids;
+    uint64_t fingerprint = 0;
+    std::unique_ptr<DeviceKvCache> kv;
+    int64_t bytes = 0;
+    uint64_t last_use = 0;
+  };
+  // The reference on the device, uploaded if it is not resident (into the tier, or into ref_
+  // when it does not fit or the tier is off).
+  absl::StatusOr<DeviceKvCache*> DeviceReference(std::span<const int32_t> ref_ids,
+                                                 const KvCache& ref_kv);
+
   CudaServingRuntime& runtime_;
   std::unique_ptr<CudaContext> ctx_;
   const ModelConfig& config_;
@@ -66,6 +94,9 @@ class CudaServingSession final : public ServingSession {
   PinnedKv pinned_;      // the reference in pinned host memory (the upload's source)
   std::unique_ptr<DeviceMatcher> matcher_;  // on ctx_, over the model's BF16 embeddings
   DeviceSketch target_;                     // the lookup's target prompt
+  std::vector<ResidentRef> tier_;           // the resident reference tier
+  int64_t tier_budget_ = 0, tier_bytes_ = 0, tier_hits_ = 0, tier_misses_ = 0;
+  uint64_t tier_clock_ = 0;
 };
 
 class CudaServingRuntime final : public ServingRuntime {

@@ -247,11 +247,11 @@ absl::Status DeviceKvCache::FromHost(const KvCache& kv) {
     return absl::InvalidArgumentError("DeviceKvCache::FromHost: shape mismatch");
   }
   const ScopedDevice on = ctx_.Activate();
+  Clear();  // a failure part way leaves the layers not yet copied empty, not stale
   std::vector<bf16> tmp;
   for (int64_t li = 0; li < n_layers(); ++li) {
     const LayerKv& src = kv.layer(li);
     DeviceLayerKv& l = layers_[li];
-    l.rows = 0;
     SEMSHARE_STATUS_RETURN(Reserve(li, src.rows()));
     const int64_t count = src.rows() * kv_dim_;
     tmp.resize(2 * count);
@@ -308,11 +308,12 @@ absl::Status DeviceKvCache::StartUpload(const PinnedKv& ref) {
     // Reserve below may hand those buffers back to the pool.
     for (cudaEvent_t e : events_) SEMSHARE_CUDA_RETURN(cudaStreamWaitEvent(ctx_.stream(), e, 0));
   }
-  // Capacity first (on the compute stream), then the copy stream waits for that.
-  for (int64_t li = 0; li < n_layers(); ++li) {
-    layers_[li].rows = 0;
-    SEMSHARE_STATUS_RETURN(Reserve(li, ref.rows()));
-  }
+  // No rows until every copy is queued: a failure part way (Reserve out of memory, a refused
+  // enqueue) must leave an empty cache, not one whose rows or host_pos (next_position(), the
+  // retention's positions) still describe the previous contents. Then capacity (on the compute
+  // stream, nothing to copy), then the copy stream waits for that.
+  Clear();
+  for (int64_t li = 0; li < n_layers(); ++li) SEMSHARE_STATUS_RETURN(Reserve(li, ref.rows()));
   cudaEvent_t ready = events_[0];
   SEMSHARE_CUDA_RETURN(cudaEventRecord(ready, ctx_.stream()));
   SEMSHARE_CUDA_RETURN(cudaStreamWaitEvent(ctx_.copy_stream(), ready, 0));
@@ -325,8 +326,43 @@ absl::Status DeviceKvCache::StartUpload(const PinnedKv& ref) {
     SEMSHARE_CUDA_RETURN(cudaMemcpyAsync(l.pos.data(), ref.pinned_pos(li), ref.rows() * 4,
                                          cudaMemcpyHostToDevice, cs));
     SEMSHARE_CUDA_RETURN(cudaEventRecord(events_[li], cs));
-    l.rows = ref.rows();
-    l.host_pos = ref.pos(li);
+  }
+  for (int64_t li = 0; li < n_layers(); ++li) {
+    layers_[li].rows = ref.rows();
+    layers_[li].host_pos = ref.pos(li);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DeviceKvCache::CopyPrefixFrom(DeviceKvCache& src, int64_t rows) {
+  if (&src.ctx_ != &ctx_ || src.n_layers() != n_layers() || src.kv_dim() != kv_dim_) {
+    return absl::InvalidArgumentError("DeviceKvCache::CopyPrefixFrom: context or shape mismatch");
+  }
+  for (int64_t l = 0; l < n_layers(); ++l) {
+    if (rows < 0 || src.layer(l).rows < rows) {
+      return absl::InvalidArgumentError(absl::StrCat("DeviceKvCache::CopyPrefixFrom: ", rows,
+                                                     " rows asked, layer ", l, " has ",
+                                                     src.layer(l).rows));
+    }
+  }
+  const ScopedDevice on = ctx_.Activate();
+  Clear();
+  for (int64_t l = 0; l < n_layers(); ++l) SEMSHARE_STATUS_RETURN(Reserve(l, rows));
+  cudaStream_t s = ctx_.stream();
+  for (int64_t l = 0; l < n_layers() && rows > 0; ++l) {
+    SEMSHARE_STATUS_RETURN(src.WaitLayer(l));
+    const DeviceLayerKv& a = src.layer(l);
+    DeviceLayerKv& b = layers_[l];
+    SEMSHARE_CUDA_RETURN(
+        cudaMemcpyAsync(b.k.data(), a.k.data(), rows * kv_dim_ * 2, cudaMemcpyDeviceToDevice, s));
+    SEMSHARE_CUDA_RETURN(
+        cudaMemcpyAsync(b.v.data(), a.v.data(), rows * kv_dim_ * 2, cudaMemcpyDeviceToDevice, s));
+    SEMSHARE_CUDA_RETURN(
+        cudaMemcpyAsync(b.pos.data(), a.pos.data(), rows * 4, cudaMemcpyDeviceToDevice, s));
+  }
+  for (int64_t l = 0; l < n_layers(); ++l) {
+    layers_[l].rows = rows;
+    layers_[l].host_pos.assign(src.layer(l).host_pos.begin(), src.layer(l).host_pos.begin() + rows);
   }
   return absl::OkStatus();
 }

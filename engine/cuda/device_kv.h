@@ -106,6 +106,11 @@ class DeviceKvCache {
   absl::Status StartUpload(const PinnedKv& ref);
   absl::Status WaitLayer(int64_t l);
 
+  // This cache := the first `rows` rows of every layer of `src` (same context and shape; rows
+  // <= each of src's layers), device to device on the compute stream, after src's upload of
+  // each layer (src.WaitLayer). A failure part way leaves this cache empty.
+  absl::Status CopyPrefixFrom(DeviceKvCache& src, int64_t rows);
+
  private:
   CudaContext& ctx_;
   int64_t kv_dim_;

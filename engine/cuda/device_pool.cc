@@ -3,8 +3,14 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <optional>
+#include <string>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "engine/cuda/cuda_context.h"
 #include "engine/cuda/cuda_status.h"
 
@@ -28,7 +34,34 @@ void DeviceBuffer::Reset() {
   bytes_ = capacity_ = 0;
 }
 
+DevicePool::DevicePool() {
+  const char* env = std::getenv("SEMSHARE_CUDA_FAIL_ALLOC");
+  if (env == nullptr || *env == '\0') return;
+  // "after[:count]". A malformed value arms nothing but says so: a run meant to inject
+  // failures must not pass silently without them.
+  const std::vector<std::string> parts = absl::StrSplit(env, ':');
+  int64_t after = 0, count = 1;
+  if (parts.size() > 2 || !absl::SimpleAtoi(parts[0], &after) || after < 0 ||
+      (parts.size() == 2 && (!absl::SimpleAtoi(parts[1], &count) || count < 0))) {
+    std::fprintf(stderr, "semshare: ignoring SEMSHARE_CUDA_FAIL_ALLOC='%s' (want after[:count])\n",
+                 env);
+    return;
+  }
+  InjectFailures(after, count);
+}
+
 DevicePool::~DevicePool() { ReleaseCache(); }
+
+void DevicePool::InjectFailures(int64_t after, int64_t count) {
+  std::lock_guard<std::mutex> lock(mu_);
+  fail_after_ = std::max<int64_t>(after, 0);
+  fail_count_ = std::max<int64_t>(count, 0);
+}
+
+int64_t DevicePool::injected_failures() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return injected_;
+}
 
 int64_t DevicePool::RoundUp(int64_t bytes) {
   // Size classes: 256-byte granules below 1 MiB, then 1/8 steps of the power of two, so a
@@ -47,6 +80,15 @@ absl::StatusOr<DeviceBuffer> DevicePool::Allocate(int64_t bytes) {
   void* ptr = nullptr;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (fail_count_ > 0) {
+      if (fail_after_ == 0) {
+        --fail_count_;
+        ++injected_;
+        return absl::ResourceExhaustedError(
+            absl::StrCat("cudaMalloc: ", bytes, " bytes refused (injected failure)"));
+      }
+      --fail_after_;
+    }
     auto it = cache_.lower_bound(cap);
     // Reuse a cached block when it is not wastefully larger (at most 25% more).
     if (it != cache_.end() && it->first <= cap + cap / 4) {
@@ -84,8 +126,17 @@ absl::StatusOr<DeviceBuffer> DevicePool::Allocate(int64_t bytes) {
 
 absl::Status DevicePool::EnsureSize(DeviceBuffer& buf, int64_t bytes) {
   if (buf.bytes() >= bytes) return absl::OkStatus();
-  buf.Reset();
-  auto b = Allocate(bytes);
+  // The old block stays in `buf` while the new one is asked for: freeing it first left `buf`
+  // empty on failure, and a caller that had sized its launches by the old size then launched
+  // on a null pointer (an illegal address: a sticky error that ends every context in the
+  // process).
+  absl::StatusOr<DeviceBuffer> b = Allocate(bytes);
+  if (!b.ok() && !buf.empty() && absl::IsResourceExhausted(b.status())) {
+    // Short of memory: the old block may be what is missing. It goes to the cache, which
+    // Allocate releases before its second cudaMalloc; `buf` is empty if this fails too.
+    buf.Reset();
+    b = Allocate(bytes);
+  }
   if (!b.ok()) return b.status();
   buf = std::move(*b);
   return absl::OkStatus();

@@ -7,6 +7,12 @@
 //   reserved - bytes held from cudaMalloc (live blocks plus the cache, rounded sizes);
 //   total - the device's memory (cudaMemGetInfo), for context.
 // Thread-safe (one mutex); buffers must be freed before the pool is destroyed.
+//
+// Failure injection (tests, and a server run under SEMSHARE_CUDA_FAIL_ALLOC): an out-of-memory
+// path is otherwise reachable only on a full device. InjectFailures(after, count) makes the
+// Allocate calls number after+1 .. after+count from now (cache hits included, empty requests
+// not counted) return ResourceExhausted without touching the device. The environment variable
+// SEMSHARE_CUDA_FAIL_ALLOC="after[:count]" (count 1 when omitted) arms every new pool so.
 #ifndef SEMSHARE_ENGINE_CUDA_DEVICE_POOL_H_
 #define SEMSHARE_ENGINE_CUDA_DEVICE_POOL_H_
 
@@ -58,7 +64,7 @@ struct PoolStats {
 
 class DevicePool {
  public:
-  DevicePool() = default;
+  DevicePool();   // armed per SEMSHARE_CUDA_FAIL_ALLOC when set
   ~DevicePool();  // releases the cache
   // The device whose memory this pool holds: made current around cudaMalloc / cudaFree /
   // cudaMemGetInfo, so a pool serves any host thread. -1 (default): the thread's current device.
@@ -69,8 +75,15 @@ class DevicePool {
   // A buffer of `bytes` (256-byte aligned); ResourceExhausted when the device has no room even
   // after the cache is released. bytes == 0 gives an empty buffer.
   absl::StatusOr<DeviceBuffer> Allocate(int64_t bytes);
-  // Grows `buf` to at least `bytes` (contents not kept); no-op when big enough.
+  // Grows `buf` to at least `bytes` (contents not kept); no-op when big enough. The new block is
+  // asked for while `buf` still holds the old one; only when that fails is the old one released
+  // and the request retried. So on an error `buf` is either unchanged or empty, never a
+  // dangling pointer, but callers that cached "buf holds N bytes" must drop that belief.
   absl::Status EnsureSize(DeviceBuffer& buf, int64_t bytes);
+  // See the file comment. count 0 disarms.
+  void InjectFailures(int64_t after, int64_t count);
+  // Allocate calls that failed by injection so far.
+  int64_t injected_failures() const;
   PoolStats Stats() const;
   void ResetPeak();
   // cudaFree of every cached (unused) block.
@@ -85,6 +98,7 @@ class DevicePool {
   mutable std::mutex mu_;
   std::multimap<int64_t, void*> cache_;  // capacity -> free block
   int64_t used_ = 0, peak_ = 0, reserved_ = 0, allocations_ = 0;
+  int64_t fail_after_ = 0, fail_count_ = 0, injected_ = 0;  // InjectFailures
 };
 
 }  // namespace semshare::engine::cuda

@@ -1,10 +1,11 @@
 // LoadGgufModel: a GGUF file of architecture llama, qwen2 or mistral into a Model.
-// Tensors are dequantised to float32 in parallel straight from the mapping; the mapping is
-// released when loading ends (the Model keeps only float copies).
+// Linear weights and the embedding table stay in the file's block formats, read in place from
+// the mapping, which every such Matrix keeps alive (Matrix::owner): loading touches no weight
+// bytes except to fingerprint them. Norms, biases and rope_freqs (1-D, small) are converted to
+// float32 copies, as are 2-D tensors the file stores as F32.
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
-#include "engine/cpu/thread_pool.h"
 #include "engine/model/dequant.h"
 #include "engine/model/fingerprint.h"
 #include "engine/model/gguf.h"
@@ -86,10 +87,11 @@ absl::StatusOr<ModelConfig> ConfigFromGguf(const GgufFile& f) {
 struct TensorJob {
   const GgufTensor* tensor;
   Matrix* dst;
+  bool as_float;  // convert to float32 (norms, biases, rope_freqs) instead of viewing blocks
 };
 
-absl::Status AddJob(const GgufFile& f, const std::string& name, bool required, Matrix* dst,
-                    std::vector<TensorJob>& jobs) {
+absl::Status AddJob(const GgufFile& f, const std::string& name, bool required, bool as_float,
+                    Matrix* dst, std::vector<TensorJob>& jobs) {
   const GgufTensor* t = f.FindTensor(name);
   if (t == nullptr) {
     if (!required) return absl::OkStatus();
@@ -107,16 +109,18 @@ absl::Status AddJob(const GgufFile& f, const std::string& name, bool required, M
   }
   dst->cols = t->ne[0];
   dst->rows = t->ne.size() == 2 ? t->ne[1] : 1;
-  jobs.push_back({t, dst});
+  jobs.push_back({t, dst, as_float || t->ne.size() == 1});
   return absl::OkStatus();
 }
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Model>> LoadGgufModel(const std::string& path) {
-  auto file = GgufFile::Open(path);
-  if (!file.ok()) return file.status();
-  const GgufFile& f = **file;
+  auto opened = GgufFile::Open(path);
+  if (!opened.ok()) return opened.status();
+  // Shared by every block Matrix: the mapping lives as long as the last weight that reads it.
+  std::shared_ptr<const GgufFile> file = std::move(*opened);
+  const GgufFile& f = *file;
   auto config = ConfigFromGguf(f);
   if (!config.ok()) {
     return absl::Status(config.status().code(),
@@ -130,42 +134,44 @@ absl::StatusOr<std::unique_ptr<Model>> LoadGgufModel(const std::string& path) {
 
   std::vector<TensorJob> jobs;
   absl::Status s;
-  auto add = [&](const std::string& name, bool required, Matrix* dst) {
-    if (s.ok()) s = AddJob(f, name, required, dst, jobs);
+  auto add = [&](const std::string& name, bool required, Matrix* dst, bool as_float = false) {
+    if (s.ok()) s = AddJob(f, name, required, as_float, dst, jobs);
   };
   add("token_embd.weight", true, &w.tok_embd);
-  add("output_norm.weight", true, &w.out_norm);
+  add("output_norm.weight", true, &w.out_norm, true);
   add("output.weight", false, &w.lm_head);
-  add("rope_freqs.weight", false, &w.rope_freqs);
+  add("rope_freqs.weight", false, &w.rope_freqs, true);
   w.layers.resize(c.n_layers);
   for (int64_t i = 0; i < c.n_layers; ++i) {
     LayerWeights& l = w.layers[i];
     const std::string p = absl::StrCat("blk.", i, ".");
-    add(p + "attn_norm.weight", true, &l.attn_norm);
+    add(p + "attn_norm.weight", true, &l.attn_norm, true);
     add(p + "attn_q.weight", true, &l.wq);
     add(p + "attn_k.weight", true, &l.wk);
     add(p + "attn_v.weight", true, &l.wv);
     add(p + "attn_output.weight", true, &l.wo);
-    add(p + "ffn_norm.weight", true, &l.ffn_norm);
+    add(p + "ffn_norm.weight", true, &l.ffn_norm, true);
     add(p + "ffn_gate.weight", true, &l.w_gate);
     add(p + "ffn_up.weight", true, &l.w_up);
     add(p + "ffn_down.weight", true, &l.w_down);
-    add(p + "attn_q.bias", c.qkv_bias, &l.bq);
-    add(p + "attn_k.bias", c.qkv_bias, &l.bk);
-    add(p + "attn_v.bias", c.qkv_bias, &l.bv);
+    add(p + "attn_q.bias", c.qkv_bias, &l.bq, true);
+    add(p + "attn_k.bias", c.qkv_bias, &l.bk, true);
+    add(p + "attn_v.bias", c.qkv_bias, &l.bv, true);
   }
   if (!s.ok()) return absl::Status(s.code(), absl::StrCat(s.message(), " (file '", path, "')"));
 
   std::vector<absl::Status> results(jobs.size());
-  ThreadPool::Default().ParallelFor(
-      static_cast<int64_t>(jobs.size()), 1, [&](int64_t b, int64_t e) {
-        for (int64_t j = b; j < e; ++j) {
-          Matrix& m = *jobs[j].dst;
-          m.data.resize(static_cast<size_t>(m.rows * m.cols));
-          results[j] = Dequantize(jobs[j].tensor->type, jobs[j].tensor->data, m.rows * m.cols,
-                                  m.data.data());
-        }
-      });
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const TensorJob& job = jobs[j];
+    Matrix& m = *job.dst;
+    if (job.as_float) {
+      m.data.resize(static_cast<size_t>(m.rows * m.cols));
+      results[j] = Dequantize(job.tensor->type, job.tensor->data, m.rows * m.cols, m.data.data());
+    } else {
+      // Block tensors borrow the mapping; F32 ones are copied into `data` (MakeBlockMatrix).
+      results[j] = MakeBlockMatrix(job.tensor->type, m.rows, m.cols, job.tensor->data, file, &m);
+    }
+  }
   for (size_t j = 0; j < jobs.size(); ++j) {
     if (!results[j].ok()) {
       return absl::Status(results[j].code(), absl::StrCat("GGUF: tensor '", jobs[j].tensor->name,

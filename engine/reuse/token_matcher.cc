@@ -94,7 +94,7 @@ TokenSketch TokenMatcher::Sketch(std::span<const int32_t> ids) const {
     float* e = s.ecache.data() + i * dim;
     // Out-of-range ids (bad input) leave a zero row: its cosine with anything is 0, unmatched.
     if (ids[i] < 0 || ids[i] >= embeddings_.rows) continue;
-    std::copy_n(embeddings_.row(ids[i]), dim, e);
+    DequantizeRows(embeddings_, ids[i], 1, e);  // one row, straight from the stored blocks
     if (config_.ecache_rope) {
       if (i % kResync == 0) {
         for (int64_t k = 0; k < half; ++k) {

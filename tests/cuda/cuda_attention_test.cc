@@ -1,6 +1,7 @@
 // The attention kernels (flash prefill, generic / split-KV decode) and the retention kernels
 // built on attention scores (attention mass, compaction), against float64 CPU references:
-// fresh random inputs every run (seed printed), odd and unaligned shapes, fully masked rows,
+// fresh random inputs every run (seed printed; SEMSHARE_TEST_SEED replays one), odd and
+// unaligned shapes, ~4k-token prompts at head_dim 128, fully masked rows,
 // outputs poisoned with NaN before the launch. Bounds: 1e-2 where q/k/v and the
 // probabilities are rounded to bf16 before P V (8 significant bits, 2^-9 per element, over
 // sums that partly cancel), 8e-3 where only the output is bf16, 1e-4 for float paths. The
@@ -8,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <random>
 #include <set>
 
 #include "kernels/attention.cuh"
@@ -202,6 +204,70 @@ TEST_F(KernelsTest, FlashPrefillFusedQkvManyBlocksBf16Out) {
       EXPECT_LT(RelErr(out, RefAttention(qkv, pos, kk, vv, pos, s)), 1e-2)
           << "D " << D << " window " << window;
       EXPECT_TRUE(AllNan(pad)) << "wrote past head rows";
+    }
+  }
+}
+
+// ~4k-token causal self-attention at head_dim 128 (the 8B shape), GQA 4:1, 4000 queries (63
+// blocks, the last partial) over 4000 keys (63 tiles), with and without a sliding window,
+// through FlashPrefill with float and bf16 output. The float64 reference is computed for 48
+// query rows only (the first and last rows, block edges, the window's edge and random ones).
+TEST_F(KernelsTest, FlashPrefillLong4kHeadDim128) {
+  const int64_t n = 4000, heads = 8, kvh = 2, D = 128;
+  std::vector<int32_t> pos(n);
+  std::iota(pos.begin(), pos.end(), 0);
+  const auto q = Bf16Values(Uniform(n * heads * D, seed_, -2, 2));
+  const auto kk = Bf16Values(Uniform(n * kvh * D, seed_ + 1, -2, 2));
+  const auto v = Bf16Values(Uniform(n * kvh * D, seed_ + 2));
+  auto qd = Up(ToBf16(q)), kd = Up(ToBf16(kk)), vd = Up(ToBf16(v)), pd = Up(pos);
+  std::set<int64_t> picked = {0,    1,    15,   63,   64,   65,    127,  1023,
+                              1024, 1025, 2047, 3967, 3968, n - 2, n - 1};
+  std::mt19937_64 rng(seed_ + 3);
+  while (picked.size() < 48) picked.insert(static_cast<int64_t>(rng() % n));
+  const std::vector<int64_t> rows(picked.begin(), picked.end());
+  for (int64_t window : {0, 1000}) {
+    const auto s = MakeShape(n, n, heads, kvh, D, window);
+    ASSERT_TRUE(k::FlashPrefillSupported(s, qd.data(), kd.data(), vd.data()));
+    // The reference for the picked rows: one query at a time (RefProbs reads row i of q).
+    std::vector<double> ref;
+    for (int64_t i : rows) {
+      for (int64_t h = 0; h < heads; ++h) {
+        const std::vector<double> p = RefProbs(q, pos, kk, pos, s, i, h);
+        const int64_t g = h / (heads / kvh);
+        for (int64_t c = 0; c < D; ++c) {
+          double o = 0;
+          for (int64_t j = 0; j <= i; ++j) {
+            if (p[j] != 0) o += p[j] * v[j * s.kv_stride + g * D + c];
+          }
+          ref.push_back(o);
+        }
+      }
+    }
+    auto pick = [&](const std::vector<float>& all) {
+      std::vector<float> o;
+      for (int64_t i : rows) {
+        o.insert(o.end(), all.begin() + i * heads * D, all.begin() + (i + 1) * heads * D);
+      }
+      return o;
+    };
+    {
+      auto od = Poisoned<float>(n * heads * D);
+      ASSERT_EQ(k::FlashPrefill<float>(qd.data(), pd.as<int32_t>(), kd.data(), vd.data(),
+                                       pd.as<int32_t>(), s, od.as<float>(), stream()),
+                cudaSuccess);
+      const auto all = Down<float>(od, n * heads * D);
+      for (float x : all) ASSERT_TRUE(std::isfinite(x)) << "a row left unwritten";
+      // Probabilities rounded to bf16 before P V: 1e-2.
+      EXPECT_LT(RelErr(pick(all), ref), 1e-2) << "float out, window " << window;
+    }
+    {
+      auto od = Poisoned<bf16>(n * heads * D);
+      ASSERT_EQ(k::Attention<bf16>(qd.data(), pd.as<int32_t>(), kd.data(), vd.data(),
+                                   pd.as<int32_t>(), s, od.as<bf16>(), nullptr, 0, stream()),
+                cudaSuccess);
+      const auto all = DownBf16(od, n * heads * D);
+      for (float x : all) ASSERT_TRUE(std::isfinite(x)) << "a row left unwritten";
+      EXPECT_LT(RelErr(pick(all), ref), 1e-2) << "bf16 out, window " << window;
     }
   }
 }

@@ -6,6 +6,9 @@
 // CPU's token so that one near-tie flip does not derail the rest). Bounds as in
 // cuda_backend_test.cc: 3e-2 for logits (bf16 GEMM operands and bf16 KV at every layer), 5e-2
 // for the selective path (its recompute set follows a deviation ranking bf16 may reorder).
+// Also: the selective path with the adjacent RoPE pairing of GGUF llama models; head_dim 128
+// with a ~4k-token prompt (flash prefill, chunked and whole) and split-KV decode after it;
+// PinnedKv::FromDevice.
 #include "engine/cuda/cuda_forward.h"
 
 #include <gtest/gtest.h>
@@ -15,6 +18,7 @@
 #include "engine/cpu/cpu_backend.h"
 #include "engine/llama_forward.h"
 #include "engine/reuse/reuse_prefill.h"
+#include "kernels/attention.cuh"
 #include "tests/cuda/cuda_model_util.h"
 #include "tests/cuda/cuda_test_util.h"
 #include "tests/test_util.h"
@@ -36,6 +40,7 @@ class CudaForwardTest : public GpuTest {
     ASSERT_TRUE(c.ok()) << c.status();
     ctx_ = std::move(*c);
   }
+  void SelectiveParity(engine::RopeStyle style);
   std::unique_ptr<CudaContext> ctx_;
   engine::CpuBackend cpu_;
 };
@@ -95,8 +100,9 @@ TEST_F(CudaForwardTest, FullPrefillAndDecodeMatchCpu) {
   }
 }
 
-TEST_F(CudaForwardTest, SelectivePrefillSamePlanAndRetentionMatchCpu) {
-  auto model = SmallLlama(seed_);
+// The selective path of SelectivePrefillSamePlanAndRetentionMatchCpu* below, for a RoPE style.
+void CudaForwardTest::SelectiveParity(engine::RopeStyle style) {
+  auto model = SmallLlama(seed_, style);
   const int64_t vocab = model->config.vocab_size;
   const auto ref_ids = RandomIds(300, vocab, seed_ + 1);
   const auto ids = EditedIds(ref_ids, vocab, seed_ + 2);
@@ -190,6 +196,114 @@ TEST_F(CudaForwardTest, SelectivePrefillSamePlanAndRetentionMatchCpu) {
   ASSERT_TRUE(fc.Forward(long_ids, long_pos, cl, lc.data()).ok());
   ASSERT_TRUE(fg.Forward(long_ids, long_pos, gl, lg.data()).ok());
   EXPECT_LT(RelDiff(lg, lc), 3e-2) << "full prefill after the selective path";
+}
+
+// Half-split RoPE pairs (HF checkpoints).
+TEST_F(CudaForwardTest, SelectivePrefillSamePlanAndRetentionMatchCpu) {
+  SelectiveParity(engine::RopeStyle::kHalfSplit);
+}
+
+// Adjacent RoPE pairs, as the GGUF loader gives llama models: the re-rotation of the reference's
+// K rows (GatherRerotate) and the fresh K of the recomputed tokens must pair dimensions the
+// same way the CPU does.
+TEST_F(CudaForwardTest, SelectivePrefillSamePlanAndRetentionMatchCpuGgufLlamaAdjacentRope) {
+  SelectiveParity(engine::RopeStyle::kAdjacent);
+}
+
+// head_dim 128 (the 8B shape) and a ~4k-token prompt: the flash kernel over 63 query blocks and
+// 63 key tiles per block in one chunk, and again in 1024-token chunks (later chunks attend to
+// the rows of earlier ones: m > n); then 16 decode steps, whose attention over ~4k rows takes the
+// split-KV kernel and its combine (checked: this shape has a workspace). Both RoPE styles.
+TEST_F(CudaForwardTest, Long4kPromptHeadDim128FlashPrefillAndSplitKvDecodeMatchCpu) {
+  for (auto style : {engine::RopeStyle::kHalfSplit, engine::RopeStyle::kAdjacent}) {
+    SCOPED_TRACE(style == engine::RopeStyle::kAdjacent ? "adjacent rope" : "half-split rope");
+    auto model = Dim128Llama(seed_, style);
+    const engine::ModelConfig& c = model->config;
+    const int64_t vocab = c.vocab_size, n = 4000;
+    auto dm = DeviceModel::Upload(*ctx_, *model);
+    ASSERT_TRUE(dm.ok()) << dm.status();
+    engine::LlamaForward fc(*model, cpu_);
+    const auto ids = RandomIds(n, vocab, seed_ + 1);
+    std::vector<int32_t> pos(ids.size());
+    std::iota(pos.begin(), pos.end(), 0);
+    engine::KvCache cc = fc.NewCache();
+    std::vector<float> lc(vocab), lg(vocab, std::nanf(""));
+    ASSERT_TRUE(fc.Forward(ids, pos, cc, lc.data()).ok());
+    const std::vector<float> lc0 = lc;
+    {  // 1024-token chunks first (the CPU cache is reused below, so it stays untouched here)
+      CudaForward chunked(*ctx_, **dm, /*max_chunk=*/1024);
+      DeviceKvCache cg = chunked.NewCache();
+      const absl::Status s = chunked.Forward(ids, pos, cg, lg.data());
+      ASSERT_TRUE(s.ok()) << s;
+      EXPECT_LT(RelDiff(lg, lc0), 3e-2) << "1024-token chunks";
+    }
+    CudaForward fg(*ctx_, **dm);
+    DeviceKvCache cg = fg.NewCache();
+    std::fill(lg.begin(), lg.end(), std::nanf(""));
+    const absl::Status s = fg.Forward(ids, pos, cg, lg.data());
+    ASSERT_TRUE(s.ok()) << s;
+    EXPECT_LT(RelDiff(lg, lc0), 3e-2) << "one chunk";
+    // The decode steps' attention shape splits the KV rows (else this test would not cover it).
+    kernels::AttnShape decode;
+    decode.n = 1;
+    decode.m = n;
+    decode.n_heads = c.n_heads;
+    decode.n_kv_heads = c.n_kv_heads;
+    decode.head_dim = c.head_dim;
+    decode.q_stride = decode.out_stride = c.n_heads * c.head_dim;
+    decode.kv_stride = c.n_kv_heads * c.head_dim;
+    ASSERT_GT(kernels::GenericAttentionWorkspace(decode), 0);
+    ExpectSameGreedyDecode(lc, lg, static_cast<int32_t>(n), 16, 3e-2, [&](int32_t tok, int32_t p) {
+      SEMSHARE_STATUS_RETURN(fc.Forward({&tok, 1}, {&p, 1}, cc, lc.data()));
+      return fg.Forward({&tok, 1}, {&p, 1}, cg, lg.data());
+    });
+  }
+}
+
+// PinnedKv::FromDevice (what a store keeps after a GPU prefill): the device cache's rows and
+// positions exactly (bf16 both sides), after work still queued on the compute stream; uploaded
+// again (StartUpload) into another cache they come back bit for bit; a cache whose layers
+// differ in rows (retention) is refused with InvalidArgument before any copy.
+TEST_F(CudaForwardTest, PinnedKvFromDeviceRoundTrips) {
+  auto model = SmallLlama(seed_);
+  auto dm = DeviceModel::Upload(*ctx_, *model);
+  ASSERT_TRUE(dm.ok()) << dm.status();
+  CudaForward fg(*ctx_, **dm);
+  const auto ids = RandomIds(333, model->config.vocab_size, seed_ + 1);
+  std::vector<int32_t> pos(ids.size());
+  std::iota(pos.begin(), pos.end(), 0);
+  DeviceKvCache cg = fg.NewCache();
+  ASSERT_TRUE(fg.Forward(ids, pos, cg, nullptr).ok());  // no logits: no sync before FromDevice
+  engine::cuda::PinnedKv pinned;
+  ASSERT_TRUE(pinned.FromDevice(cg).ok());
+  EXPECT_EQ(pinned.rows(), 333);
+  EXPECT_EQ(pinned.n_layers(), cg.n_layers());
+  EXPECT_EQ(pinned.ByteSize(), cg.ByteSize());
+  engine::KvCache host;
+  ASSERT_TRUE(cg.ToHost(&host).ok());
+  const int64_t count = 333 * cg.kv_dim();
+  for (int64_t l = 0; l < cg.n_layers(); ++l) {
+    EXPECT_EQ(pinned.pos(l), host.layer(l).pos) << "layer " << l;
+    const auto* k = static_cast<const bf16*>(pinned.k(l));
+    const auto* v = static_cast<const bf16*>(pinned.v(l));
+    EXPECT_EQ(FromBf16(std::vector<bf16>(k, k + count)), host.layer(l).k) << "layer " << l;
+    EXPECT_EQ(FromBf16(std::vector<bf16>(v, v + count)), host.layer(l).v) << "layer " << l;
+  }
+  DeviceKvCache again = fg.NewCache();
+  ASSERT_TRUE(again.StartUpload(pinned).ok());
+  for (int64_t l = 0; l < again.n_layers(); ++l) ASSERT_TRUE(again.WaitLayer(l).ok());
+  engine::KvCache back;
+  ASSERT_TRUE(again.ToHost(&back).ok());
+  for (int64_t l = 0; l < cg.n_layers(); ++l) {
+    EXPECT_EQ(back.layer(l).pos, host.layer(l).pos);
+    EXPECT_EQ(back.layer(l).k, host.layer(l).k) << "layer " << l;
+    EXPECT_EQ(back.layer(l).v, host.layer(l).v) << "layer " << l;
+  }
+  // Ragged layers: refused, and the object then describes no reference.
+  cg.layer(1).rows -= 7;
+  cg.layer(1).host_pos.resize(cg.layer(1).rows);
+  EXPECT_EQ(pinned.FromDevice(cg).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(pinned.rows(), 0);
 }
 
 TEST_F(CudaForwardTest, PoolAccountsExactly) {

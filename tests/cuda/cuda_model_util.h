@@ -17,9 +17,12 @@
 
 namespace semshare::testing {
 
-// Llama-shaped, head_dim 64 so prefill takes the flash kernel (>= 16 queries); GQA 4:2.
-inline std::unique_ptr<engine::Model> SmallLlama(uint64_t seed) {
-  auto m = TinyModel(engine::Arch::kLlama, engine::RopeStyle::kHalfSplit, seed);
+// Llama-shaped, head_dim 64 so prefill takes the flash kernel (>= 16 queries); GQA 4:2. RoPE
+// half-split (HF checkpoints) by default; kAdjacent is what the GGUF loader gives llama models
+// (llama.cpp permuted the Q/K rows for adjacent pairs).
+inline std::unique_ptr<engine::Model> SmallLlama(
+    uint64_t seed, engine::RopeStyle style = engine::RopeStyle::kHalfSplit) {
+  auto m = TinyModel(engine::Arch::kLlama, style, seed);
   engine::ModelConfig& c = m->config;
   c.n_layers = 3;
   c.d_model = 256;
@@ -31,6 +34,26 @@ inline std::unique_ptr<engine::Model> SmallLlama(uint64_t seed) {
   c.vocab_size = 211;
   c.rope_base = 500000.0f;
   RandomWeights(*m, seed, 0.08f);
+  return m;
+}
+
+// Llama-shaped with the 8B model's head_dim 128 (GQA 4:2, two layers) and room for ~4k-token
+// prompts: prefill takes the flash kernel at head_dim 128 over many key tiles, and decode over
+// that many rows splits the KV (flash-decoding: few query blocks, long context).
+inline std::unique_ptr<engine::Model> Dim128Llama(uint64_t seed, engine::RopeStyle style) {
+  auto m = TinyModel(engine::Arch::kLlama, style, seed);
+  engine::ModelConfig& c = m->config;
+  c.n_layers = 2;
+  c.d_model = 512;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.head_dim = 128;
+  c.rope_dim = 128;
+  c.d_ff = 768;
+  c.vocab_size = 257;
+  c.max_context = 8192;
+  c.rope_base = 500000.0f;
+  RandomWeights(*m, seed, 0.06f);
   return m;
 }
 

@@ -5,17 +5,23 @@
 // reference (selective prefill with the same plan, retention, 16 decode steps), a second hit
 // against a shorter reference (the session's pinned buffers and upload events reused), two
 // sessions sharing one runtime's weights, the memory gauge's figures, and bad plans refused with
-// InvalidArgument. Logits within 3e-2 (full) and 5e-2 (selective) of the CPU's, as
-// cuda_forward_test.cc; the decode is teacher-forced with the CPU's greedy token.
+// InvalidArgument. Then the resident reference tier (repeated hits, exact reuse, a replaced KV,
+// budgets 0 and one entry) and two sessions serving at once from two host threads. Logits within
+// 3e-2 (full) and 5e-2 (selective) of the CPU's, as cuda_forward_test.cc; the decode is
+// teacher-forced with the CPU's greedy token.
 #include "engine/cuda/cuda_serving.h"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <memory>
 #include <span>
+#include <thread>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "engine/cpu/cpu_backend.h"
 #include "engine/reuse/reuse_prefill.h"
 #include "engine/reuse/serving_session.h"
@@ -193,6 +199,206 @@ TEST_F(CudaServingTest, MissThenHitMatchTheCpuSession) {
             absl::StatusCode::kInvalidArgument);
   ASSERT_TRUE(g.Begin(300).ok());
   EXPECT_TRUE(g.PrefillFull(ref_ids, lg.data()).ok());
+}
+
+// The resident reference tier (CudaServingSession::ref_tier_stats): a repeated hit is served
+// from the device copy (same logits as the first, both within the CPU's bound), an exact-reuse
+// repeat of the reference too, a different KV under the same ids is not served stale, a budget
+// of 0 keeps nothing (same logits), and a budget of one entry evicts the least recently used.
+TEST_F(CudaServingTest, RepeatedHitsServeTheReferenceFromTheDeviceTier) {
+  auto model = SmallLlama(seed_);
+  const int64_t vocab = model->config.vocab_size;
+  engine::ReuseConfig cfg;
+  cfg.hit_threshold = 0.0f;
+  engine::ReusePrefiller pc(*model, cpu_, cfg);
+  engine::CpuServingSession cs(pc);
+  auto runtime = engine::MakeServingRuntime("cuda", *model, cfg, {});
+  ASSERT_TRUE(runtime.ok()) << runtime.status();
+  auto session = [&]() {
+    auto g = (*runtime)->NewSession();
+    EXPECT_TRUE(g.ok()) << g.status();
+    return g.ok() ? *std::move(g) : nullptr;
+  };
+  using Tier = engine::cuda::CudaServingSession::RefTierStats;
+  auto tier = [](engine::ServingSession& g) {
+    return dynamic_cast<engine::cuda::CudaServingSession&>(g).ref_tier_stats();
+  };
+  const int64_t m = 400;  // one reference: 3 layers * 400 rows * (2 * 128 * 2 + 4) B, ~0.6 MiB
+  const auto ref_ids = RandomIds(m, vocab, seed_ + 1);
+  auto ref = pc.MakeReference(ref_ids);
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  const auto ids = EditedIds(ref_ids, vocab, seed_ + 2);
+  const engine::TokenMatch match = pc.Match(pc.Sketch(ids), ref->sketch);
+  const engine::TokenMatch self = pc.Match(ref->sketch, ref->sketch);
+  const int64_t entry = 3 * m * (2 * 128 * 2 + 4);
+  std::vector<float> lc(vocab), lg(vocab), first(vocab);
+  engine::PrefillStats sc, sg;
+
+  auto g = session();
+  ASSERT_NE(g, nullptr);
+  EXPECT_EQ(tier(*g).budget, int64_t{1024} << 20);  // the default
+  ASSERT_NO_FATAL_FAILURE(HitBoth(cs, *g, ids, ref_ids, ref->kv, match, m, lc, lg, &sc, &sg));
+  EXPECT_LT(RelDiff(lg, lc), 5e-2);
+  Tier t = tier(*g);
+  EXPECT_EQ(t.misses, 1);
+  EXPECT_EQ(t.hits, 0);
+  EXPECT_EQ(t.entries, 1);
+  EXPECT_EQ(t.bytes, entry);
+  first = lg;
+  ASSERT_NO_FATAL_FAILURE(HitBoth(cs, *g, ids, ref_ids, ref->kv, match, m, lc, lg, &sc, &sg));
+  EXPECT_EQ(tier(*g).hits, 1);
+  EXPECT_LT(RelDiff(lg, first), 1e-5) << "the resident copy is the uploaded one";
+  EXPECT_EQ(sg.layer_rows, sc.layer_rows);
+  // The exact-reuse repeat reads the same resident copy (prefix rows copied on the device).
+  ASSERT_NO_FATAL_FAILURE(HitBoth(cs, *g, ref_ids, ref_ids, ref->kv, self, m, lc, lg, &sc, &sg));
+  EXPECT_EQ(tier(*g).hits, 2);
+  EXPECT_EQ(sg.reused_tokens, sc.reused_tokens);
+  EXPECT_LT(RelDiff(lg, lc), 3e-2);
+  // Another KV under the same ids (a store entry replaced): uploaded, not served stale.
+  engine::KvCache changed = ref->kv.Copy();
+  for (int64_t l = 0; l < changed.n_layers(); ++l) {
+    for (float& x : changed.layer(l).k) x *= 1.5f;
+  }
+  ASSERT_NO_FATAL_FAILURE(HitBoth(cs, *g, ids, ref_ids, changed, match, m, lc, lg, &sc, &sg));
+  t = tier(*g);
+  EXPECT_EQ(t.misses, 2);
+  EXPECT_EQ(t.entries, 2);
+  EXPECT_LT(RelDiff(lg, lc), 5e-2);
+  EXPECT_GT(RelDiff(lg, first), 1e-4) << "the changed reference was not used";
+
+  // Budget 0: nothing kept, the same answer.
+  ASSERT_EQ(setenv("SEMSHARE_CUDA_REF_TIER_MB", "0", 1), 0);
+  auto off = session();
+  // Budget 1 MiB: room for one of these references.
+  ASSERT_EQ(setenv("SEMSHARE_CUDA_REF_TIER_MB", "1", 1), 0);
+  auto one = session();
+  unsetenv("SEMSHARE_CUDA_REF_TIER_MB");
+  ASSERT_NE(off, nullptr);
+  ASSERT_NE(one, nullptr);
+  ASSERT_NO_FATAL_FAILURE(HitBoth(cs, *off, ids, ref_ids, ref->kv, match, m, lc, lg, &sc, &sg));
+  EXPECT_LT(RelDiff(lg, first), 1e-5);
+  EXPECT_EQ(tier(*off).entries, 0);
+  EXPECT_EQ(tier(*off).bytes, 0);
+  const auto other_ids = RandomIds(m, vocab, seed_ + 3);
+  auto other = pc.MakeReference(other_ids);
+  ASSERT_TRUE(other.ok()) << other.status();
+  const engine::TokenMatch other_match = pc.Match(pc.Sketch(ids), other->sketch);
+  for (int round = 0; round < 2; ++round) {  // A, B, A, B: each evicts the other
+    ASSERT_NO_FATAL_FAILURE(HitBoth(cs, *one, ids, ref_ids, ref->kv, match, m, lc, lg, &sc, &sg));
+    EXPECT_LT(RelDiff(lg, first), 1e-5);
+    ASSERT_NO_FATAL_FAILURE(
+        HitBoth(cs, *one, ids, other_ids, other->kv, other_match, m, lc, lg, &sc, &sg));
+    EXPECT_LT(RelDiff(lg, lc), 5e-2);
+    EXPECT_EQ(tier(*one).entries, 1);
+    EXPECT_LE(tier(*one).bytes, tier(*one).budget);
+  }
+  EXPECT_EQ(tier(*one).misses, 4);
+  EXPECT_EQ(tier(*one).hits, 0);
+}
+
+// Two sessions of one runtime used at once from two host threads (the server's workers: each
+// thread's current device, its own streams and pool, the weights shared), three rounds each of a
+// miss, a selective hit and an exact-reuse repeat with 4 decode steps after each, on prompts of
+// its own. Every logits vector within the bounds of the CPU session's for the same request
+// (computed first on this thread; decode teacher-forced with the CPU's greedy tokens).
+TEST_F(CudaServingTest, TwoSessionsOnTwoThreadsMatchTheCpu) {
+  auto model = SmallLlama(seed_);
+  const int64_t vocab = model->config.vocab_size;
+  engine::ReuseConfig cfg;
+  cfg.hit_threshold = 0.0f;
+  engine::ReusePrefiller pc(*model, cpu_, cfg);
+  engine::CpuServingSession cs(pc);
+  auto runtime = engine::MakeServingRuntime("cuda", *model, cfg, {});
+  ASSERT_TRUE(runtime.ok()) << runtime.status();
+  constexpr int kThreads = 2, kRounds = 3, kSteps = 4;
+  struct Request {
+    std::vector<int32_t> ids;                   // the prompt
+    const engine::TokenMatch* match;            // null: a miss
+    std::vector<int32_t> tokens;                // the CPU's greedy tokens, fed to both
+    std::vector<std::vector<float>> want, got;  // prefill logits, then each step's
+  };
+  struct Work {
+    std::vector<int32_t> ref_ids;
+    std::unique_ptr<engine::Reference> ref;
+    engine::TokenMatch hit_match, self_match;
+    std::vector<Request> requests;
+    absl::Status status;
+  };
+  std::vector<Work> work(kThreads);
+  for (int w = 0; w < kThreads; ++w) {
+    Work& wk = work[w];
+    wk.ref_ids = RandomIds(260 + 30 * w, vocab, seed_ + 10 * w + 1);
+    auto ref = pc.MakeReference(wk.ref_ids);
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    wk.ref = std::make_unique<engine::Reference>(*std::move(ref));
+    const auto ids = EditedIds(wk.ref_ids, vocab, seed_ + 10 * w + 2);
+    wk.hit_match = pc.Match(pc.Sketch(ids), wk.ref->sketch);
+    wk.self_match = pc.Match(wk.ref->sketch, wk.ref->sketch);
+    wk.requests = {{wk.ref_ids, nullptr, {}, {}, {}},
+                   {ids, &wk.hit_match, {}, {}, {}},
+                   {wk.ref_ids, &wk.self_match, {}, {}, {}}};
+    for (Request& r : wk.requests) {
+      std::vector<float> l(vocab);
+      ASSERT_TRUE(cs.Begin(static_cast<int64_t>(r.ids.size()) + kSteps).ok());
+      if (r.match == nullptr) {
+        ASSERT_TRUE(cs.PrefillFull(r.ids, l.data()).ok());
+      } else {
+        ASSERT_TRUE(cs.PrefillHit(r.ids, wk.ref_ids, wk.ref->kv, *r.match, l.data()).ok());
+      }
+      r.want.push_back(l);
+      for (int i = 0; i < kSteps; ++i) {
+        r.tokens.push_back(ArgmaxOf(l));
+        ASSERT_TRUE(cs.Step(r.tokens.back(), l.data()).ok());
+        r.want.push_back(l);
+      }
+    }
+  }
+  std::vector<std::unique_ptr<engine::ServingSession>> sessions;
+  for (int w = 0; w < kThreads; ++w) {
+    auto g = (*runtime)->NewSession();
+    ASSERT_TRUE(g.ok()) << g.status();
+    sessions.push_back(*std::move(g));
+  }
+  auto serve = [&](int w) {
+    Work& wk = work[w];
+    engine::ServingSession& g = *sessions[w];
+    auto one = [&](Request& r) -> absl::Status {
+      std::vector<float> l(vocab, std::nanf(""));
+      SEMSHARE_STATUS_RETURN(g.Begin(static_cast<int64_t>(r.ids.size()) + kSteps));
+      if (r.match == nullptr) {
+        SEMSHARE_STATUS_RETURN(g.PrefillFull(r.ids, l.data()));
+      } else {
+        auto st = g.PrefillHit(r.ids, wk.ref_ids, wk.ref->kv, *r.match, l.data());
+        if (!st.ok()) return st.status();
+      }
+      r.got.push_back(l);
+      for (int32_t tok : r.tokens) {
+        SEMSHARE_STATUS_RETURN(g.Step(tok, l.data()));
+        r.got.push_back(l);
+      }
+      return absl::OkStatus();
+    };
+    for (int round = 0; round < kRounds && wk.status.ok(); ++round) {
+      for (Request& r : wk.requests) {
+        r.got.clear();
+        wk.status = one(r);
+        if (!wk.status.ok()) return;
+        for (size_t i = 0; i < r.want.size(); ++i) {
+          const double bound = r.match == nullptr || r.match == &wk.self_match ? 3e-2 : 5e-2;
+          if (RelDiff(r.got[i], r.want[i]) >= bound) {
+            wk.status = absl::InternalError(absl::StrCat(
+                "thread ", w, " round ", round, " request ", &r - wk.requests.data(), " logits ", i,
+                ": relative difference ", RelDiff(r.got[i], r.want[i]), " >= ", bound));
+            return;
+          }
+        }
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int w = 0; w < kThreads; ++w) threads.emplace_back(serve, w);
+  for (std::thread& t : threads) t.join();
+  for (int w = 0; w < kThreads; ++w) EXPECT_TRUE(work[w].status.ok()) << work[w].status;
 }
 
 }  // namespace

@@ -116,16 +116,18 @@ class GpuTest : public ::testing::Test {
     }
     std::string error;
     ASSERT_TRUE(TestSeed(&seed_, &error)) << error;
+    seeded_ = true;
     std::printf("seed %llu\n", static_cast<unsigned long long>(seed_));
   }
   void TearDown() override {
-    if (HasFailure()) {
+    if (seeded_ && HasFailure()) {
       const ::testing::TestInfo* t = ::testing::UnitTest::GetInstance()->current_test_info();
       std::printf("replay: SEMSHARE_TEST_SEED=%llu <this binary> --gtest_filter=%s.%s\n",
                   static_cast<unsigned long long>(seed_), t->test_suite_name(), t->name());
     }
   }
   uint64_t seed_ = 0;
+  bool seeded_ = false;  // SetUp got as far as the seed (a skip or missing device did not)
 };
 
 class CudaTest : public GpuTest {

@@ -29,6 +29,7 @@ script ends, stops its servers and writes its JSON within the budget; SIGTERM (t
 timeout) does the same at once.
 
 usage: serve_check.py --bin DIR --model FILE --out DIR [--backends cuda,cpu] [--budget-s S]
+                      [--lib-path DIRS]
 """
 import argparse
 import concurrent.futures
@@ -48,6 +49,10 @@ import urllib.request
 # grpc_proxy, urllib http_proxy) would route the calls away from the local servers.
 PROXY_VARS = ("http_proxy", "https_proxy", "grpc_proxy", "all_proxy")
 LOCAL_ENV = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARS}
+# The environment of our own programs (server, client): LOCAL_ENV plus --lib-path, which is set
+# on them only, not on this interpreter or other tools (scripts/gpu-check: the pack's libraries
+# must not reach python3 or nvidia-smi).
+OUR_ENV = dict(LOCAL_ENV)
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -104,7 +109,7 @@ class Server:
                 [os.path.join(bin_dir, "semshare-server"), "--model", model, "--backend", backend,
                  "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
                  "--min-reuse-tokens", "64", "--workers", "2"],
-                stdout=self.log, stderr=subprocess.STDOUT, env=LOCAL_ENV)
+                stdout=self.log, stderr=subprocess.STDOUT, env=OUR_ENV)
         except BaseException:
             self.log.close()
             raise
@@ -141,7 +146,7 @@ class Server:
                             text, "--max-tokens", str(max_tokens),
                             "--timeout-s", str(max(1, int(wait_s) - 5)), "--json", out],
                            capture_output=True, text=True, errors="replace", timeout=wait_s,
-                           env=LOCAL_ENV)
+                           env=OUR_ENV)
         if r.returncode != 0:
             raise RuntimeError(f"client {verb} failed ({r.returncode}): {r.stderr.strip()}")
         with open(out) as f:
@@ -270,9 +275,14 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--backends", default="cuda,cpu")
+    ap.add_argument("--lib-path", default="",
+                    help="prepended to LD_LIBRARY_PATH of the server and client only")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="finish (servers stopped, JSON written) within this many seconds")
     args = ap.parse_args()
+    if args.lib_path:
+        OUR_ENV["LD_LIBRARY_PATH"] = ":".join(
+            p for p in (args.lib_path, LOCAL_ENV.get("LD_LIBRARY_PATH", "")) if p)
     signal.signal(signal.SIGTERM, on_sigterm)
     os.makedirs(args.out, exist_ok=True)
     # Skips only when the device is not required. When it is, the check runs whatever the probe

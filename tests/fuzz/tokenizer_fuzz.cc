@@ -24,6 +24,7 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/model/default_model.h"
 #include "engine/model/gguf.h"
 #include "engine/text/bpe_pretokenizer.h"
 #include "engine/text/tokenizer.h"
@@ -131,10 +132,9 @@ void CheckRoundTrip(const Tokenizer& tok, std::string_view text, bool parse_spec
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
-  const char* path = std::getenv("SEMSHARE_MODEL");
-  if (path == nullptr || *path == '\0') Die("set SEMSHARE_MODEL to the default model's GGUF");
+  const std::string path = semshare::engine::ResolveModelPath("");  // or $SEMSHARE_MODEL
   auto gguf = GgufFile::Open(path);
-  if (!gguf.ok()) Die(std::string(gguf.status().message()));
+  if (!gguf.ok()) Die(path + ": " + std::string(gguf.status().message()));
   auto tok = Tokenizer::FromGguf(**gguf);
   if (!tok.ok()) Die(std::string(tok.status().message()));
   g_gguf_tokenizer = *std::move(tok);

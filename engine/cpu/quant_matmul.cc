@@ -1,0 +1,96 @@
+#include "engine/cpu/quant_matmul.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "engine/cpu/quant_dot.h"
+#include "engine/cpu/thread_pool.h"
+
+namespace semshare::engine {
+namespace {
+
+// Output rows per work item: enough that a chunk's bookkeeping is noise next to its dots.
+constexpr int64_t kRowsPerChunk = 16;
+
+float DotFloat(const float* a, const float* b, int64_t k) {
+  float acc[16] = {};  // 16 partial sums: the compiler keeps them in vector registers
+  int64_t i = 0;
+  for (; i + 16 <= k; i += 16) {
+    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  float s = 0.0f;
+  for (; i < k; ++i) s += a[i] * b[i];
+  for (int j = 0; j < 16; ++j) s += acc[j];
+  return s;
+}
+
+void DotPath(const float* x, int64_t n, const Matrix& w, float* y, DotIsa isa, bool int8) {
+  const int64_t k = w.cols, out = w.rows;
+  const QuantDotFn dot = int8 ? GetQuantDot(w.type, isa) : nullptr;
+  if (dot == nullptr) {
+    // Float activations (kFloat, F16 / BF16): widen a weight row exactly (L1-resident), dot in
+    // float32.
+    ThreadPool::Default().ParallelFor(out, kRowsPerChunk, [&](int64_t r0, int64_t r1) {
+      thread_local std::vector<float> row;
+      row.resize(static_cast<size_t>(k));
+      for (int64_t r = r0; r < r1; ++r) {
+        DequantizeRows(w, r, 1, row.data());
+        for (int64_t i = 0; i < n; ++i) y[i * out + r] = DotFloat(row.data(), x + i * k, k);
+      }
+    });
+    return;
+  }
+  thread_local std::vector<Q8Block> acts;  // the calling thread's; workers only read it
+  const int64_t nb = k / kQ8Block;
+  acts.resize(static_cast<size_t>(n * nb));
+  for (int64_t i = 0; i < n; ++i) QuantizeRowQ8(x + i * k, k, acts.data() + i * nb);
+  const Q8Block* a = acts.data();
+  ThreadPool::Default().ParallelFor(out, kRowsPerChunk, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const uint8_t* wr = w.block_row(r);
+      for (int64_t i = 0; i < n; ++i) y[i * out + r] = dot(wr, a + i * nb, k);
+    }
+  });
+}
+
+}  // namespace
+
+void BlockMatMulTiled(const float* x, int64_t n, const Matrix& w, float* y) {
+  const int64_t k = w.cols, out = w.rows;
+  const int64_t tile = std::clamp<int64_t>(kTileFloats / std::max<int64_t>(k, 1), 16, out);
+  thread_local std::vector<float> buf;  // the calling thread's (workers write through `t`)
+  buf.resize(static_cast<size_t>(tile * k));
+  float* const t = buf.data();
+  for (int64_t t0 = 0; t0 < out; t0 += tile) {
+    const int64_t rows = std::min(tile, out - t0);
+    // Dequantise in the pool, then let OpenBLAS thread the product (never nested).
+    ThreadPool::Default().ParallelFor(
+        rows, 8, [&](int64_t r0, int64_t r1) { DequantizeRows(w, t0 + r0, r1 - r0, t + r0 * k); });
+    if (n == 1) {
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, rows, k, 1.0f, t, k, x, 1, 0.0f, y + t0, 1);
+    } else {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, rows, k, 1.0f, x, k, t, k, 0.0f,
+                  y + t0, out);
+    }
+  }
+}
+
+void BlockMatMulDot(const float* x, int64_t n, const Matrix& w, float* y, DotIsa isa) {
+  DotPath(x, n, w, y, isa, /*int8=*/true);
+}
+
+void BlockMatMul(const float* x, int64_t n, const Matrix& w, float* y, MatMulPrecision precision) {
+  if (n <= 0 || w.rows == 0) return;
+  // kFloat: the dequantised-tile path for every n, so the arithmetic is exactly that of float
+  // weights (sgemv for one row, sgemm for more), as before weights stayed quantized.
+  const bool int8 = precision == MatMulPrecision::kQuantizedActivations && w.cols % kQ8Block == 0;
+  if (n <= kDotMaxRows && int8) {
+    DotPath(x, n, w, y, BestDotIsa(), int8);
+  } else {
+    BlockMatMulTiled(x, n, w, y);
+  }
+}
+
+}  // namespace semshare::engine

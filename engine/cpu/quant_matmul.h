@@ -1,0 +1,49 @@
+// y = x w^T for a weight held in ggml blocks (Matrix::quantized()): the CpuBackend's MatMul on
+// quantized models. Two strategies, chosen by the number of activation rows n:
+//  - few rows (decode, small batches; n <= kDotMaxRows): each activation row is quantized to
+//    int8 blocks (quant_dot.h) once, and the int8 dot kernels of the best ISA run over the
+//    weight rows, split across ThreadPool::Default(). Weights are read once per call in their
+//    stored size (4.5 to 8.5 bits a weight), which is what decode is bound by. F16/BF16
+//    weights (no int8 kernel) are widened a row at a time and dotted with the float row.
+//  - many rows (prefill): tiles of up to kTileFloats weights are dequantised (exactly) into a
+//    thread-local float buffer and multiplied with OpenBLAS sgemm, so prefill keeps float32
+//    GEMM speed and accuracy; the dequantisation is amortised over the n rows.
+// MatMulPrecision::kFloat forces the second path for every n (float32 arithmetic on the exact
+// weights, as the float32 oracles compare), at the cost of a dequantisation per call.
+#ifndef SEMSHARE_ENGINE_CPU_QUANT_MATMUL_H_
+#define SEMSHARE_ENGINE_CPU_QUANT_MATMUL_H_
+
+#include <cstdint>
+
+#include "engine/cpu/quant_dot.h"
+#include "engine/model/weights.h"
+
+namespace semshare::engine {
+
+enum class MatMulPrecision {
+  kQuantizedActivations,  // few rows: activations quantized per block of 32 (quant_dot.h)
+  kFloat,                 // always dequantised weights and float32 activations
+};
+
+// Rows up to which the dot kernels are used: decode and batched decode (one row per sequence).
+// Above, a tile's dequantisation (about 1 ns a weight) costs less than n more passes of the dot
+// kernels over the same weights. A row's result depends on which side of this its call falls:
+// prompts are prefilled in chunks larger than this, except a final chunk of <= kDotMaxRows
+// tokens, whose rows then differ from a one-chunk prefill's by the bound in quant_dot.h.
+constexpr int64_t kDotMaxRows = 8;
+// Weights per dequantised tile (4 MiB of float32 per calling thread).
+constexpr int64_t kTileFloats = int64_t{1} << 20;
+
+// y[n, w.rows] = x[n, w.cols] * w^T for a quantized (non-F32) w. Thread-compatible: may be
+// called from several threads at once (per-thread buffers), each call uses the default pool.
+void BlockMatMul(const float* x, int64_t n, const Matrix& w, float* y,
+                 MatMulPrecision precision = MatMulPrecision::kQuantizedActivations);
+
+// The same, forcing one strategy (tests and benchmarks): the int8 dot path with the given ISA,
+// or the dequantise-tile + sgemm path.
+void BlockMatMulDot(const float* x, int64_t n, const Matrix& w, float* y, DotIsa isa);
+void BlockMatMulTiled(const float* x, int64_t n, const Matrix& w, float* y);
+
+}  // namespace semshare::engine
+
+#endif  // SEMSHARE_ENGINE_CPU_QUANT_MATMUL_H_

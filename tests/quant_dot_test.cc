@@ -1,0 +1,235 @@
+// Quantized matmul kernels (engine/cpu/quant_dot.h, quant_matmul.h) against float64 references
+// built from the exact dequantisation (engine/model/dequant.h), for every block type and every
+// ISA this CPU runs. Weight blocks are random bytes with sane scales: any such pattern is a
+// valid block, and random codes reach every nibble and bit layout.
+//
+// Bounds (u = 2^-24, float32's unit roundoff; a sum of M float terms in any order is within
+// M * u * sum|terms| of the exact sum, each product adding one u):
+//  - reference vs exact: the reference adds at most 2k/16 terms, each a product of two rounded
+//    factors, so |ref - exact| <= (k + 4) u (abs_sum + sum|w_j a_j|); the second sum covers the
+//    one rounding in dequantised Q4_1/Q5_1/K-quant weights (d * q + m).
+//  - SIMD vs reference: the same terms summed in another order: 2 k u abs_sum.
+//  - activation quantization: |x_j - d_b q_j| <= d_b / 2 (round to nearest) so
+//    |dot - sum w_j x_j| <= sum_b d_b / 2 * sum_{j in b} |w_j| plus the rounding above.
+#include "engine/cpu/quant_dot.h"
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "engine/cpu/cpu_backend.h"
+#include "engine/cpu/quant_matmul.h"
+#include "engine/model/dequant.h"
+#include "gtest/gtest.h"
+
+namespace semshare::engine {
+namespace {
+
+constexpr double kU = 0x1p-24;
+
+const GgmlType kIntTypes[] = {GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1,
+                              GgmlType::kQ8_0, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K};
+
+std::string Name(GgmlType t) {
+  return std::string(GetGgmlTypeTraits(static_cast<uint32_t>(t))->name);
+}
+
+void PutHalf(uint8_t* p, float f) {
+  const uint16_t h = FloatToHalf(f);
+  std::memcpy(p, &h, 2);
+}
+
+// `rows` random rows of `cols` elements of `type`: random code bytes, then scale fields set to
+// magnitudes typical of trained weights (|w| ~ 0.01 .. 0.1), so no term overflows.
+std::vector<uint8_t> RandomBlocks(GgmlType type, int64_t rows, int64_t cols, uint64_t seed) {
+  const auto tr = *GetGgmlTypeTraits(static_cast<uint32_t>(type));
+  const int64_t nb = rows * cols / tr.block_size;
+  std::vector<uint8_t> v(static_cast<size_t>(nb * tr.type_size));
+  std::mt19937_64 rng(seed);
+  for (uint8_t& b : v) b = static_cast<uint8_t>(rng());
+  std::uniform_real_distribution<float> u01(0.0f, 1.0f);
+  for (int64_t b = 0; b < nb; ++b) {
+    uint8_t* p = v.data() + b * tr.type_size;
+    switch (type) {
+      case GgmlType::kQ4_0:
+      case GgmlType::kQ5_0:
+      case GgmlType::kQ8_0:
+        PutHalf(p, (u01(rng) - 0.5f) * (type == GgmlType::kQ8_0 ? 0.002f : 0.02f));
+        break;
+      case GgmlType::kQ4_1:
+      case GgmlType::kQ5_1:
+        PutHalf(p, u01(rng) * 0.01f);
+        PutHalf(p + 2, -u01(rng) * 0.1f);
+        break;
+      case GgmlType::kQ4_K:
+      case GgmlType::kQ5_K:
+        PutHalf(p, u01(rng) * 0.0005f);
+        PutHalf(p + 2, u01(rng) * 0.002f);
+        break;
+      case GgmlType::kQ6_K:
+        PutHalf(p + 208, (u01(rng) - 0.5f) * 0.0005f);
+        break;
+      case GgmlType::kF16:
+        for (int64_t j = 0; j < tr.type_size; j += 2) PutHalf(p + j, (u01(rng) - 0.5f) * 0.2f);
+        break;
+      case GgmlType::kBF16:
+        for (int64_t j = 0; j < tr.type_size; j += 2) {
+          const uint16_t h = FloatToBf16((u01(rng) - 0.5f) * 0.2f);
+          std::memcpy(p + j, &h, 2);
+        }
+        break;
+      default:
+        break;
+    }
+  }
+  return v;
+}
+
+// Activations like a normed hidden state: mostly N(0, 1) with a few large outliers.
+std::vector<float> RandomActs(int64_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(n));
+  for (float& v : x) v = nd(rng);
+  for (int64_t i = 0; i < n; i += 97) x[static_cast<size_t>(i)] *= 20.0f;
+  return x;
+}
+
+std::vector<DotIsa> Isas() {
+  std::vector<DotIsa> v = {DotIsa::kScalar};
+  if (BestDotIsa() != DotIsa::kScalar) v.push_back(DotIsa::kAvx2);
+  if (BestDotIsa() == DotIsa::kAvx512Vnni) v.push_back(DotIsa::kAvx512Vnni);
+  return v;
+}
+
+TEST(QuantDot, KernelsMatchTheirDerivedBounds) {
+  std::printf("best ISA on this CPU: %s\n", std::string(DotIsaName(BestDotIsa())).c_str());
+  for (GgmlType type : kIntTypes) {
+    for (int64_t k : {256, 768, 1536}) {
+      const int64_t rows = 5;
+      const auto blocks = RandomBlocks(type, rows, k, 7 + k);
+      const int64_t row_bytes = GgmlRowBytes(type, k);
+      const auto x = RandomActs(k, 11 + k);
+      std::vector<Q8Block> a(static_cast<size_t>(k / kQ8Block));
+      QuantizeRowQ8(x.data(), k, a.data());
+      std::vector<float> w(static_cast<size_t>(k));
+      for (int64_t r = 0; r < rows; ++r) {
+        SCOPED_TRACE(Name(type) + " k=" + std::to_string(k) + " row " + std::to_string(r));
+        const uint8_t* wr = blocks.data() + r * row_bytes;
+        ASSERT_TRUE(Dequantize(type, wr, k, w.data()).ok());
+        double exact = 0, wa_abs = 0, wx = 0, act_bound = 0, w_abs = 0;
+        for (int64_t j = 0; j < k; ++j) {
+          const Q8Block& b = a[static_cast<size_t>(j / kQ8Block)];
+          const double aj =
+              static_cast<double>(b.d) * (128 * b.q[j % kQ8Block] + b.lo[j % kQ8Block]);
+          exact += w[j] * aj;
+          wa_abs += std::fabs(w[j] * aj);
+          wx += static_cast<double>(w[j]) * x[j];
+          act_bound += std::fabs(w[j]) * b.d / 2;
+          w_abs += std::fabs(w[j]);
+        }
+        ASSERT_GT(w_abs, 0.0);
+        double abs_sum = 0;
+        const float ref = QuantDotRef(type, wr, a.data(), k, &abs_sum);
+        const double ref_bound = (k + 4) * kU * (abs_sum + wa_abs);
+        EXPECT_LE(std::fabs(ref - exact), ref_bound) << "exact " << exact;
+        // The activation quantization's error, with the rounding slack on top.
+        EXPECT_LE(std::fabs(ref - wx), act_bound * (1 + 1e-5) + ref_bound) << "float " << wx;
+        for (DotIsa isa : Isas()) {
+          const float got = GetQuantDot(type, isa)(wr, a.data(), k);
+          EXPECT_LE(std::fabs(got - ref), 2 * k * kU * abs_sum)
+              << DotIsaName(isa) << ": " << got << " vs reference " << ref;
+        }
+      }
+    }
+  }
+}
+
+TEST(QuantDot, QuantizedActivationsStayWithinHalfAStep) {
+  const auto x = RandomActs(512, 3);
+  std::vector<Q8Block> a(512 / kQ8Block);
+  QuantizeRowQ8(x.data(), 512, a.data());
+  for (int64_t j = 0; j < 512; ++j) {
+    const Q8Block& b = a[static_cast<size_t>(j / kQ8Block)];
+    const int v = 128 * b.q[j % kQ8Block] + b.lo[j % kQ8Block];
+    EXPECT_LE(std::fabs(x[j] - b.d * v), b.d / 2 * (1 + 1e-5)) << j;
+    EXPECT_LE(std::abs(b.lo[j % kQ8Block]), 64);
+  }
+  int s = 0;
+  for (int j = 0; j < 16; ++j) s += 128 * a[3].q[j] + a[3].lo[j];
+  EXPECT_EQ(a[3].sum16[0], s);
+}
+
+// BlockMatMul (every strategy the backend picks by row count, and the float precision) against
+// float64 products of the exactly dequantised weights.
+TEST(QuantDot, BlockMatMulMatchesDequantisedProduct) {
+  const GgmlType types[] = {GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1,
+                            GgmlType::kQ8_0, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K,
+                            GgmlType::kF16,  GgmlType::kBF16};
+  const int64_t rows = 37, cols = 512;  // unaligned row count: ragged thread chunks
+  for (GgmlType type : types) {
+    const auto blocks = RandomBlocks(type, rows, cols, 99);
+    Matrix w;
+    ASSERT_TRUE(MakeBlockMatrix(type, rows, cols, blocks.data(), nullptr, &w).ok());
+    const Matrix wf = ToFloatMatrix(w);
+    for (int64_t n : {int64_t{1}, int64_t{3}, kDotMaxRows, kDotMaxRows + 1, int64_t{40}}) {
+      for (MatMulPrecision p : {MatMulPrecision::kQuantizedActivations, MatMulPrecision::kFloat}) {
+        SCOPED_TRACE(Name(type) + " n=" + std::to_string(n) +
+                     (p == MatMulPrecision::kFloat ? " float" : " int8"));
+        const auto x = RandomActs(n * cols, 5 + n);
+        std::vector<float> y(static_cast<size_t>(n * rows), -1.0f);
+        CpuBackend backend(p);
+        backend.MatMul(x.data(), n, w, Matrix{}, y.data());
+        const bool int8 =
+            p == MatMulPrecision::kQuantizedActivations && n <= kDotMaxRows && HasQuantDot(type);
+        double worst = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          for (int64_t r = 0; r < rows; ++r) {
+            double want = 0, mag = 0, act = 0;
+            const float* xi = x.data() + i * cols;
+            for (int64_t b = 0; b < cols; b += kQ8Block) {
+              float amax = 0;
+              for (int64_t j = b; j < b + kQ8Block; ++j) amax = std::fmax(amax, std::fabs(xi[j]));
+              for (int64_t j = b; j < b + kQ8Block; ++j) {
+                const double wv = wf.data[r * cols + j];
+                want += wv * xi[j];
+                mag += std::fabs(wv * xi[j]);
+                act += std::fabs(wv) * amax / kQ8Max / 2;
+              }
+            }
+            // Float paths: sgemm / float dot rounding, 2 k u sum|w x|. Int8: the activation
+            // bound plus the kernels' float rounding, k u times the terms' magnitude (at most
+            // 4x sum|w x| for these scales: |d u| + |m| <= 2 max|w| per block).
+            const double bound = int8 ? act * (1 + 1e-5) + 8 * cols * kU * mag + 2 * cols * kU * mag
+                                      : 2 * cols * kU * mag;
+            const double err = std::fabs(y[i * rows + r] - want);
+            worst = std::max(worst, err / bound);
+            ASSERT_LE(err, bound) << "row " << i << " col " << r << ": " << y[i * rows + r]
+                                  << " vs " << want;
+          }
+        }
+        std::printf("%-5s n=%-2lld %-5s worst error / bound %.3f\n", Name(type).c_str(),
+                    static_cast<long long>(n), int8 ? "int8" : "float", worst);
+      }
+    }
+  }
+}
+
+TEST(QuantDot, EmbedAndDequantizeRowsReadTheStoredBlocks) {
+  const auto blocks = RandomBlocks(GgmlType::kQ8_0, 10, 64, 1);
+  Matrix w;
+  ASSERT_TRUE(MakeBlockMatrix(GgmlType::kQ8_0, 10, 64, blocks.data(), nullptr, &w).ok());
+  EXPECT_EQ(w.StoredBytes(), 10 * 2 * 34);
+  std::vector<float> all(640), out(2 * 64);
+  ASSERT_TRUE(Dequantize(GgmlType::kQ8_0, blocks.data(), 640, all.data()).ok());
+  const int32_t ids[2] = {7, 2};
+  CpuBackend().Embed(w, ids, 2, out.data());
+  EXPECT_EQ(0, std::memcmp(out.data(), all.data() + 7 * 64, 64 * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(out.data() + 64, all.data() + 2 * 64, 64 * sizeof(float)));
+  Matrix bad;
+  EXPECT_FALSE(MakeBlockMatrix(GgmlType::kQ4_K, 1, 100, blocks.data(), nullptr, &bad).ok());
+}
+
+}  // namespace
+}  // namespace semshare::engine
