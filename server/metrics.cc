@@ -1,6 +1,7 @@
 #include "server/metrics.h"
 
 #include <cmath>
+#include <string_view>
 #include <vector>
 
 namespace semshare::server {
@@ -112,7 +113,14 @@ Metrics::Metrics(const std::string& model_name)
   prompt_tokens_ = counter("semshare_prompt_tokens_total", "Prompt tokens processed");
   generation_tokens_ = counter("semshare_generation_tokens_total", "Tokens generated");
   lookups_ = counter("semshare_cache_lookups_total", "Reference store lookups");
-  hits_ = counter("semshare_cache_hits_total", "Lookups whose best reference was reused");
+  auto& hits = BuildCounter()
+                   .Name("semshare_cache_hits_total")
+                   .Help(
+                       "Lookups whose reference was reused, by kind: exact (an exact prefix of a "
+                       "stored turn, copied) or semantic (SemShareKV)")
+                   .Register(r);
+  hits_exact_ = &hits.Add({{"model", model_}, {"kind", "exact"}});
+  hits_semantic_ = &hits.Add({{"model", model_}, {"kind", "semantic"}});
   reused_ = counter("semshare_reused_tokens_total",
                     "Prompt tokens whose deeper-layer KV came from a reference");
   recomputed_ =
@@ -158,7 +166,9 @@ void Metrics::RecordRequest(const RequestFigures& f) {
   generation_tokens_->Increment(static_cast<double>(f.completion_tokens));
   if (f.looked_up) {
     lookups_->Increment();
-    if (f.cache_result == CacheResult::kHit) hits_->Increment();
+    if (f.cache_result == CacheResult::kHit) {
+      (std::string_view(f.hit_kind) == "exact" ? hits_exact_ : hits_semantic_)->Increment();
+    }
   }
   reused_->Increment(static_cast<double>(f.reused_tokens));
   recomputed_->Increment(static_cast<double>(f.recomputed_tokens));

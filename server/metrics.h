@@ -31,7 +31,8 @@ struct RequestFigures {
   double queue_s = 0, prefill_s = 0, ttft_s = 0, total_s = 0;
   int64_t prompt_tokens = 0, completion_tokens = 0;
   int64_t reused_tokens = 0, recomputed_tokens = 0;
-  float similarity = -1;  // best candidate's similarity; < 0 when none was scored
+  float similarity = -1;      // best candidate's similarity; < 0 when none was scored
+  const char* hit_kind = "";  // hits: "exact" or "semantic"
 };
 
 // Also the pipeline's observer: queue gauges, the engine loop's iterations (rows per batch,
@@ -88,7 +89,8 @@ class Metrics final : public serving::PipelineObserver {
   prometheus::Counter* prompt_tokens_;
   prometheus::Counter* generation_tokens_;
   prometheus::Counter* lookups_;
-  prometheus::Counter* hits_;
+  prometheus::Counter* hits_exact_;
+  prometheus::Counter* hits_semantic_;
   prometheus::Counter* reused_;
   prometheus::Counter* recomputed_;
   prometheus::Family<prometheus::Counter>* requests_;

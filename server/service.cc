@@ -16,11 +16,6 @@
 namespace semshare::server {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double Ms(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double, std::milli>(b - a).count();
-}
 
 absl::Status ParseRaw(const grpc::ByteBuffer* bb, google::protobuf::Message* msg) {
   std::vector<grpc::Slice> slices;
@@ -124,6 +119,8 @@ void Report(const ServingCore& core, const serving::ServeResult& r, v1::Usage* u
   cache->set_similarity(r.similarity < 0 ? 0.0f : r.similarity);
   cache->set_kv_bytes(r.kv_bytes);
   cache->set_published(r.published);
+  cache->set_kind(r.hit_kind);
+  cache->set_exact_tokens(r.exact_tokens);
   // Accepted to a front worker's start, then that worker's start to the first token and to
   // the end; the queue figure adds the wait for admission into the engine loop.
   const double front_ms = r.front_queue_ms;
@@ -146,6 +143,7 @@ void Report(const ServingCore& core, const serving::ServeResult& r, v1::Usage* u
   f.reused_tokens = r.reused_tokens;
   f.recomputed_tokens = r.recomputed_tokens;
   f.similarity = r.similarity;
+  f.hit_kind = r.hit_kind;
   core.metrics->RecordRequest(f);
 }
 

@@ -62,6 +62,20 @@ class CpuBatchRunner final : public BatchRunner {
     return st;
   }
 
+  absl::Status CopyPrefix(SeqKv& seq, const engine::KvCache& src, int64_t rows) override {
+    engine::KvCache& c = static_cast<CpuSeq&>(seq).cache;
+    if (c.rows() != 0 || src.n_layers() != c.n_layers() || src.kv_dim() != c.kv_dim()) {
+      return absl::InvalidArgumentError("prefix copy: an empty sequence of the reference's shape");
+    }
+    for (int64_t l = 0; l < src.n_layers(); ++l) {
+      if (src.layer(l).rows() < rows) {
+        return absl::InvalidArgumentError("prefix copy: the reference holds fewer rows");
+      }
+    }
+    c.AssignPrefix(src, rows);
+    return absl::OkStatus();
+  }
+
   absl::StatusOr<engine::KvCache> TakeKv(SeqKv& seq) override {
     engine::KvCache& c = static_cast<CpuSeq&>(seq).cache;
     engine::KvCache out = std::move(c);
@@ -178,6 +192,10 @@ class SessionBatchRunner final : public BatchRunner {
       if (s.rows_ == 0) s.rows_ = static_cast<int64_t>(ids.size());
     }
     return st;
+  }
+
+  absl::Status CopyPrefix(SeqKv&, const engine::KvCache&, int64_t) override {
+    return absl::UnimplementedError("exact-prefix copies are not implemented on the device yet");
   }
 
   absl::StatusOr<engine::KvCache> TakeKv(SeqKv& seq) override {

@@ -72,6 +72,10 @@ class BatchRunner {
                                                           const engine::TokenMatch& match,
                                                           float* logits,
                                                           std::function<bool()> interrupt) = 0;
+  // An exact prefix: the empty sequence takes rows [0, rows) of `src` (a full reference: every
+  // layer holds one row per token) as its own. Unimplemented where the backend cannot (the
+  // loop then prefills the whole prompt).
+  virtual absl::Status CopyPrefix(SeqKv& seq, const engine::KvCache& src, int64_t rows) = 0;
   // The sequence's KV as a host cache (moved out on the host, copied from a device); the
   // sequence is empty after it.
   virtual absl::StatusOr<engine::KvCache> TakeKv(SeqKv& seq) = 0;

@@ -78,7 +78,12 @@ absl::Status EngineLoop::Submit(std::unique_ptr<LoopRequest> request) {
   auto seq = std::make_unique<Seq>();
   seq->submitted = Clock::now();
   seq->tokens = request->ids;
-  seq->hit_pending = request->reference != nullptr;
+  seq->hit_pending = request->reference != nullptr && request->prefix_rows == 0;
+  if (request->prefix_rows < 0 || request->prefix_rows >= n) {
+    return absl::InvalidArgumentError(absl::StrCat("an exact prefix of ", request->prefix_rows,
+                                                   " rows for a prompt of ", n,
+                                                   " tokens (the last token is always computed)"));
+  }
   if (!request->prefill_only) {
     seq->stream = std::make_unique<engine::TokenStream>(*runner_->model().tokenizer,
                                                         request->options, &request->on_text);
@@ -97,6 +102,7 @@ absl::Status EngineLoop::Submit(std::unique_ptr<LoopRequest> request) {
                        options_.max_waiting, " waiting); retry with backoff"));
     }
     waiting_.push_back(std::move(seq));
+    idle_ = false;
     stats_.waiting = static_cast<int64_t>(waiting_.size());
     if (observer_ != nullptr) observer_->OnQueues(stats_.running, stats_.waiting);
   }
@@ -111,8 +117,7 @@ void EngineLoop::Close() {
 
 bool EngineLoop::WaitIdle(int64_t timeout_ms) {
   std::unique_lock<std::mutex> lock(mu_);
-  return idle_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
-                           [&] { return waiting_.empty() && stats_.running == 0; });
+  return idle_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] { return idle_; });
 }
 
 LoopStats EngineLoop::Stats() const {
@@ -206,6 +211,16 @@ bool EngineLoop::Admit(std::vector<std::unique_ptr<Seq>>& running) {
     seq->kv = *std::move(kv);
     seq->phase = Phase::kPrefill;
     seq->prefilled = 0;
+    if (seq->req->reference != nullptr && seq->req->prefix_rows > 0) {
+      // An exact prefix: its rows are copied now and the rest is prefilled in chunks. A
+      // backend that cannot copy computes the whole prompt (same result, full cost).
+      if (runner_->CopyPrefix(*seq->kv, seq->req->reference->kv, seq->req->prefix_rows).ok()) {
+        seq->prefilled = seq->req->prefix_rows;
+        seq->result.hit = true;
+        seq->result.copied_rows = seq->req->prefix_rows;
+      }
+      seq->req->reference = nullptr;  // unpinned
+    }
     seq->pos.resize(seq->tokens.size());
     std::iota(seq->pos.begin(), seq->pos.end(), 0);
     if (!seq->was_admitted) {
@@ -406,7 +421,12 @@ void EngineLoop::Publish(const std::vector<std::unique_ptr<Seq>>& running, int64
     if (rows > 0) ++stats_.iterations;
     r = stats_.running;
     w = stats_.waiting;
-    if (waiting_.empty() && running.empty()) idle_cv_.notify_all();
+    // Idle only here, after an iteration's results and figures are all out (a request leaves
+    // `waiting_` before it is in `running`, and finishes before these figures are updated).
+    if (waiting_.empty() && running.empty()) {
+      idle_ = true;
+      idle_cv_.notify_all();
+    }
   }
   if (observer_ != nullptr) {
     observer_->OnQueues(r, w);

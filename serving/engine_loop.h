@@ -4,8 +4,9 @@
 //   1. drops requests that were cancelled or whose deadline passed (their KV is freed now);
 //   2. admits waiting requests, oldest first (preempted ones before new ones), while fewer than
 //      max_num_seqs run and their prompt's KV fits the budget;
-//   3. runs at most one reuse hit's prefill (the plan the pipeline made: exact copy or
-//      selective prefill; not chunked, it is a fraction of a full prefill);
+//   3. runs at most one semantic hit's prefill (SemShareKV's selective prefill: not chunked,
+//      it is a fraction of a full prefill); an exact-prefix hit copies its rows at admission
+//      and prefills the rest in chunks like a miss;
 //   4. builds one batch: a decode row for every decoding request, then prefill chunks of
 //      admitted requests until max_batch_tokens rows (chunked prefill: a long prompt never
 //      stalls the decodes for more than one chunk);
@@ -69,8 +70,12 @@ struct LoopRequest {
   bool prefill_only = false;
   // Hand the request's KV back in the result (to publish it).
   bool keep_kv = false;
-  // A reuse hit: the reference (pinned until the prefill is done) and the token match.
+  // A reuse hit: the reference (pinned until the prefill is done) and either an exact prefix
+  // (prefix_rows > 0: rows [0, prefix_rows) of its KV are copied, the rest of the prompt is
+  // prefilled in chunks like a miss; prefix_rows < ids.size()) or a semantic token match
+  // (prefix_rows == 0: SemShareKV's selective prefill, BatchRunner::PrefillHit).
   store::RecordHandle reference;
+  int64_t prefix_rows = 0;
   engine::TokenMatch match;
   // True once the client cancelled or its deadline passed; checked every iteration.
   std::function<bool()> cancelled;
@@ -83,7 +88,8 @@ struct LoopRequest {
 struct LoopResult {
   engine::GenerateResult gen;    // prefill_only: empty
   bool hit = false;              // the reference was used
-  engine::PrefillStats prefill;  // a hit's figures (reused, recomputed tokens)
+  int64_t copied_rows = 0;       // an exact prefix's rows copied (0 when it fell back)
+  engine::PrefillStats prefill;  // a semantic hit's figures (reused, recomputed tokens)
   engine::KvCache kv;            // keep_kv: every row the request computed
   int64_t kv_bytes = 0;          // KV held after the prefill
   int32_t preemptions = 0;
@@ -145,10 +151,11 @@ class EngineLoop {
   std::condition_variable work_cv_, idle_cv_;
   std::deque<std::unique_ptr<Seq>> waiting_;  // guarded by mu_
   bool closed_ = false, stop_ = false;        // guarded by mu_
-  LoopStats stats_;                           // guarded by mu_
-  std::vector<BatchRunner::Item> items_;      // the loop thread's batch scratch
-  std::vector<Seq*> item_seqs_;               // [items_.size()] whose item each is
-  uint64_t next_order_ = 0;                   // admission counter (loop thread)
+  bool idle_ = true;  // nothing waits or runs, figures published (guarded by mu_)
+  LoopStats stats_;   // guarded by mu_
+  std::vector<BatchRunner::Item> items_;  // the loop thread's batch scratch
+  std::vector<Seq*> item_seqs_;           // [items_.size()] whose item each is
+  uint64_t next_order_ = 0;               // admission counter (loop thread)
   std::thread thread_;
 };
 

@@ -19,18 +19,18 @@ double MsBetween(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
-// Drops the rows of generated tokens (positions >= n) so only the prompt's KV remains. Rows
-// are in ascending position order in every layer.
-void TrimToPrompt(engine::KvCache& kv, int64_t n) {
-  const int64_t kvd = kv.kv_dim();
-  for (int64_t l = 0; l < kv.n_layers(); ++l) {
-    engine::LayerKv& layer = kv.layer(l);
-    int64_t keep = layer.rows();
-    while (keep > 0 && layer.pos[keep - 1] >= n) --keep;
-    layer.pos.resize(keep);
-    layer.k.resize(keep * kvd);
-    layer.v.resize(keep * kvd);
+// Whether a record's KV fits the model and holds one row per token in every layer (the
+// namespace pins the model fingerprint; shapes are checked anyway so a record can never index
+// past what the forward pass expects).
+bool UsableRecord(const store::Record& r, const engine::ModelConfig& c) {
+  if (r.ids.empty() || r.kv.n_layers() != c.n_layers ||
+      r.kv.kv_dim() != c.n_kv_heads * c.head_dim) {
+    return false;
   }
+  for (int64_t l = 0; l < r.kv.n_layers(); ++l) {
+    if (r.kv.layer(l).rows() != static_cast<int64_t>(r.ids.size())) return false;
+  }
+  return true;
 }
 
 // The CPU's default KV budget: a quarter of the host's memory, at most 4 GiB.
@@ -41,6 +41,10 @@ int64_t HostKvBudget() {
 }
 
 }  // namespace
+
+bool HitRule::LooksUpExact(CachePolicy policy, bool have_store, int64_t prompt_tokens) {
+  return have_store && policy != CachePolicy::kBypass && prompt_tokens >= store::kPrefixBlockTokens;
+}
 
 const char* CacheResultName(CacheResult r) {
   switch (r) {
@@ -107,13 +111,7 @@ FrontWorker::Best FrontWorker::FindBest(const store::Namespace& ns, std::span<co
     absl::StatusOr<store::RecordHandle> rec = store->Get(ns, cand.id);
     if (!rec.ok()) continue;  // evicted meanwhile, or damaged (dropped and counted)
     const store::Record& r = **rec;
-    // The namespace pins the model fingerprint; shapes are checked anyway so a record can
-    // never index past what the forward pass expects.
-    if (r.ids.empty() || r.kv.n_layers() != c.n_layers ||
-        r.kv.kv_dim() != c.n_kv_heads * c.head_dim ||
-        r.kv.rows() != static_cast<int64_t>(r.ids.size())) {
-      continue;
-    }
+    if (!UsableRecord(r, c)) continue;
     absl::StatusOr<engine::TokenMatch> scored = session_->MatchReference(r.ids);
     if (!scored.ok()) continue;
     engine::TokenMatch match = *std::move(scored);
@@ -147,52 +145,82 @@ void FrontWorker::Generate(std::shared_ptr<ServeRequest> request,
 
   auto res = std::make_shared<ServeResult>();
   const ServingOptions& opt = pipeline_.options_.serving;
-  const bool lookup = HitRule::LooksUp(opt.reuse, request->policy, pipeline_.store_ != nullptr, n);
+  store::ReferenceStore* store = pipeline_.store_;
+  const engine::ModelConfig& c = pipeline_.model_->config;
+  const auto tl = Clock::now();
+  // Exact first: the longest exact prefix among stored turns, at any length.
+  store::PrefixMatch prefix;
+  if (HitRule::LooksUpExact(request->policy, store != nullptr, n)) {
+    res->looked_up = true;
+    absl::StatusOr<store::PrefixMatch> pm = store->LookupPrefix(request->ns, ids);
+    if (pm.ok() && pm->record != nullptr && UsableRecord(*pm->record, c)) prefix = *std::move(pm);
+  }
+  // Then the semantic path, for long prompts the exact prefix covers too little of.
+  const bool semantic = !HitRule::ExactCoversMost(prefix.tokens, n) &&
+                        HitRule::LooksUpSemantic(opt.reuse, request->policy, store != nullptr, n);
   std::vector<uint64_t> features;
   Best best;
-  if (lookup) {
-    const auto tl = Clock::now();
+  if (semantic) {
+    res->looked_up = true;
     features = store::PromptFeatures(ids);
     best = FindBest(request->ns, ids, features, &res->candidates);
-    res->looked_up = true;
     if (best.record != nullptr) {
       res->similarity = best.match.similarity;
       res->reference_id = best.record->id;
     }
-    res->lookup_ms = MsBetween(tl, Clock::now());
   }
+  if (res->looked_up) res->lookup_ms = MsBetween(tl, Clock::now());
   if (cancelled()) return done(absl::CancelledError("cancelled before prefill"));
-  const bool hit =
+  const bool semantic_hit =
       best.record != nullptr && HitRule::Hits(best.match.similarity, request->threshold);
-  const bool publish = lookup && !hit && request->policy == CachePolicy::kAuto;
-  res->cache_result = hit ? CacheResult::kHit : lookup ? CacheResult::kMiss : CacheResult::kBypass;
+  const bool exact_hit = !semantic_hit && prefix.record != nullptr;
+  res->cache_result = semantic_hit || exact_hit ? CacheResult::kHit
+                      : res->looked_up          ? CacheResult::kMiss
+                                                : CacheResult::kBypass;
+  // Every turn with its full KV (a miss or an exact prefix: nothing was evicted) is published
+  // with its answer, so that the next turn of a conversation extends it.
+  const bool publish = store != nullptr && request->policy == CachePolicy::kAuto && !semantic_hit;
 
   auto lr = std::make_unique<LoopRequest>();
   lr->ids = ids;
   lr->options = request->options;
   lr->keep_kv = publish;
-  if (hit) {
+  if (semantic_hit) {
+    res->hit_kind = "semantic";
     lr->reference = std::move(best.record);
     lr->match = std::move(best.match);
+  } else if (exact_hit) {
+    res->hit_kind = "exact";
+    res->reference_id = prefix.id;
+    lr->prefix_rows = HitRule::ExactRows(prefix.tokens, n);
+    lr->reference = std::move(prefix.record);
   }
+  best = Best{};
+  prefix = store::PrefixMatch{};
   lr->cancelled = request->cancelled;
   lr->on_text = request->on_text;
-  engine::TokenSketch sketch = publish ? TargetSketch(ids) : engine::TokenSketch{};
+  engine::TokenSketch sketch = semantic ? TargetSketch(ids) : engine::TokenSketch{};
   const auto submitted = Clock::now();
   const double before_loop_ms = MsBetween(t0, submitted);
   Pipeline* pipeline = &pipeline_;
   lr->done = [pipeline, res, done, publish, before_loop_ms, ns = request->ns, ids = std::move(ids),
-              sketch = std::move(sketch),
-              features = std::move(features)](absl::StatusOr<LoopResult> lres) mutable {
+              sketch = std::move(sketch)](absl::StatusOr<LoopResult> lres) mutable {
     if (!lres.ok()) return done(lres.status());
     ServeResult& r = *res;
     r.gen = std::move(lres->gen);
     const int64_t n = static_cast<int64_t>(ids.size());
-    if (lres->hit) {
+    if (lres->prefill.hit) {
       r.reused_tokens = lres->prefill.reused_tokens;
       r.recomputed_tokens = lres->prefill.recomputed_tokens;
     } else {
-      r.recomputed_tokens = n;
+      r.exact_tokens = lres->copied_rows;
+      r.reused_tokens = lres->copied_rows;
+      r.recomputed_tokens = n - lres->copied_rows;
+      if (lres->copied_rows == 0 && r.cache_result == CacheResult::kHit) {
+        // The backend could not copy the prefix: it prefilled everything.
+        r.cache_result = CacheResult::kMiss;
+        r.hit_kind = "";
+      }
     }
     r.kv_bytes = lres->kv_bytes;
     r.preemptions = lres->preemptions;
@@ -201,9 +229,18 @@ void FrontWorker::Generate(std::shared_ptr<ServeRequest> request,
     r.first_token_ms = before_loop_ms + lres->ttft_ms;
     r.total_ms = before_loop_ms + lres->total_ms;
     if (publish && lres->kv.n_layers() > 0) {
-      TrimToPrompt(lres->kv, n);
-      r.published = pipeline->Publish(ns, std::move(ids), std::move(lres->kv), std::move(sketch),
-                                      std::move(features));
+      // The turn's rows: the prompt and the generated tokens that were fed back (the last one
+      // sampled never is).
+      const int64_t rows = lres->kv.rows();
+      const std::vector<int32_t>& gen = r.gen.tokens;
+      if (rows >= n && rows - n <= static_cast<int64_t>(gen.size()) &&
+          rows >= store::kPrefixBlockTokens) {
+        ids.insert(ids.end(), gen.begin(), gen.begin() + (rows - n));
+        if (sketch.n != rows) sketch = engine::TokenSketch{};  // codes cover the prompt only
+        std::vector<uint64_t> features = store::PromptFeatures(ids);
+        r.published = pipeline->Publish(ns, std::move(ids), std::move(lres->kv), std::move(sketch),
+                                        std::move(features));
+      }
     }
     done(std::move(r));
   };

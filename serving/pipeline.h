@@ -17,6 +17,7 @@
 #ifndef SEMSHARE_SERVING_PIPELINE_H_
 #define SEMSHARE_SERVING_PIPELINE_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -77,6 +78,9 @@ struct ServeResult {
   int64_t kv_bytes = 0;
   bool published = false;
   int64_t reused_tokens = 0, recomputed_tokens = 0;
+  // A hit's kind: "exact" (an exact prefix of a stored turn, copied) or "semantic"; "" else.
+  const char* hit_kind = "";
+  int64_t exact_tokens = 0;  // prompt tokens whose KV was copied exactly
   int32_t preemptions = 0;
   double front_queue_ms = 0;  // accepted to a front worker's start
   double lookup_ms = 0;
@@ -95,15 +99,29 @@ struct LookupResult {
   double lookup_ms = 0;
 };
 
-// The hit rule, one place for the server and `semshare bench`: a lookup runs for prompts of
-// at least min_reuse_tokens under a policy other than bypass, with a store; the best candidate
-// is a hit at or above the request's threshold.
+// The hit rule, one place for the server and `semshare bench`, exact first (DESIGN.md 3.3):
+//  - with a store and a policy other than bypass, every prompt of at least one block
+//    (store::kPrefixBlockTokens) looks up its longest exact prefix among stored turns (prompt +
+//    answer): copying those rows is exact (causality), so it applies at any length;
+//  - the lossy semantic path (SemShareKV) only looks up prompts of at least min_reuse_tokens,
+//    and only when the exact prefix covers less than half of the prompt; its best candidate is
+//    a hit at or above the request's threshold;
+//  - a semantic hit wins over a shorter exact prefix; otherwise any exact prefix is used.
 struct HitRule {
-  static bool LooksUp(const engine::ReuseConfig& reuse, CachePolicy policy, bool have_store,
-                      int64_t prompt_tokens) {
+  static bool LooksUpExact(CachePolicy policy, bool have_store, int64_t prompt_tokens);
+  static bool ExactCoversMost(int64_t prefix_tokens, int64_t prompt_tokens) {
+    return 2 * prefix_tokens >= prompt_tokens;
+  }
+  static bool LooksUpSemantic(const engine::ReuseConfig& reuse, CachePolicy policy, bool have_store,
+                              int64_t prompt_tokens) {
     return have_store && policy != CachePolicy::kBypass && prompt_tokens >= reuse.min_reuse_tokens;
   }
   static bool Hits(float similarity, float threshold) { return similarity >= threshold; }
+  // Rows an exact prefix of `prefix_tokens` copies into a prompt of n tokens: the last token is
+  // always computed (its logits).
+  static int64_t ExactRows(int64_t prefix_tokens, int64_t n) {
+    return std::min(prefix_tokens, n - 1);
+  }
 };
 
 struct ServingOptions {

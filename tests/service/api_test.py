@@ -161,17 +161,18 @@ def test_paraphrase_hits_first_requests_reference(client_a, pairs):
 
 
 def test_repeated_prompt_reuses_its_kv_exactly(client_a, pairs):
-    """A prompt sent again hits its own reference through exact reuse: only the last 32 tokens
-    (the reuse window) are computed, and the greedy text equals the first request's and a
-    bypass (full prefill) generation's, token for token."""
+    """A prompt sent again hits the stored turn (its prompt and answer) through the exact-prefix
+    index: every prompt row but the last is copied, only the last token is computed (its
+    logits), and the greedy text equals the first request's and a bypass (full prefill)
+    generation's, token for token."""
     prompt = sc.passage(pairs, 240)
     first = client_a.generate(prompt, max_tokens=16, ignore_eos=True)
     assert first.cache.result == "miss" and first.cache.published
     sc.wait_lookup_hit(client_a, prompt)
     again = client_a.generate(prompt, max_tokens=16, ignore_eos=True)
-    assert again.cache.result == "hit", again.cache
-    assert again.usage.recomputed_tokens == 32
-    assert again.usage.reused_tokens == again.usage.prompt_tokens - 32
+    assert again.cache.result == "hit" and again.cache.kind == "exact", again.cache
+    assert again.usage.recomputed_tokens == 1
+    assert again.usage.reused_tokens == again.cache.exact_tokens == again.usage.prompt_tokens - 1
     bypass = client_a.generate(prompt, max_tokens=16, ignore_eos=True, cache_policy="bypass")
     assert again.text == first.text == bypass.text
 

@@ -91,7 +91,7 @@ def stack(make_server, tmp_path_factory):
         # A scrape with both counters at 0 before any request (see the module's docstring).
         _wait("a first scrape with the counters at 0",
               lambda: _value(base, "semshare_cache_lookups_total") == 0
-              and _value(base, "semshare_cache_hits_total") == 0, 60, proc, log)
+              and _value(base, "sum(semshare_cache_hits_total)") == 0, 60, proc, log)
         yield server, base, proc, log
     finally:
         proc.terminate()
