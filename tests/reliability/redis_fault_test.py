@@ -180,7 +180,7 @@ def test_redis_slow_and_black_holed_through_proxy(tmp_path, redis):
         while redis.dbsize() <= keys_before:
             assert time.monotonic() < deadline, (
                 f"no publication reached Redis after the proxy healed\n{s.log()[-3000:]}")
-            _generate_ok(c, rc.passage(352 + 8 * (i % 29))  # 29 fresh passages, 352..583)
+            _generate_ok(c, rc.passage(352 + 8 * (i % 29)))  # 29 fresh passages, 352..583
             i += 1
             time.sleep(0.5)
         # Every Generate of this test succeeded: 1 + 4 faults x 2 + the i sent after healing.
