@@ -1,18 +1,23 @@
 #!/usr/bin/env python3
-"""Prompts for `semshare loadgen` / scripts/soak from the MRPC paraphrase corpus.
+"""Prompts for `semshare loadgen` / scripts/soak from a paraphrase corpus in MRPC's format:
+by default the one shipped in data/paraphrase (data/paraphrase/README.md), or --corpus FILE
+(e.g. the MRPC train file).
 
 Writes one prompt per line ("\\n" escapes newlines). Each of --passages passages is an
-instruction followed by --sentences MRPC sentences; every passage appears --variants times: the
-original, then versions where a different subset of its sentences is replaced by their MRPC
+instruction followed by --sentences corpus sentences; every passage appears --variants times: the
+original, then versions where a different subset of its sentences is replaced by their
 paraphrase (label 1 pairs). Served in a loop, the first request of a passage misses and publishes
 a reference; its variants are lexically different but similar, so they can hit it; and
 --unique passages appear once each (misses). Deterministic for a given --seed.
 
-usage: make_loadgen_prompts.py --mrpc FILE --out FILE [--passages 8] [--variants 4]
+usage: make_loadgen_prompts.py [--corpus FILE] --out FILE [--passages 8] [--variants 4]
        [--sentences 12] [--unique 8] [--seed 1]
 """
 import argparse
+import pathlib
 import random
+
+SHIPPED = pathlib.Path(__file__).resolve().parents[1] / "data" / "paraphrase" / "paraphrase_pairs.txt"
 
 
 def read_pairs(path):
@@ -28,7 +33,8 @@ def read_pairs(path):
 
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument("--mrpc", required=True)
+  ap.add_argument("--corpus", "--mrpc", dest="corpus", default=str(SHIPPED),
+                  help="paraphrase pairs in MRPC's format (default: %(default)s)")
   ap.add_argument("--out", required=True)
   ap.add_argument("--passages", type=int, default=8)
   ap.add_argument("--variants", type=int, default=4)
@@ -37,11 +43,11 @@ def main():
   ap.add_argument("--seed", type=int, default=1)
   a = ap.parse_args()
   rng = random.Random(a.seed)
-  pairs = read_pairs(a.mrpc)
+  pairs = read_pairs(a.corpus)
   rng.shuffle(pairs)
   need = (a.passages + a.unique) * a.sentences
   if len(pairs) < need:
-    raise SystemExit(f"{a.mrpc}: {len(pairs)} paraphrase pairs, {need} needed")
+    raise SystemExit(f"{a.corpus}: {len(pairs)} paraphrase pairs, {need} needed")
   head = "Summarize the following news in two sentences.\n\n"
   lines = []
   for p in range(a.passages):

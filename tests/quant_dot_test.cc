@@ -216,6 +216,35 @@ TEST(QuantDot, BlockMatMulMatchesDequantisedProduct) {
   }
 }
 
+// The dot path on several rows at once (batched decode), per ISA: each output equals the
+// reference kernel on its row, whatever the row count and thread split.
+TEST(QuantDot, DotPathOnSeveralRowsEqualsTheReferencePerRow) {
+  const int64_t rows = 37, cols = 768, n = 5;
+  for (GgmlType type : kIntTypes) {
+    const auto blocks = RandomBlocks(type, rows, cols, 5);
+    Matrix w;
+    ASSERT_TRUE(MakeBlockMatrix(type, rows, cols, blocks.data(), nullptr, &w).ok());
+    const auto x = RandomActs(n * cols, 17);
+    std::vector<Q8Block> a(static_cast<size_t>(n * cols / kQ8Block));
+    for (int64_t i = 0; i < n; ++i) {
+      QuantizeRowQ8(x.data() + i * cols, cols, a.data() + i * cols / kQ8Block);
+    }
+    for (DotIsa isa : Isas()) {
+      std::vector<float> y(static_cast<size_t>(n * rows), 0.0f);
+      BlockMatMulDot(x.data(), n, w, y.data(), isa);
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t r = 0; r < rows; ++r) {
+          double abs_sum = 0;
+          const float ref =
+              QuantDotRef(type, w.block_row(r), a.data() + i * cols / kQ8Block, cols, &abs_sum);
+          ASSERT_LE(std::fabs(y[i * rows + r] - ref), 2 * cols * kU * abs_sum)
+              << Name(type) << " " << DotIsaName(isa) << " row " << i << " out " << r;
+        }
+      }
+    }
+  }
+}
+
 TEST(QuantDot, EmbedAndDequantizeRowsReadTheStoredBlocks) {
   const auto blocks = RandomBlocks(GgmlType::kQ8_0, 10, 64, 1);
   Matrix w;

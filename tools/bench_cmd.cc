@@ -2,7 +2,8 @@
 // For each prompt length it runs a full prefill (median of --repeats) and reports tokens/s
 // next to the floor = the model's FLOPs for that prefill / the sgemm rate OpenBLAS reaches on
 // this machine, measured in the same run. Decode tokens/s is measured after a 512-token
-// prefill. Results go to stdout as a table and to --json FILE.
+// prefill (decode@512) and from an empty context (decode@0, llama-bench's tg), and resident
+// memory after the runs. Results go to stdout as a table and to --json FILE.
 #include <cblas.h>
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <fstream>
 #include <random>
+#include <string>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
@@ -27,6 +29,24 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+struct MemoryUsage {
+  int64_t rss_bytes = 0;   // VmRSS
+  int64_t peak_bytes = 0;  // VmHWM
+};
+
+// This process' resident and peak resident memory (/proc/self/status; zeros elsewhere).
+MemoryUsage ReadMemoryUsage() {
+  MemoryUsage m;
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    long long kb = 0;
+    if (std::sscanf(line.c_str(), "VmRSS: %lld kB", &kb) == 1) m.rss_bytes = kb * 1024;
+    if (std::sscanf(line.c_str(), "VmHWM: %lld kB", &kb) == 1) m.peak_bytes = kb * 1024;
+  }
+  return m;
 }
 
 // Median GFLOP/s of C[m,n] = A[m,k] B[n,k]^T (the layout of our projections).
@@ -207,6 +227,33 @@ int BenchCommand(int argc, char** argv) {
     }
     report("decode@512", *decode_tokens, Median(times), flops);
   }
+  {
+    // llama-bench's tg: decode from an empty context (one token in, one out, N times).
+    std::vector<double> times;
+    double flops = 0;
+    for (int64_t r = 0; r < *repeats; ++r) {
+      engine::KvCache cache = fwd.NewCache();
+      int32_t id = tok(rng);
+      flops = 0;
+      const auto t0 = Clock::now();
+      for (int64_t i = 0; i < *decode_tokens; ++i) {
+        const int32_t p = static_cast<int32_t>(i);
+        flops += DecodeFlops(c, p);
+        if (auto s = fwd.Forward({&id, 1}, {&p, 1}, cache, logits.data()); !s.ok()) {
+          return fail(s.message(), 1);
+        }
+        id = engine::Argmax(logits);
+      }
+      times.push_back(Seconds(t0));
+    }
+    report("decode@0", *decode_tokens, Median(times), flops);
+  }
+  // Resident memory after the runs above (weights as mapped pages, KV, scratch): what a server
+  // with this model holds after warm-up, less its own buffers.
+  const MemoryUsage mem = ReadMemoryUsage();
+  std::printf("\nweights %.1f MiB as stored (%s); resident %.1f MiB, peak %.1f MiB\n",
+              (*model)->weights.ByteSize() / 1048576.0, matmul.c_str(), mem.rss_bytes / 1048576.0,
+              mem.peak_bytes / 1048576.0);
   if (args->Has("json")) {
     nlohmann::json j = {{"suite", "forward"},
                         {"model", c.name},
@@ -216,6 +263,10 @@ int BenchCommand(int argc, char** argv) {
                         {"sgemm_gflops_2048cubed", peak},
                         {"sgemm_gflops_model_shape", model_shape},
                         {"floor_gflops", floor_rate},
+                        {"matmul", matmul},
+                        {"weight_bytes", (*model)->weights.ByteSize()},
+                        {"rss_bytes", mem.rss_bytes},
+                        {"peak_rss_bytes", mem.peak_bytes},
                         {"results", results}};
     std::ofstream(args->Str("json")) << j.dump(2) << "\n";
   }

@@ -180,25 +180,32 @@ float DotQ6K(const uint8_t* w, const Q8Block* a, int64_t k, double* abs_sum) {
 }  // namespace
 
 void QuantizeRowQ8(const float* x, int64_t k, Q8Block* out) {
+  // Written to vectorise (no libm rounding call, shifts instead of division): rounding half
+  // away from zero by truncation of x * id +- 0.5, and hi = floor((v + 64) / 128).
   for (int64_t b = 0; b < k / kQ8Block; ++b, x += kQ8Block) {
     float amax = 0.0f;
-    for (int j = 0; j < kQ8Block; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+    for (int j = 0; j < kQ8Block; ++j) amax = std::max(amax, std::fabs(x[j]));
     const float d = amax / static_cast<float>(kQ8Max);
     const float id = d > 0.0f ? 1.0f / d : 0.0f;
     Q8Block& o = out[b];
-    int32_t s[2] = {0, 0};
+    int32_t v[kQ8Block];
     for (int j = 0; j < kQ8Block; ++j) {
-      int v = static_cast<int>(std::nearbyint(x[j] * id));
-      v = std::clamp(v, -kQ8Max, kQ8Max);               // x * id may round a hair above kQ8Max
-      const int hi = (v >= 0 ? v + 64 : v - 64) / 128;  // nearest, ties away: |lo| <= 64
-      o.q[j] = static_cast<int8_t>(hi);
-      o.lo[j] = static_cast<int8_t>(v - 128 * hi);
-      s[j / 16] += v;
+      const float t = x[j] * id;
+      // |t| <= kQ8Max up to a rounding of id; the clamp keeps hi within int8.
+      v[j] = std::clamp(static_cast<int32_t>(t + (t >= 0.0f ? 0.5f : -0.5f)), -kQ8Max, kQ8Max);
     }
+    int32_t s0 = 0, s1 = 0;
+    for (int j = 0; j < kQ8Block; ++j) {
+      const int32_t hi = (v[j] + 64) >> 7;  // arithmetic shift: floor; |lo| <= 64
+      o.q[j] = static_cast<int8_t>(hi);
+      o.lo[j] = static_cast<int8_t>(v[j] - 128 * hi);
+    }
+    for (int j = 0; j < 16; ++j) s0 += v[j];
+    for (int j = 16; j < 32; ++j) s1 += v[j];
     o.d = d;
-    o.sum16[0] = s[0];
-    o.sum16[1] = s[1];
-    o.dsum = d * static_cast<float>(s[0] + s[1]);
+    o.sum16[0] = s0;
+    o.sum16[1] = s1;
+    o.dsum = d * static_cast<float>(s0 + s1);
   }
 }
 

@@ -3,8 +3,31 @@
 #include <algorithm>
 #include <memory>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace semshare::engine {
 namespace {
+
+// Polls before sleeping: a few microseconds.
+constexpr int kSpinIterations = 256;
+
+inline void CpuRelax() {
+#if defined(__x86_64__)
+  _mm_pause();
+#endif
+}
+
+// Spins until pred() holds or the budget runs out; true when it holds.
+template <typename Pred>
+bool SpinUntil(Pred pred) {
+  for (int i = 0; i < kSpinIterations; ++i) {
+    if (pred()) return true;
+    CpuRelax();
+  }
+  return pred();
+}
 
 std::unique_ptr<ThreadPool>& DefaultSlot() {
   static std::unique_ptr<ThreadPool> pool;
@@ -30,16 +53,19 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::WorkerLoop(int index) {
   uint64_t seen = 0;
   while (true) {
+    SpinUntil([&] { return generation_.load(std::memory_order_acquire) != seen; });
     std::unique_lock<std::mutex> l(mu_);
-    start_cv_.wait(l, [&] { return stop_ || generation_ != seen; });
+    start_cv_.wait(l, [&] { return stop_ || generation_.load() != seen; });
     if (stop_) return;
-    seen = generation_;
+    seen = generation_.load();
     const int64_t begin = index * chunk_, end = std::min(n_, begin + chunk_);
     const auto* fn = fn_;
     l.unlock();
     if (begin < end) (*fn)(begin, end);
-    l.lock();
-    if (--pending_ == 0) done_cv_.notify_one();
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      l.lock();  // the caller may be between its predicate check and its wait
+      done_cv_.notify_one();
+    }
   }
 }
 
@@ -59,13 +85,14 @@ void ThreadPool::ParallelFor(int64_t n, int64_t min_chunk,
     n_ = n;
     chunk_ = chunk;
     fn_ = &fn;
-    pending_ = static_cast<int>(workers_.size());
-    ++generation_;
+    pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_release);
   }
   start_cv_.notify_all();
   fn(0, std::min(n, chunk));
+  if (SpinUntil([&] { return pending_.load(std::memory_order_acquire) == 0; })) return;
   std::unique_lock<std::mutex> l(mu_);
-  done_cv_.wait(l, [&] { return pending_ == 0; });
+  done_cv_.wait(l, [&] { return pending_.load(std::memory_order_acquire) == 0; });
 }
 
 ThreadPool& ThreadPool::Default() {

@@ -10,7 +10,10 @@ import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))  # tests/: owned_process.py, testpaths.py
 import kustomize_lite  # noqa: E402
+import owned_process  # noqa: E402
+import testpaths  # noqa: E402
 
 SOURCE_DIR = os.environ.get("SEMSHARE_SOURCE_DIR", os.path.normpath(os.path.join(HERE, "..", "..")))
 BINARY_DIR = os.environ.get("SEMSHARE_BINARY_DIR", os.path.join(SOURCE_DIR, "build"))
@@ -140,25 +143,27 @@ def wait_until(pred, timeout_s, what, proc=None):
 
 
 def model_path():
-  m = os.environ.get("SEMSHARE_MODEL")
-  assert m and os.path.isfile(m), "SEMSHARE_MODEL must name the default model (scripts/test sets it)"
+  m = str(testpaths.default_model_path())  # $SEMSHARE_MODEL or the installed default model
+  assert os.path.isfile(m), f"model {m} is missing: run scripts/setup (or set SEMSHARE_MODEL)"
   return m
 
 
 def start_server(args, log_path):
-  """Starts semshare-server with args; returns the Popen. The caller stops it (stop_process)."""
+  """Starts semshare-server with args; returns the Popen. The caller stops it (stop_process);
+  it dies with the test runner in any case (owned_process)."""
   log = open(log_path, "wb")
-  return subprocess.Popen([server_binary()] + args, stdout=log, stderr=subprocess.STDOUT)
+  return owned_process.spawn([server_binary()] + args, stdout=log, stderr=subprocess.STDOUT)
 
 
 def stop_process(proc, timeout_s=40):
+  """SIGTERM, then SIGKILL of its process group after timeout_s."""
   if proc.poll() is None:
     proc.terminate()
     try:
       proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-      proc.kill()
-      proc.wait()
+      pass
+  owned_process.kill(proc)
 
 
 def wait_server_ready(proc, grpc_port, metrics_port, api_key=None, timeout_s=180):

@@ -86,7 +86,7 @@ def stack(tmp_path_factory):
         "rule_files": [rules],
         "scrape_configs": [{"job_name": "semshare",
                             "static_configs": [{"targets": [f"127.0.0.1:{metrics}"]}]}]}))
-    promp = subprocess.Popen(
+    promp = dc.owned_process.spawn(
         ["prometheus", f"--config.file={tmp / 'prometheus.yml'}",
          f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom}",
          "--log.level=warn"], stdout=open(tmp / "prometheus.log", "wb"), stderr=subprocess.STDOUT)

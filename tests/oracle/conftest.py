@@ -6,19 +6,18 @@ get it, so that a broken build cannot pass as "skipped".
 
 import os
 import pathlib
+import sys
 
 import pytest
 
-DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # tests/: testpaths.py
+import testpaths  # noqa: E402
+
+DEFAULT_MODEL_FILE = testpaths.DEFAULT_MODEL_FILE
 
 
 def _default_model() -> pathlib.Path:
-    # Mirrors scripts/common.sh: $SEMSHARE_CACHE_DIR or $XDG_CACHE_HOME/semshare or ~/.cache/semshare.
-    cache = os.environ.get("SEMSHARE_CACHE_DIR")
-    if not cache:
-        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        cache = os.path.join(xdg, "semshare")
-    return pathlib.Path(cache) / "models" / DEFAULT_MODEL_FILE
+    return testpaths.default_model_path()
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +44,7 @@ def semshare_bin(binary_dir) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def model_path() -> pathlib.Path:
-    path = pathlib.Path(os.environ.get("SEMSHARE_MODEL") or _default_model())
+    path = _default_model()
     if not path.is_file():
         pytest.fail(f"model {path} is missing: run scripts/setup (or set SEMSHARE_MODEL)")
     return path
@@ -53,7 +52,7 @@ def model_path() -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def paraphrase_corpus(source_dir) -> pathlib.Path:
-    path = source_dir.parent / "shared" / "data" / "paraphrase" / "msr_paraphrase_train.txt"
+    path = source_dir / "data" / "paraphrase" / "paraphrase_pairs.txt"
     if not path.is_file():
         pytest.fail(f"paraphrase corpus {path} is missing")
     return path

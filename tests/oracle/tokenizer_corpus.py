@@ -260,7 +260,7 @@ def _whitespace_runs(rng: random.Random, n: int) -> list[str]:
     return out
 
 
-def _paraphrase_sentences(path, every: int = 27, limit: int = 160) -> list[str]:
+def _paraphrase_sentences(path, every: int = 5, limit: int = 160) -> list[str]:
     sentences = []
     with open(path, encoding="utf-8-sig", newline="") as f:
         lines = f.read().split("\r\n")

@@ -61,7 +61,7 @@ def test_disk_full(tmp_path, tmpfs):
         with open(tmpfs / "ballast", "wb") as f:
             f.write(b"\0" * max(0, free - (1 << 20)))
         before = _disk_errors(s)
-        prompts = [rc.passage(700 + 8 * i) for i in range(3)]
+        prompts = [rc.passage(400 + 8 * i) for i in range(3)]
         for p in prompts:
             r = rc.greedy(c, p, 4)
             assert r.cache.result == "miss"
@@ -77,7 +77,7 @@ def test_disk_full(tmp_path, tmpfs):
         assert r.cache.result == "hit"
         # Space comes back: the same process writes to disk again (no restart).
         (tmpfs / "ballast").unlink()
-        r = rc.greedy(c, rc.passage(760), 4)
+        r = rc.greedy(c, rc.passage(440), 4)
         assert r.cache.result == "miss"
         rc.wait_metric(s, "semshare_cache_store_entries", lambda v: v >= 1, tier="disk")
         assert len(_records(cache)) == 1
@@ -99,7 +99,7 @@ def test_truncated_and_bit_flipped_files_are_dropped(tmp_path):
     args = ["--cache-dir", cache]
     s = rc.make_server(tmp_path / "s", args)
     c = s.client(timeout=DEADLINE_S)
-    prompts = [rc.passage(800 + 8 * i) for i in range(4)]
+    prompts = [rc.passage(448 + 8 * i) for i in range(4)]
     try:
         for p in prompts:
             assert rc.greedy(c, p, 4).cache.result == "miss"
@@ -141,7 +141,7 @@ def test_sigkill_while_publishing(tmp_path):
     cache = tmp_path / "cache"
     s = rc.make_server(tmp_path / "s", ["--cache-dir", cache, "--workers", "2"])
     c = s.client(timeout=DEADLINE_S)
-    prompts = [rc.passage(900 + 8 * i) for i in range(10)]
+    prompts = [rc.passage(480 + 8 * i) for i in range(10)]
     seen_tmp = []
     stop = threading.Event()
 

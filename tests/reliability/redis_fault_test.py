@@ -54,7 +54,7 @@ def test_redis_killed_mid_load_then_restarted(tmp_path, redis):
         errors_before = _redis_errors(s1)
 
         # Mid-load: 4 client threads send fresh passages while Redis is killed with SIGKILL.
-        prompts = [rc.passage(100 + 8 * i) for i in range(12)]
+        prompts = [rc.passage(8 + 8 * i) for i in range(12)]
         results, failures, latencies = [], [], []
 
         def send(p):
@@ -82,7 +82,7 @@ def test_redis_killed_mid_load_then_restarted(tmp_path, redis):
         assert errs > errors_before
 
         # While it is down a new prompt is served with a full prefill (a miss).
-        p_down = rc.passage(300)
+        p_down = rc.passage(104)
         r, dt = _generate_ok(c1, p_down)
         assert r.cache.result == "miss" and r.usage.reused_tokens == 0
         assert r.usage.recomputed_tokens == r.usage.prompt_tokens
@@ -97,7 +97,7 @@ def test_redis_killed_mid_load_then_restarted(tmp_path, redis):
         # not retried, so after 15 s publish a fresh (non-overlapping) passage.
         deadline = time.monotonic() + 60
         for k in range(20):
-            p_after = rc.passage(400 + 8 * k)
+            p_after = rc.passage(112 + 8 * k)
             r, _ = _generate_ok(c1, p_after)
             assert r.cache.result == "miss", r.cache
             poll_until = min(deadline, time.monotonic() + 15)
@@ -131,7 +131,7 @@ def test_redis_slow_and_black_holed_through_proxy(tmp_path, redis):
     s = rc.make_server(tmp_path / "s", ["--redis", f"redis://127.0.0.1:{proxy.port}"])
     c = s.client(timeout=DEADLINE_S)
     try:
-        r, _ = _generate_ok(c, rc.passage(500))
+        r, _ = _generate_ok(c, rc.passage(280))
         assert r.cache.result == "miss"
         deadline = time.monotonic() + 30
         while redis.dbsize() == 0:  # publication is asynchronous
@@ -142,7 +142,7 @@ def test_redis_slow_and_black_holed_through_proxy(tmp_path, redis):
         # Slow: 100 ms per forwarded chunk, under the client's 500 ms command timeout.
         proxy.set_mode("delay", 0.1)
         for i in range(2):
-            r, dt = _generate_ok(c, rc.passage(520 + 8 * i))
+            r, dt = _generate_ok(c, rc.passage(288 + 8 * i))
             assert r.cache.result in ("miss", "hit") and dt < DEADLINE_S
 
         # Slower than the command timeout (2 s per chunk): Redis operations time out and are
@@ -150,7 +150,7 @@ def test_redis_slow_and_black_holed_through_proxy(tmp_path, redis):
         before = _redis_errors(s)
         proxy.set_mode("delay", 2.0)
         for i in range(2):
-            r, dt = _generate_ok(c, rc.passage(540 + 8 * i))
+            r, dt = _generate_ok(c, rc.passage(304 + 8 * i))
             assert r.cache.result in ("miss", "hit") and dt < DEADLINE_S
         rc.wait_metric(s, "semshare_cache_store_errors_total", lambda v: v > before, tier="redis")
 
@@ -158,7 +158,7 @@ def test_redis_slow_and_black_holed_through_proxy(tmp_path, redis):
         before = _redis_errors(s)
         proxy.set_mode("drop")
         for i in range(2):
-            r, dt = _generate_ok(c, rc.passage(560 + 8 * i))
+            r, dt = _generate_ok(c, rc.passage(320 + 8 * i))
             assert r.cache.result in ("miss", "hit") and dt < DEADLINE_S
         assert proxy.dropped > 0
         rc.wait_metric(s, "semshare_cache_store_errors_total", lambda v: v > before, tier="redis")
@@ -167,7 +167,7 @@ def test_redis_slow_and_black_holed_through_proxy(tmp_path, redis):
         before = _redis_errors(s)
         proxy.set_mode("reset")
         for i in range(2):
-            r, dt = _generate_ok(c, rc.passage(580 + 8 * i))
+            r, dt = _generate_ok(c, rc.passage(336 + 8 * i))
             assert r.cache.result in ("miss", "hit") and dt < DEADLINE_S
         rc.wait_metric(s, "semshare_cache_store_errors_total", lambda v: v > before, tier="redis")
 
@@ -180,7 +180,7 @@ def test_redis_slow_and_black_holed_through_proxy(tmp_path, redis):
         while redis.dbsize() <= keys_before:
             assert time.monotonic() < deadline, (
                 f"no publication reached Redis after the proxy healed\n{s.log()[-3000:]}")
-            _generate_ok(c, rc.passage(600 + 8 * i))
+            _generate_ok(c, rc.passage(352 + 8 * (i % 29)))  # 29 fresh passages, 352..583
             i += 1
             time.sleep(0.5)
         # Every Generate of this test succeeded: 1 + 4 faults x 2 + the i sent after healing.

@@ -1,6 +1,6 @@
 """Shared by the reliability tests: the real semshare-server (tests/service/service_common.py,
 imported read-only), real redis-server processes, a fault-injecting loopback TCP proxy, and
-small helpers (metrics polling, MRPC prompts, bypass-equality checks).
+small helpers (metrics polling, corpus prompts, bypass-equality checks).
 
 Redis processes follow tests/redis_harness.h: a free loopback port, a temp directory,
 appendonly + appendfsync always (so a node killed with SIGKILL and restarted on the same port and
@@ -11,7 +11,6 @@ import os
 import pathlib
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,8 +23,9 @@ import pytest
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "service"))
 
-import service_common as sc  # noqa: E402  (also puts clients/python on sys.path)
+import service_common as sc  # noqa: E402
 from service_common import KEY_A, KEY_B, KEY_ADMIN  # noqa: E402,F401  (re-exported)
+import owned_process  # noqa: E402  (tests/, on sys.path through service_common)
 
 
 # ---- the server ----
@@ -37,7 +37,7 @@ def make_server(workdir, args=(), name="server", default_log_level=False) -> sc.
     if default_log_level:
         i = s.args.index("--log-level")
         del s.args[i:i + 2]
-    return s.start().wait_ready()
+    return s.start().wait_ready()  # (a server that fails to come up is killed there)
 
 
 def restart(server: sc.Server) -> sc.Server:
@@ -53,13 +53,7 @@ def restart(server: sc.Server) -> sc.Server:
 
 
 def sigkill(server: sc.Server):
-    if server.proc is not None and server.proc.poll() is None:
-        server.proc.kill()
-        server.proc.wait()
-    try:
-        server._log_file.close()
-    except Exception:
-        pass
+    server.kill()
 
 
 def stop_ok(server: sc.Server):
@@ -99,7 +93,7 @@ def list_ids(server, tenant) -> set:
 # ---- prompts ----
 
 def pairs():
-    return sc.mrpc_pairs()
+    return sc.corpus_pairs()
 
 
 def passage(start, count=8, swap=()):
@@ -159,15 +153,17 @@ class RedisServer:
 
     def launch(self):
         out = open(os.path.join(self.dir, "stdout.log"), "ab")
-        self.proc = subprocess.Popen(["redis-server", os.path.join(self.dir, "redis.conf")],
-                                     stdout=out, stderr=subprocess.STDOUT)
+        self.proc = owned_process.spawn(["redis-server", os.path.join(self.dir, "redis.conf")],
+                                        stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.cli("PING", check=False) == "PONG":
                 return
             if self.proc.poll() is not None:
+                self.kill()
                 pytest.fail(f"redis-server exited; see {self.dir}/redis.log")
             time.sleep(0.02)
+        self.kill()
         pytest.fail(f"redis-server on port {self.port} did not answer PING within 15 s")
 
     def cli(self, *args, check=True) -> str:
@@ -182,9 +178,7 @@ class RedisServer:
 
     def kill(self):
         """SIGKILL: no shutdown, no save (the append-only file survives)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
+        owned_process.kill(self.proc)
         self.proc = None
 
     def restart(self):

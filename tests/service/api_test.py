@@ -92,13 +92,13 @@ def test_python_cli_generate_and_stream(server, client_a):
         r = subprocess.run([sys.executable, "-m", "semshare_client", mode, "--target",
                             server.target, "--api-key", sc.KEY_A, "--prompt", sc.SHORT_PROMPT,
                             "--max-tokens", "6"], capture_output=True, text=True, timeout=120,
-                           cwd=sc.SOURCE_DIR / "clients" / "python")
+                           cwd=sc.HERE)
         assert r.returncode == 0, r.stderr
         assert r.stdout.rstrip("\n") == want.rstrip("\n"), (mode, r.stdout, want)
         assert "[cache bypass" in r.stderr, r.stderr
     r = subprocess.run([sys.executable, "-m", "semshare_client", "generate", "--target",
                         server.target, "--prompt", "Hi"], capture_output=True, text=True,
-                       timeout=120, cwd=sc.SOURCE_DIR / "clients" / "python",
+                       timeout=120, cwd=sc.HERE,
                        env={k: v for k, v in os.environ.items() if k != "SEMSHARE_API_KEY"})
     assert r.returncode == 1 and r.stderr.startswith("UNAUTHENTICATED: missing"), r.stderr
 

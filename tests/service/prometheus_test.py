@@ -79,7 +79,7 @@ def stack(make_server, tmp_path_factory):
         "scrape_configs": [{"job_name": "semshare", "static_configs": [
             {"targets": [f"127.0.0.1:{server.metrics_port}"]}]}]}))
     log = tmp / "prometheus.log"
-    proc = subprocess.Popen(
+    proc = sc.owned_process.spawn(
         ["prometheus", f"--config.file={tmp / 'prometheus.yml'}",
          f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
          "--log.level=warn"], stdout=open(log, "wb"), stderr=subprocess.STDOUT)
@@ -98,8 +98,8 @@ def stack(make_server, tmp_path_factory):
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            pass
+        sc.owned_process.kill(proc)
 
 
 def test_hit_rate_recording_rule(stack, pairs):

@@ -19,12 +19,17 @@ import urllib.request
 import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
-SOURCE_DIR = pathlib.Path(os.environ.get("SEMSHARE_SOURCE_DIR") or HERE.parents[1])
-sys.path.insert(0, str(SOURCE_DIR / "clients" / "python"))
+sys.path.insert(0, str(HERE.parent))  # tests/: testpaths.py
+
+import owned_process  # noqa: E402
+import testpaths  # noqa: E402
+
+SOURCE_DIR = testpaths.SOURCE_DIR
 
 import grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
+# The installed package (scripts/setup: pip install ./clients/python into .venv).
 from semshare_client import Client  # noqa: E402
 
 # API keys of the test servers: two tenants with user keys, one admin (in a third tenant).
@@ -96,14 +101,7 @@ def semshare_cli() -> pathlib.Path:
 
 
 def model_path() -> pathlib.Path:
-    env = os.environ.get("SEMSHARE_MODEL")
-    if env:
-        p = pathlib.Path(env)
-    else:
-        cache = os.environ.get("SEMSHARE_CACHE_DIR") or os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-            "semshare")
-        p = pathlib.Path(cache) / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    p = testpaths.default_model_path()
     if not p.is_file():
         pytest.fail(f"model {p} is missing: run scripts/setup (or set SEMSHARE_MODEL)")
     return p
@@ -172,14 +170,33 @@ class Server:
             if k.startswith("SEMSHARE_") and k not in ("SEMSHARE_MODEL",):
                 del env[k]
         self._log_file = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([str(server_binary())] + self.args, stdout=self._log_file,
-                                     stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
-        m = self._wait_log(_GRPC_RE, 60)
+        # Its own process group, killed with the test runner (owned_process); killed here when
+        # it does not come up, so a failed start leaves nothing running.
+        self.proc = owned_process.spawn([str(server_binary())] + self.args,
+                                        stdout=self._log_file, stderr=subprocess.STDOUT, env=env,
+                                        cwd=self.workdir)
+        try:
+            m = self._wait_log(_GRPC_RE, 60)
+        except BaseException:
+            self.kill()
+            raise
         self.grpc_port = int(m.group(2))
         return self
 
+    def kill(self):
+        """SIGKILL (the process group) and reap; no-op when not running."""
+        owned_process.kill(self.proc)
+        try:
+            self._log_file.close()
+        except Exception:
+            pass
+
     def wait_ready(self, timeout_s: float = 180):
-        self._wait_log(r"\bserving\b", timeout_s)
+        try:
+            self._wait_log(r"\bserving\b", timeout_s)
+        except BaseException:
+            self.kill()
+            raise
         m = _METRICS_RE.search(self.log())
         if m:
             self.metrics_port = int(m.group(2))
@@ -190,16 +207,17 @@ class Server:
         if self.proc is None:
             return None
         if self.proc.poll() is not None:
+            owned_process.forget(self.proc)
             self._log_file.close()
             return self.proc.returncode
         self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            owned_process.kill(self.proc)
             pytest.fail(f"semshare-server ignored SIGTERM for {timeout_s} s:\n{self.log()}")
         finally:
+            owned_process.forget(self.proc)
             self._log_file.close()
 
     def client(self, api_key=KEY_A, **kw) -> Client:
@@ -263,28 +281,23 @@ class Metrics:
                    for n, l, _ in self.samples)
 
 
-# ---- prompts from MRPC paraphrase pairs ----
+# ---- prompts from the paraphrase corpus (data/paraphrase) ----
 
-def mrpc_pairs():
-    """(sentence, paraphrase) of the MRPC training pairs judged paraphrases (quality 1)."""
-    path = SOURCE_DIR.parent / "shared" / "data" / "paraphrase" / "msr_paraphrase_train.txt"
-    if not path.is_file():
-        pytest.fail(f"paraphrase corpus {path} is missing (shared data)")
-    pairs = []
-    with open(path, encoding="utf-8-sig") as f:
-        next(f)  # header
-        for line in f:
-            p = line.rstrip("\r\n").split("\t")
-            if len(p) == 5 and p[0] == "1":
-                pairs.append((p[3], p[4]))
-    return pairs
+def corpus_pairs():
+    """(sentence, paraphrase) of the corpus pairs labelled paraphrases (quality 1)."""
+    try:
+        return testpaths.corpus_pairs()
+    except (OSError, ValueError) as e:
+        pytest.fail(f"paraphrase corpus: {e}")
 
 
 def passage(pairs, start, count=8, swap=()):
-    """`count` consecutive MRPC sentences from `start` joined into one passage; the sentences
+    """`count` consecutive corpus sentences from `start` joined into one passage; the sentences
     at the indices in `swap` replaced by their paraphrases. Eight sentences are ~170 tokens; two
     swapped keep the token-level similarity near 0.95 on the default model (measured with
     LookupReference), well over the default 0.8 threshold, so no test lowers it."""
+    if start < 0 or start + count > len(pairs):
+        pytest.fail(f"passage({start}, {count}) is past the corpus's {len(pairs)} paraphrase pairs")
     sel = pairs[start:start + count]
     return " ".join(p if i in swap else s for i, (s, p) in enumerate(sel))
 

@@ -104,12 +104,12 @@ def test_mutual_tls(make_server, pki):
                         pki / "ca.pem", "--tls-cert", pki / "client.pem", "--tls-key",
                         pki / "client.key", "--json"],
                        capture_output=True, text=True, timeout=120,
-                       cwd=sc.SOURCE_DIR / "clients" / "python")
+                       cwd=sc.HERE)
     assert r.returncode == 0, r.stderr
     usage = json.loads(r.stdout)["usage"]
     assert 1 <= int(usage["completionTokens"]) <= 4 and int(usage["promptTokens"]) > 0, usage
     r = subprocess.run([sys.executable, "-m", "semshare_client", "generate", "--target", s.target,
                         "--prompt", "Hi", "--tls-root", pki / "ca.pem", "--timeout", "15"],
                        capture_output=True, text=True, timeout=120,
-                       cwd=sc.SOURCE_DIR / "clients" / "python")
+                       cwd=sc.HERE)
     assert r.returncode == 1 and r.stderr.startswith("UNAVAILABLE"), (r.returncode, r.stderr)
