@@ -26,10 +26,12 @@ CONTRACT_METRICS = {
     "semshare_kv_cache_bytes", "semshare_gpu_memory_used_bytes", "semshare_gpu_memory_total_bytes",
     "semshare_cache_store_bytes", "semshare_cache_store_entries",
     "semshare_cache_store_evictions_total", "semshare_cache_store_errors_total",
-    "semshare_requests_total"}
+    "semshare_requests_total", "semshare_kv_cache_utilization", "semshare_preemptions_total",
+    "semshare_batch_rows"}
 HISTOGRAMS = {"semshare_time_to_first_token_seconds", "semshare_request_duration_seconds",
               "semshare_request_queue_seconds", "semshare_prefill_seconds",
-              "semshare_inter_token_latency_seconds", "semshare_match_similarity"}
+              "semshare_inter_token_latency_seconds", "semshare_match_similarity",
+              "semshare_batch_rows"}
 
 
 def load_dashboard():
@@ -99,7 +101,9 @@ def test_dashboard_covers_the_issue():
             "semshare_recomputed_tokens_total", "semshare_match_similarity_bucket",
             "semshare_kv_cache_bytes", "semshare_gpu_memory_used_bytes",
             "semshare_requests_waiting", "sum by (code) (rate(semshare_requests_total",
-            "semshare_generation_tokens_total"):
+            "semshare_generation_tokens_total", "semshare_kv_cache_utilization",
+            "rate(semshare_preemptions_total", "semshare_batch_rows_bucket",
+            "sum by (kind) (rate(semshare_cache_hits_total"):
     assert m in text, m
 
 

@@ -161,6 +161,7 @@ def test_selectors_match(rendered):
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
                                              "name": "semshare"}
     assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "semshare_requests_waiting"
+    assert hpa["spec"]["metrics"][1]["pods"]["metric"]["name"] == "semshare_kv_cache_utilization"
     assert "replicas" not in dep["spec"], "the HPA owns the replica count"
     sm = dc.find(objs, "ServiceMonitor", "semshare")
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
