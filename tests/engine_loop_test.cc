@@ -7,8 +7,11 @@
 //  - 64 requests against a KV budget of 4 sequences all finish with their tokens; some are
 //    preempted (counted) and recomputed; nothing is lost.
 // Tokens are compared exactly: batched and single-sequence logits differ by float summation
-// order only (kGemmOrderRelBound, tests/forward_test.cc checks it per sequence), which moves a
-// greedy choice only at a near-tie; none occurs on these prompts (the test would show it).
+// order (kGemmOrderRelBound; tests/forward_test.cc checks it per sequence) and, on quantized
+// weights, by the few-row kernels' activation quantization where a batch and a lone sequence
+// fall on different sides of kDotMaxRows (engine/cpu/quant_matmul.h, bound in quant_dot.h).
+// Either moves a greedy choice only at a near-tie; none occurs on these prompts (the test would
+// show it).
 #include "serving/engine_loop.h"
 
 #include <gtest/gtest.h>
