@@ -45,6 +45,7 @@ class Metrics final : public serving::PipelineObserver {
   void OnQueues(int64_t running, int64_t waiting) override;
   void OnFrontQueues(int64_t running, int64_t waiting) override;
   void OnIteration(int64_t rows, int64_t kv_bytes, double kv_utilization) override;
+  void OnRelease(int64_t kv_bytes) override { kv_bytes_->Decrement(static_cast<double>(kv_bytes)); }
   void OnPreemption() override { preemptions_->Increment(); }
   void OnInterToken(double seconds) override { inter_token_->Observe(seconds); }
 

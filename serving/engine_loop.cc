@@ -31,7 +31,8 @@ struct EngineLoop::Seq {
   int64_t chunk = 0;         // prefill tokens in this iteration's batch
   uint64_t order = 0;        // admission order (preemption takes the newest)
   bool prefilled_once = false;
-  std::vector<float> logits;  // [vocab]
+  int64_t published_bytes = 0;  // KV bytes in the observer's last figures
+  std::vector<float> logits;    // [vocab]
   LoopResult result;
   Clock::time_point submitted, admitted, last_token;
   bool was_admitted = false;
@@ -166,6 +167,7 @@ void EngineLoop::Finish(std::unique_ptr<Seq> seq, absl::Status status) {
     }
   }
   seq->kv.reset();  // the rows are free from here on
+  Release(*seq);
   seq->req->reference = nullptr;
   auto done = std::move(seq->req->done);
   {
@@ -240,6 +242,7 @@ void EngineLoop::Preempt(std::vector<std::unique_ptr<Seq>>& running, size_t inde
   std::unique_ptr<Seq> seq = std::move(running[index]);
   running.erase(running.begin() + static_cast<std::ptrdiff_t>(index));
   seq->kv.reset();
+  Release(*seq);
   // Recompute later: the prompt and every token sampled so far (the pending one included, so
   // the prefill's logits are those of the token after it).
   seq->tokens = seq->req->ids;
@@ -270,10 +273,26 @@ void EngineLoop::Iterate(std::vector<std::unique_ptr<Seq>>& running) {
     return s;
   };
 
-  // 1. Cancellation and deadlines free their rows first.
+  // 1. Cancellation and deadlines free their rows first; cancelled requests that still wait
+  // leave the queue now too (their clients are told at once, not when admission reaches them).
   for (size_t i = running.size(); i-- > 0;) {
     if (running[i]->cancelled()) Finish(remove(i), absl::CancelledError("cancelled"));
   }
+  std::vector<std::unique_ptr<Seq>> gone;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+      if ((*it)->cancelled()) {
+        gone.push_back(std::move(*it));
+        it = waiting_.erase(it);
+        ++stats_.running;  // Finish counts it down
+      } else {
+        ++it;
+      }
+    }
+    stats_.waiting = static_cast<int64_t>(waiting_.size());
+  }
+  for (auto& g : gone) Finish(std::move(g), absl::CancelledError("cancelled while waiting"));
   // 2. Admission.
   Admit(running);
 
@@ -408,9 +427,17 @@ bool EngineLoop::AfterLogits(Seq& s) {
   return false;
 }
 
+void EngineLoop::Release(Seq& seq) {
+  if (observer_ != nullptr && seq.published_bytes > 0) observer_->OnRelease(seq.published_bytes);
+  seq.published_bytes = 0;
+}
+
 void EngineLoop::Publish(const std::vector<std::unique_ptr<Seq>>& running, int64_t rows) {
   int64_t bytes = 0;
-  for (const auto& s : running) bytes += s->kv != nullptr ? s->kv->bytes() : 0;
+  for (const auto& s : running) {
+    s->published_bytes = s->kv != nullptr ? s->kv->bytes() : 0;
+    bytes += s->published_bytes;
+  }
   const double util =
       std::min(1.0, static_cast<double>(HeldRows(running)) / static_cast<double>(budget_rows_));
   int64_t r, w;

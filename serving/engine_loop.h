@@ -58,6 +58,9 @@ class LoopObserver {
   // After each iteration: its batch's rows (0: no batch ran, e.g. only cancellations), the KV
   // held by running requests afterwards and their share of the budget (reservations included).
   virtual void OnIteration(int64_t rows, int64_t kv_bytes, double kv_utilization) = 0;
+  // A request finished or was preempted: the KV bytes it held at the last OnIteration are
+  // free now (before its client hears of it), ahead of the next OnIteration's figures.
+  virtual void OnRelease(int64_t kv_bytes) = 0;
   virtual void OnPreemption() = 0;
   virtual void OnInterToken(double seconds) = 0;
 };
@@ -141,6 +144,8 @@ class EngineLoop {
   int64_t HeldRows(const std::vector<std::unique_ptr<Seq>>& running) const;
   // Stats and observer after an iteration of `rows` rows; mu_ not held.
   void Publish(const std::vector<std::unique_ptr<Seq>>& running, int64_t rows);
+  // Tells the observer that a request's KV is free (see LoopObserver::OnRelease).
+  void Release(Seq& seq);
 
   const std::unique_ptr<BatchRunner> runner_;
   const LoopOptions options_;

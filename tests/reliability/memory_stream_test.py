@@ -60,7 +60,8 @@ sys.stdin.read()
 
 
 def test_many_clients_disconnect_mid_stream(tmp_path):
-    s = rc.make_server(tmp_path / "s", ["--workers", "2", "--max-queue", "64"])
+    s = rc.make_server(tmp_path / "s", ["--workers", "2", "--max-num-seqs", "2",
+                                        "--max-queue", "64"])
     prompt = rc.passage(248, count=2)  # short: a fast prefill, then a long decode
     child = None
     try:
@@ -73,7 +74,7 @@ def test_many_clients_disconnect_mid_stream(tmp_path):
             req = c.generate_request(prompt + f" Request {i}.", max_tokens=1000, ignore_eos=True,
                                      cache_policy="bypass")
             calls.append(c.semshare.GenerateStream(req, metadata=c._metadata))
-        # Two computing (--workers 2) and decoding, the rest queued (1000 tokens each take
+        # Two computing (--max-num-seqs 2) and decoding, the rest waiting (1000 tokens each take
         # minutes here). All 16 must have reached the server before their clients go away.
         rc.wait_metric(s, "semshare_requests_running", lambda v: v == 2)
         rc.wait_metric(s, "semshare_requests_waiting", lambda v: v == 14)
