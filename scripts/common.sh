@@ -10,6 +10,10 @@ DEFAULT_MODEL_FILE="SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 DEFAULT_MODEL="$SEMSHARE_CACHE_DIR/models/$DEFAULT_MODEL_FILE"
 JOBS="${SEMSHARE_JOBS:-$(nproc)}"
+# ccache (on when installed, CMakeLists.txt) keys on paths: relative to the checkout, a fresh
+# clone in another folder (CI) reuses what an earlier build of the same sources compiled.
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$ROOT}"
+export CCACHE_NOHASHDIR="${CCACHE_NOHASHDIR:-1}"
 log() { printf '[semshare] %s\n' "$*" >&2; }
 
 # Configure (once) and build one build directory. Extra arguments go to cmake at configure time.
