@@ -201,23 +201,11 @@ class Api {
     absl::StatusOr<Principal> p = Admit(req);
     if (!p.ok()) return fail(p.status());
     ServingCore* core = state_->core();
-    const std::string type = absl::AsciiStrToLower(req.get_header_value("Content-Type"));
-    if (type.rfind("application/json", 0) != 0) {
-      return fail(absl::InvalidArgumentError(
-          absl::StrCat("Content-Type must be application/json, got \"", type.substr(0, 100),
-                       "\"; send the body as JSON (curl: -H 'Content-Type: application/json')")));
-    }
-    absl::StatusOr<OpenAiRequest> parsed = ParseOpenAiRequest(req.body, endpoint);
-    if (!parsed.ok()) return fail(parsed.status());
-    if (parsed->model != options_.model_id) {
-      return fail(WithParam(
-          absl::NotFoundError(absl::StrCat("the model \"", parsed->model.substr(0, 200),
-                                           "\" does not exist on this server; it serves \"",
-                                           options_.model_id, "\" (GET /v1/models)")),
-          "model"));
-    }
-    absl::StatusOr<ValidatedGenerate> v = ValidateGenerateRequest(parsed->generate, core->limits);
-    if (!v.ok()) return fail(WithValidationParam(v.status(), endpoint));
+    absl::StatusOr<PreparedGenerate> prepared = PrepareGenerate(
+        req.get_header_value("Content-Type"), req.body, endpoint, options_.model_id, core->limits);
+    if (!prepared.ok()) return fail(prepared.status());
+    const OpenAiRequest* parsed = &prepared->request;
+    ValidatedGenerate* v = &prepared->validated;
 
     auto ir = std::make_shared<serving::ServeRequest>();
     ir->input = std::move(v->input);

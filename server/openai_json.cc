@@ -5,6 +5,7 @@
 #include <limits>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
@@ -362,6 +363,30 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(std::string_view body, OpenAiEn
   if (auto s = Stop(j, sp); !s.ok()) return s;
   if (auto s = Extension(j, &g); !s.ok()) return s;
   return out;
+}
+
+absl::StatusOr<PreparedGenerate> PrepareGenerate(std::string_view content_type,
+                                                 std::string_view body, OpenAiEndpoint endpoint,
+                                                 std::string_view model_id,
+                                                 const RequestLimits& limits) {
+  const std::string type = absl::AsciiStrToLower(std::string(content_type));
+  if (type.rfind("application/json", 0) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Content-Type must be application/json, got \"", type.substr(0, 100),
+                     "\"; send the body as JSON (curl: -H 'Content-Type: application/json')"));
+  }
+  absl::StatusOr<OpenAiRequest> parsed = ParseOpenAiRequest(body, endpoint);
+  if (!parsed.ok()) return parsed.status();
+  if (parsed->model != model_id) {
+    return WithParam(
+        absl::NotFoundError(absl::StrCat("the model \"", parsed->model.substr(0, 200),
+                                         "\" does not exist on this server; it serves \"",
+                                         std::string(model_id), "\" (GET /v1/models)")),
+        "model");
+  }
+  absl::StatusOr<ValidatedGenerate> v = ValidateGenerateRequest(parsed->generate, limits);
+  if (!v.ok()) return WithValidationParam(v.status(), endpoint);
+  return PreparedGenerate{*std::move(parsed), *std::move(v)};
 }
 
 std::string ErrorJson(std::string_view message, std::string_view type, std::string_view param,

@@ -42,6 +42,18 @@ struct OpenAiRequest {
 // neutral values are refused, since this server does not implement them.
 absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(std::string_view body, OpenAiEndpoint endpoint);
 
+// Everything the HTTP adapter checks in a POST body before the pipeline, in its order: the
+// Content-Type (application/json), ParseOpenAiRequest, the model id (NOT_FOUND, param model),
+// then the shared ValidateGenerateRequest (with WithValidationParam).
+struct PreparedGenerate {
+  OpenAiRequest request;
+  ValidatedGenerate validated;
+};
+absl::StatusOr<PreparedGenerate> PrepareGenerate(std::string_view content_type,
+                                                 std::string_view body, OpenAiEndpoint endpoint,
+                                                 std::string_view model_id,
+                                                 const RequestLimits& limits);
+
 // The status payload key that names the offending request field ("param" of the error JSON).
 inline constexpr std::string_view kParamPayload = "semshare.dev/param";
 absl::Status WithParam(absl::Status s, std::string_view param);
