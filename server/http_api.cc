@@ -118,6 +118,18 @@ std::string RandomId(const char* prefix) {
   return absl::StrCat(prefix, buf);
 }
 
+// httplib::Server with its listening socket reachable: Debian's build listens with a backlog
+// of 5 (CPPHTTPLIB_LISTEN_BACKLOG, compiled into the library), which resets connections when
+// tens of clients connect at once; Listen() raises it (listen() again on a listening socket
+// only changes its backlog).
+class Server final : public httplib::Server {
+ public:
+  bool RaiseBacklog(int backlog) {
+    const socket_t fd = svr_sock_;
+    return fd != INVALID_SOCKET && ::listen(fd, backlog) == 0;
+  }
+};
+
 class Api {
  public:
   Api(ServiceState* state, std::optional<ApiKeys> keys,
@@ -352,7 +364,9 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
     host = host.substr(1, host.size() - 2);
   }
   std::unique_ptr<HttpServer> out(new HttpServer());
-  out->server_ = std::make_unique<httplib::Server>();
+  auto server = std::make_unique<Server>();
+  Server* raw = server.get();
+  out->server_ = std::move(server);
   httplib::Server& s = *out->server_;
   const int threads = std::max(2, options.threads);
   // std::thread workers: the default stack (see the header).
@@ -398,6 +412,9 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
   }
   if (port <= 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", listen, " (HTTP)"));
+  }
+  if (!raw->RaiseBacklog(SOMAXCONN)) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", listen, " (HTTP backlog)"));
   }
   out->port_ = port;
   out->listener_ = std::thread([srv = out->server_.get()] { srv->listen_after_bind(); });
