@@ -144,7 +144,7 @@ def test_block_format_matches_float_path(qtype, source, semshare_bin, hf_tokeniz
     worst = int(np.argmax(ratio))
     print(f"{qtype} (matrices: {sorted(set(types.values()))}): float vs ref {err_f:.2e} "
           f"(tol {tol_f:.2e}); quant vs float max {moved:.2e}, "
-          f"worst/bound {ratio[worst]:.3f} at {worst}")
+          f"worst/bound {ratio[worst]:.2e} at {worst}")
     assert ratio[worst] <= 1.0, (
         f"{qtype}: logit {worst} moved {abs(got_i[worst] - got_f[worst]):.3e} by the quant path, "
         f"bound {bound[worst]:.3e}")
@@ -156,7 +156,7 @@ def test_block_format_matches_float_path(qtype, source, semshare_bin, hf_tokeniz
     first_tie = next((i for i, m in enumerate(margins) if m < tau), len(margins))
     diverge = next((i for i, (a, b) in enumerate(zip(g_f, g_i)) if a != b), len(g_f))
     print(f"{qtype}: greedy equal for {diverge}/{len(g_f)} tokens; first margin < tau "
-          f"({tau:.3f}) at {first_tie}")
+          f"({tau:.2e}) at {first_tie}")
     assert diverge >= first_tie, (
         f"{qtype}: greedy tokens differ at {diverge} (float {g_f[diverge]}, quant "
         f"{g_i[diverge]}, margin {margins[diverge]:.4f}) before the first near-tie at {first_tie}")
