@@ -371,6 +371,13 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
   const int threads = std::max(2, options.threads);
   // std::thread workers: the default stack (see the header).
   s.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  // SO_REUSEADDR only: cpp-httplib's default sets SO_REUSEPORT, with which a second server
+  // binds a port already in use without an error and the kernel splits connections between
+  // the two.
+  s.set_socket_options([](socket_t fd) {
+    int yes = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
   s.set_payload_max_length(static_cast<size_t>(options.max_body_bytes));
   s.set_read_timeout(30, 0);
   s.set_write_timeout(30, 0);
@@ -417,7 +424,15 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
     return absl::UnavailableError(absl::StrCat("cannot listen on ", listen, " (HTTP backlog)"));
   }
   out->port_ = port;
-  out->listener_ = std::thread([srv = out->server_.get()] { srv->listen_after_bind(); });
+  out->listener_ = std::thread([srv = out->server_.get(), done = &out->listener_done_] {
+    srv->listen_after_bind();
+    *done = true;
+  });
+  // Until its accept loop runs: a stop() before that would be lost and the join would hang.
+  // Connections that arrive meanwhile wait in the backlog.
+  while (!out->server_->is_running() && !out->listener_done_) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   return out;
 }
 

@@ -20,6 +20,7 @@
 #ifndef SEMSHARE_SERVER_HTTP_API_H_
 #define SEMSHARE_SERVER_HTTP_API_H_
 
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <string>
@@ -64,6 +65,7 @@ class HttpServer {
   HttpServer() = default;
   std::unique_ptr<httplib::Server> server_;
   std::thread listener_;
+  std::atomic<bool> listener_done_{false};  // listen_after_bind returned
   int port_ = 0;
 };
 
