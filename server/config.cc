@@ -45,6 +45,9 @@ const std::vector<Knob>& Knobs() {
       {"listen", &ServerConfig::listen, "HOST:PORT", "gRPC address"},
       {"metrics-listen", &ServerConfig::metrics_listen, "HOST:PORT",
        "Prometheus /metrics HTTP address (empty: no metrics endpoint)"},
+      {"http-listen", &ServerConfig::http_listen, "HOST:PORT",
+       "OpenAI-compatible HTTP API address (/v1/chat/completions, /v1/completions, /v1/models, "
+       "/health, /metrics; empty: off)"},
       {"backend", &ServerConfig::backend, "cpu|cuda", "compute backend"},
       {"threads", &ServerConfig::threads, "N", "compute threads (0: all cores)", 0, 4096},
       {"workers", &ServerConfig::workers, "N",
@@ -302,6 +305,9 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   if (auto s = check_addr("listen", c.listen); !s.ok()) return s;
   if (!c.metrics_listen.empty()) {
     if (auto s = check_addr("metrics-listen", c.metrics_listen); !s.ok()) return s;
+  }
+  if (!c.http_listen.empty()) {
+    if (auto s = check_addr("http-listen", c.http_listen); !s.ok()) return s;
   }
   if (c.backend != "cpu" && c.backend != "cuda") {
     return absl::InvalidArgumentError(

@@ -21,6 +21,7 @@ struct ServerConfig {
   std::string model_name;  // metrics label; empty = the file or directory name without .gguf
   std::string listen = "127.0.0.1:50051";         // gRPC address
   std::string metrics_listen = "127.0.0.1:9464";  // Prometheus /metrics address; "" = off
+  std::string http_listen = "127.0.0.1:8000";     // OpenAI-compatible HTTP API; "" = off
   std::string backend = "cpu";                    // cpu | cuda
   int32_t threads = 0;                            // compute threads; 0 = all cores
   int32_t workers = 1;     // front workers: requests tokenized and looked up at once

@@ -4,7 +4,9 @@
 // Start-up order: the gRPC port opens first with health NOT_SERVING (so probes get an answer
 // while the model loads), then the model, store, workers and metrics come up and health turns
 // SERVING. The first log lines name the bound addresses ("grpc listening on HOST:PORT",
-// "metrics on http://HOST:PORT/metrics"), with the real port when 0 was asked for.
+// "metrics on http://HOST:PORT/metrics", "http listening on HOST:PORT"), with the real port
+// when 0 was asked for. The HTTP API (server/http_api.h) and /metrics are one HTTP server
+// code; --metrics-listen is a second listener of it that serves only /metrics and /health.
 //
 // Shutdown (SIGTERM or SIGINT): health NOT_SERVING, new calls get UNAVAILABLE, requests
 // already accepted run to completion for up to --drain-seconds, then the gRPC server shuts
@@ -32,8 +34,8 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "server/config.h"
+#include "server/http_api.h"
 #include "server/log.h"
-#include "server/metrics_http.h"
 #include "server/service.h"
 
 namespace semshare::server {
@@ -127,6 +129,13 @@ int Main(int argc, char** argv) {
     Log(LogLevel::kInfo, "no --api-keys file: no authentication; loopback only");
   }
 
+  if (!config.http_listen.empty() && !keys.has_value() && !IsLoopbackAddress(config.http_listen)) {
+    const std::string port = config.http_listen.substr(config.http_listen.rfind(':') + 1);
+    Log(LogLevel::kWarning, absl::StrCat("no --api-keys file: HTTP API on 127.0.0.1:", port,
+                                         " instead of ", config.http_listen));
+    config.http_listen = "127.0.0.1:" + port;
+  }
+  const std::optional<ApiKeys> http_keys = keys;  // the HTTP adapter's copy
   ServiceState state(config, std::move(keys));
   SemShareService semshare(&state);
   CacheAdminService admin(&state);
@@ -199,15 +208,41 @@ int Main(int argc, char** argv) {
   }
   Metrics metrics(model_name);
   core.metrics = &metrics;
-  std::unique_ptr<MetricsHttpServer> metrics_http;
+  std::unique_ptr<HttpServer> metrics_http;
+  HttpOptions http_options;
+  http_options.model_id = model_name;
+  http_options.max_body_bytes = config.max_message_bytes;
+  // Every stream that can run or wait, and a few for /metrics, /health and errors.
+  http_options.threads = config.max_num_seqs + config.max_queue + 8;
   if (!config.metrics_listen.empty()) {
-    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> started =
-        MetricsHttpServer::Start(config.metrics_listen, metrics.registry());
+    HttpOptions mo = http_options;
+    mo.routes = HttpRoutes::kMetrics;
+    mo.threads = 4;
+    absl::StatusOr<std::unique_ptr<HttpServer>> started =
+        HttpServer::Start(config.metrics_listen, &state, http_keys, metrics.registry(), mo);
     if (!started.ok()) return Fail(started.status());
     metrics_http = *std::move(started);
     const std::string mhost = config.metrics_listen.substr(0, config.metrics_listen.rfind(':'));
     Log(LogLevel::kInfo,
         absl::StrCat("metrics on http://", mhost, ":", metrics_http->port(), "/metrics"));
+  }
+  std::unique_ptr<HttpServer> http;
+  if (!config.http_listen.empty()) {
+    absl::StatusOr<std::unique_ptr<HttpServer>> started =
+        HttpServer::Start(config.http_listen, &state, http_keys, metrics.registry(), http_options);
+    if (started.ok()) {
+      http = *std::move(started);
+      const std::string hhost = config.http_listen.substr(0, config.http_listen.rfind(':'));
+      Log(LogLevel::kInfo, absl::StrCat("http listening on ", hhost, ":", http->port(),
+                                        " (OpenAI-compatible API, model \"", model_name, "\")"));
+    } else if (config.http_listen == ServerConfig().http_listen) {
+      // The default port taken (another server on this host): gRPC still serves; an address
+      // given explicitly must bind.
+      Log(LogLevel::kWarning, absl::StrCat("HTTP API off: ", started.status().message(),
+                                           "; give --http-listen HOST:PORT (\"\" turns it off)"));
+    } else {
+      return Fail(started.status());
+    }
   }
 
   store::StoreOptions so;
@@ -274,6 +309,7 @@ int Main(int argc, char** argv) {
   Log(LogLevel::kInfo, idle ? "drained: no requests in flight"
                             : "drain period over with requests still running; cancelling");
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(idle ? 5 : 1));
+  http.reset();
   {
     std::lock_guard<std::mutex> lock(stats_mu);
     stats_stop = true;

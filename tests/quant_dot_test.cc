@@ -121,12 +121,13 @@ TEST(QuantDot, KernelsMatchTheirDerivedBounds) {
         double exact = 0, wa_abs = 0, wx = 0, act_bound = 0, w_abs = 0;
         for (int64_t j = 0; j < k; ++j) {
           const Q8Block& b = a[static_cast<size_t>(j / kQ8Block)];
+          const int jj = static_cast<int>(j % kQ8Block);
           const double aj =
-              static_cast<double>(b.d) * (128 * b.q[j % kQ8Block] + b.lo[j % kQ8Block]);
+              static_cast<double>(b.d) * (16384 * b.q[jj] + 128 * b.mid[jj] + b.lo[jj]);
           exact += w[j] * aj;
           wa_abs += std::fabs(w[j] * aj);
           wx += static_cast<double>(w[j]) * x[j];
-          act_bound += std::fabs(w[j]) * b.d / 2;
+          act_bound += std::fabs(w[j]) * b.d / 2 + std::fabs(w[j] * x[j]) * 0x1p-23;
           w_abs += std::fabs(w[j]);
         }
         ASSERT_GT(w_abs, 0.0);
@@ -152,12 +153,14 @@ TEST(QuantDot, QuantizedActivationsStayWithinHalfAStep) {
   QuantizeRowQ8(x.data(), 512, a.data());
   for (int64_t j = 0; j < 512; ++j) {
     const Q8Block& b = a[static_cast<size_t>(j / kQ8Block)];
-    const int v = 128 * b.q[j % kQ8Block] + b.lo[j % kQ8Block];
-    EXPECT_LE(std::fabs(x[j] - b.d * v), b.d / 2 * (1 + 1e-5)) << j;
-    EXPECT_LE(std::abs(b.lo[j % kQ8Block]), 64);
+    const int jj = static_cast<int>(j % kQ8Block);
+    const int v = 16384 * b.q[jj] + 128 * b.mid[jj] + b.lo[jj];
+    EXPECT_LE(std::fabs(x[j] - b.d * v), b.d / 2 * (1 + 1e-5) + 1e-6f * std::fabs(x[j])) << j;
+    EXPECT_LE(std::abs(b.lo[jj]), 64);
+    EXPECT_LE(std::abs(b.mid[jj]), 64);
   }
   int s = 0;
-  for (int j = 0; j < 16; ++j) s += 128 * a[3].q[j] + a[3].lo[j];
+  for (int j = 0; j < 16; ++j) s += 16384 * a[3].q[j] + 128 * a[3].mid[j] + a[3].lo[j];
   EXPECT_EQ(a[3].sum16[0], s);
 }
 
@@ -176,7 +179,7 @@ TEST(QuantDot, BlockMatMulMatchesDequantisedProduct) {
     for (int64_t n : {int64_t{1}, int64_t{3}, kDotMaxRows, kDotMaxRows + 1, int64_t{40}}) {
       for (MatMulPrecision p : {MatMulPrecision::kQuantizedActivations, MatMulPrecision::kFloat}) {
         SCOPED_TRACE(Name(type) + " n=" + std::to_string(n) +
-                     (p == MatMulPrecision::kFloat ? " float" : " int8"));
+                     (p == MatMulPrecision::kFloat ? " float" : " quant"));
         const auto x = RandomActs(n * cols, 5 + n);
         std::vector<float> y(static_cast<size_t>(n * rows), -1.0f);
         CpuBackend backend(p);
@@ -195,7 +198,7 @@ TEST(QuantDot, BlockMatMulMatchesDequantisedProduct) {
                 const double wv = wf.data[r * cols + j];
                 want += wv * xi[j];
                 mag += std::fabs(wv * xi[j]);
-                act += std::fabs(wv) * amax / kQ8Max / 2;
+                act += std::fabs(wv) * amax / kQ8Max / 2 + std::fabs(wv * xi[j]) * 0x1p-23;
               }
             }
             // Float paths: sgemm / float dot rounding, 2 k u sum|w x|. Int8: the activation
@@ -210,7 +213,7 @@ TEST(QuantDot, BlockMatMulMatchesDequantisedProduct) {
           }
         }
         std::printf("%-5s n=%-2lld %-5s worst error / bound %.3f\n", Name(type).c_str(),
-                    static_cast<long long>(n), int8 ? "int8" : "float", worst);
+                    static_cast<long long>(n), int8 ? "quant" : "float", worst);
       }
     }
   }
@@ -240,6 +243,33 @@ TEST(QuantDot, DotPathOnSeveralRowsEqualsTheReferencePerRow) {
           ASSERT_LE(std::fabs(y[i * rows + r] - ref), 2 * cols * kU * abs_sum)
               << Name(type) << " " << DotIsaName(isa) << " row " << i << " out " << r;
         }
+      }
+    }
+  }
+}
+
+// Decode attention (CpuBackend's direct path for <= 4 queries) against the blocked GEMM path on
+// the same queries: GQA, gapped positions, a sliding window, a query that sees nothing. Both
+// are float32 with different summation orders; 1e-5 relative covers m = 300 terms (300 u).
+TEST(QuantDot, DecodeAttentionMatchesTheBlockedPath) {
+  const int64_t nh = 4, nkv = 2, hd = 64, m = 300, n = 7;
+  std::vector<int32_t> kpos(m), qpos = {-1, 0, 3, 150, 299, 598, 600};
+  for (int64_t j = 0; j < m; ++j) kpos[j] = static_cast<int32_t>(2 * j);
+  const auto q = RandomActs(n * nh * hd, 7), k = RandomActs(m * nkv * hd, 8),
+             v = RandomActs(m * nkv * hd, 9);
+  CpuBackend be;
+  for (int64_t window : {int64_t{0}, int64_t{40}}) {
+    const AttentionParams p{nh, nkv, hd, 0.05f, window};
+    std::vector<float> all(n * nh * hd), one(nh * hd);
+    be.Attention(q.data(), qpos.data(), n, k.data(), v.data(), kpos.data(), m, p, all.data());
+    for (int64_t i = 0; i < n; ++i) {
+      std::fill(one.begin(), one.end(), std::nanf(""));
+      be.Attention(q.data() + i * nh * hd, &qpos[i], 1, k.data(), v.data(), kpos.data(), m, p,
+                   one.data());
+      for (int64_t e = 0; e < nh * hd; ++e) {
+        const float want = all[i * nh * hd + e];
+        ASSERT_NEAR(one[e], want, 1e-5 * (1 + std::fabs(want)))
+            << "query " << i << " window " << window << " element " << e;
       }
     }
   }

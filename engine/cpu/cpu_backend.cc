@@ -22,6 +22,23 @@ constexpr int64_t kAttnBlock = 128;
 // about as much as the attention itself, and the GEMM path is as fast or faster.
 constexpr int64_t kFlashMinQueries = 16;
 
+// Up to this many queries (decode steps, a few sequences) attention runs as plain dot products
+// per (query, head): an sgemm would pack all m keys and values on every call, which for one
+// query costs more than the product.
+constexpr int64_t kDirectMaxQueries = 4;
+
+float DotF(const float* a, const float* b, int64_t n) {
+  float acc[16] = {};  // 16 partial sums: the compiler keeps them in vector registers
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  float s = 0.0f;
+  for (; i < n; ++i) s += a[i] * b[i];
+  for (int j = 0; j < 16; ++j) s += acc[j];
+  return s;
+}
+
 }  // namespace
 
 void CpuBackend::MatMul(const float* x, int64_t n, const Matrix& w, const Matrix& bias, float* y) {
@@ -99,6 +116,10 @@ void CpuBackend::Attention(const float* q, const int32_t* q_pos, int64_t n, cons
   // The fused kernel is 1.5x faster on prefill-sized calls (no score matrix, no sgemm on
   // attention's awkward shapes); it declines shapes and builds it does not support.
   if (n >= kFlashMinQueries && FlashAttention(q, q_pos, n, k, v, k_pos, m, p, out, &flash_)) return;
+  if (n <= kDirectMaxQueries) {
+    DirectAttention(q, q_pos, n, k, v, k_pos, m, p, out);
+    return;
+  }
   const int64_t hd = p.head_dim;
   const int64_t q_stride = p.n_heads * hd;      // between tokens in q and out
   const int64_t kv_stride = p.n_kv_heads * hd;  // between rows in k and v
@@ -156,6 +177,46 @@ void CpuBackend::Attention(const float* q, const int32_t* q_pos, int64_t n, cons
       }
     }
   }
+}
+
+void CpuBackend::DirectAttention(const float* q, const int32_t* q_pos, int64_t n, const float* k,
+                                 const float* v, const int32_t* k_pos, int64_t m,
+                                 const AttentionParams& p, float* out) {
+  const int64_t hd = p.head_dim, q_stride = p.n_heads * hd, kv_stride = p.n_kv_heads * hd;
+  const int64_t group = p.n_heads / p.n_kv_heads;
+  ThreadPool::Default().ParallelFor(n * p.n_heads, 1, [&](int64_t t0, int64_t t1) {
+    thread_local std::vector<float> scores;
+    scores.resize(static_cast<size_t>(std::max<int64_t>(m, 1)));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t i = t / p.n_heads, h = t % p.n_heads, g = h / group;
+      float* o = out + i * q_stride + h * hd;
+      // Visible rows [lo, hi): k_pos ascends, so k_pos <= q_pos is a prefix and the window
+      // cuts a prefix of that.
+      const int32_t qp = q_pos[i];
+      const int64_t hi = std::upper_bound(k_pos, k_pos + m, qp) - k_pos;
+      const int64_t lo =
+          p.window > 0
+              ? std::lower_bound(k_pos, k_pos + hi, static_cast<int64_t>(qp) - p.window + 1) - k_pos
+              : 0;
+      std::fill(o, o + hd, 0.0f);
+      if (hi <= lo) continue;
+      const float* qi = q + i * q_stride + h * hd;
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int64_t j = lo; j < hi; ++j) {
+        scores[j] = DotF(qi, k + j * kv_stride + g * hd, hd) * p.scale;
+        mx = std::max(mx, scores[j]);
+      }
+      float sum = 0.0f;
+      for (int64_t j = lo; j < hi; ++j) {
+        const float e = FastExp(scores[j] - mx);
+        sum += e;
+        const float* vj = v + j * kv_stride + g * hd;
+        for (int64_t e2 = 0; e2 < hd; ++e2) o[e2] += e * vj[e2];
+      }
+      const float inv = 1.0f / sum;
+      for (int64_t e2 = 0; e2 < hd; ++e2) o[e2] *= inv;
+    }
+  });
 }
 
 void CpuBackend::SoftmaxRows(float* rows, const int32_t* q_pos, int64_t nb, const int32_t* k_pos,

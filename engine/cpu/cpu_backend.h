@@ -42,6 +42,10 @@ class CpuBackend final : public Backend {
   void RowDistance(const float* a, const float* b, int64_t n, int64_t dim, float* out) override;
 
  private:
+  // Attention for a few queries (decode) as dot products per (query, head), threaded over them.
+  void DirectAttention(const float* q, const int32_t* q_pos, int64_t n, const float* k,
+                       const float* v, const int32_t* k_pos, int64_t m, const AttentionParams& p,
+                       float* out);
   // Masked softmax of one block's scores rows[nb, mm] in place (rows for queries q_pos[nb] over
   // kv rows k_pos[mm], ascending); invisible entries become 0. With inv_sums, rows stay
   // unnormalised (exp(s - max)) and inv_sums[nb] gets 1/sum per row (0 if nothing visible).

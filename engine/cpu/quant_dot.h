@@ -2,14 +2,16 @@
 // activation row quantized to int8: the inner loop of CpuBackend::MatMul for few rows (decode).
 //
 // Activations are quantized per block of 32 like ggml's Q8_1 (scale d, per-block sums for the
-// offset terms of Q4_0/Q4_1/Q5_*/K-quants and the 16-element groups of Q6_K), but to 15 bits
-// held as two int8 halves: v = round(x / d) with d = max|x| / 16256, v = 128 hi + lo
-// (|hi| <= 127, |lo| <= 64). A kernel runs the u8 x s8 dot instruction twice per block and
-// combines 128 * (u.hi) + (u.lo) exactly in int32. Why not ggml's single int8 (d = max|x|/127):
-// SmolLM2's hidden states carry outliers 50x the typical value, and int8 activations moved the
-// lm_head logits by up to 0.25 (of 25), flipping greedy tokens at ties 0.08 apart (measured:
-// "What is the capital of France?" answered in French); 15 bits cost ~30% more kernel work and
-// bring the error 128x down, below the float path's own differences at those ties.
+// offset terms of Q4_0/Q4_1/Q5_*/K-quants and the 16-element groups of Q6_K), but to 22 bits
+// held as three int8 parts: v = round(x / d) with d = max|x| / kQ8Max, v = 16384 hi + 128 mid
+// + lo (|hi| <= 127, |mid|, |lo| <= 64). A kernel runs the u8 x s8 dot instruction three times
+// per block and combines the parts exactly in int32. Why not ggml's single int8
+// (d = max|x| / 127): SmolLM2's hidden states carry outliers 50x the typical value; int8
+// activations moved the lm_head's logits by up to 0.25 (of 25), flipping greedy tokens at ties
+// 0.08 apart (measured: "What is the capital of France?" answered in French), and 15 bits still
+// moved logits by 1e-5 of their scale when a rounding of the input flipped, above the 1e-5 the
+// reuse tests allow for GEMM summation order. At 22 bits the quantization error (2.4e-7 of
+// max|x|) sits below float32 summation noise; the third instruction costs ~20% of the kernel.
 //
 // Every kernel computes, per weight block b with integer codes u and activation codes v,
 //   sum_b c_b * (sum_j u_j v_j) + offsets(b),  c_b = (weight scale) * d_b,
@@ -19,9 +21,10 @@
 // tests/quant_dot_test.cc bounds.
 //
 // Error against the float dot product sum_j w_j x_j (derived; tests/quant_dot_test.cc checks
-// it): |x_j - d_b v_j| <= d_b / 2 (round to nearest), so the activation quantization moves a
-// dot product by at most sum_b d_b / 2 * sum_{j in b} |w_j|, at most sum_j |w_j| max|x| / 32512;
-// float rounding adds at most k * 2^-24 * sum of |terms|.
+// it): |x_j - d_b v_j| <= d_b / 2 + 2^-23 |x_j| (round to nearest, after x_j / d_b rounded in
+// float), so the activation quantization moves a dot product by at most
+// sum_b d_b / 2 * sum_{j in b} |w_j| + 2^-23 sum_j |w_j x_j|; float rounding adds at most k * 2^-24
+// * sum of |terms| (the int32 lane sums reach 2^30 and are rounded to float like any product).
 #ifndef SEMSHARE_ENGINE_CPU_QUANT_DOT_H_
 #define SEMSHARE_ENGINE_CPU_QUANT_DOT_H_
 
@@ -34,18 +37,19 @@ namespace semshare::engine {
 
 constexpr int64_t kQ8Block = 32;  // activation elements per Q8Block
 
-// 32 activations: x_j ~= d * v_j, v_j = 128 * q[j] + lo[j].
+// 32 activations: x_j ~= d * v_j, v_j = 16384 q[j] + 128 mid[j] + lo[j].
 struct Q8Block {
-  float d = 0.0f;            // scale
-  float dsum = 0.0f;         // d * (sum of v), for the Q4_1/Q5_1/K-quant minimum terms
-  int32_t sum16[2] = {};     // sum of v over elements 0..15 and over 16..31
-  int8_t q[kQ8Block] = {};   // high part, |q| <= 127
-  int8_t lo[kQ8Block] = {};  // low part, |lo| <= 64
+  float d = 0.0f;             // scale
+  float dsum = 0.0f;          // d * (sum of v), for the Q4_1/Q5_1/K-quant minimum terms
+  int32_t sum16[2] = {};      // sum of v over elements 0..15 and over 16..31
+  int8_t q[kQ8Block] = {};    // high part, |q| <= 127
+  int8_t mid[kQ8Block] = {};  // middle part, |mid| <= 64
+  int8_t lo[kQ8Block] = {};   // low part, |lo| <= 64
 };
-static_assert(sizeof(Q8Block) == 80);
+static_assert(sizeof(Q8Block) == 112);
 
 // The largest |v| (d = max|x| / kQ8Max).
-constexpr int kQ8Max = 127 * 128;
+constexpr int kQ8Max = 127 * 16384;
 
 // out[k / 32] = x[k] quantized; k must be a multiple of 32.
 void QuantizeRowQ8(const float* x, int64_t k, Q8Block* out);

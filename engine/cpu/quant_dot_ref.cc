@@ -18,12 +18,12 @@ inline float LoadHalf(const uint8_t* p) {
   return HalfToFloat(h);
 }
 
-// sum_j u_j v_j over n codes from element `at` of block a.
-inline int32_t DotCodes(const uint8_t* u, const Q8Block& a, int at, int n) {
-  int32_t s = 0;
-  for (int j = 0; j < n; ++j) {
-    s += static_cast<int32_t>(u[j]) * (128 * a.q[at + j] + a.lo[at + j]);
-  }
+inline int32_t Code(const Q8Block& a, int j) { return 16384 * a.q[j] + 128 * a.mid[j] + a.lo[j]; }
+
+// sum_j u_j v_j over n codes from element `at` of block a (int64: reaches 255 * 2^21 * 32).
+inline int64_t DotCodes(const uint8_t* u, const Q8Block& a, int at, int n) {
+  int64_t s = 0;
+  for (int j = 0; j < n; ++j) s += static_cast<int64_t>(u[j]) * Code(a, at + j);
   return s;
 }
 
@@ -95,11 +95,11 @@ float DotQ8_0(const uint8_t* w, const Q8Block* a, int64_t k, double* abs_sum) {
     // sum w q = sum (w + 128) q - 128 sum q: an unsigned x signed product. GCC 12 at -O3 with
     // AVX512-VNNI vectorises a plain int8 x int8 sum into vpdpbusd (unsigned x signed), which
     // is wrong for negative weights; this form is what that instruction computes.
-    int32_t s = 0;
+    int64_t s = 0;
     for (int j = 0; j < 32; ++j) {
-      s += static_cast<uint8_t>(w[2 + j] ^ 0x80) * (128 * a[b].q[j] + a[b].lo[j]);
+      s += static_cast<int64_t>(static_cast<uint8_t>(w[2 + j] ^ 0x80)) * Code(a[b], j);
     }
-    s -= 128 * (a[b].sum16[0] + a[b].sum16[1]);
+    s -= int64_t{128} * (a[b].sum16[0] + a[b].sum16[1]);
     acc.Add(LoadHalf(w) * a[b].d * static_cast<float>(s));
   }
   if (abs_sum != nullptr) *abs_sum = acc.abs;
@@ -196,9 +196,14 @@ void QuantizeRowQ8(const float* x, int64_t k, Q8Block* out) {
     }
     int32_t s0 = 0, s1 = 0;
     for (int j = 0; j < kQ8Block; ++j) {
-      const int32_t hi = (v[j] + 64) >> 7;  // arithmetic shift: floor; |lo| <= 64
+      // Arithmetic shifts floor: hi = floor((v + 8192) / 16384), then the same split of the
+      // rest (|rest| <= 8192) by 128, so |mid|, |lo| <= 64.
+      const int32_t hi = (v[j] + 8192) >> 14;
+      const int32_t rest = v[j] - 16384 * hi;
+      const int32_t mid = (rest + 64) >> 7;
       o.q[j] = static_cast<int8_t>(hi);
-      o.lo[j] = static_cast<int8_t>(v[j] - 128 * hi);
+      o.mid[j] = static_cast<int8_t>(mid);
+      o.lo[j] = static_cast<int8_t>(rest - 128 * mid);
     }
     for (int j = 0; j < 16; ++j) s0 += v[j];
     for (int j = 16; j < 32; ++j) s1 += v[j];

@@ -1,8 +1,9 @@
 """Shared by the service tests: the real semshare-server on loopback, keys, prompts, /metrics.
 
 A `Server` is one semshare-server process on 127.0.0.1 with kernel-chosen ports (--listen
-127.0.0.1:0 --metrics-listen 127.0.0.1:0); the real ports come from its first log lines
-("grpc listening on HOST:PORT", "metrics on http://HOST:PORT/metrics"). Its stderr goes to a
+127.0.0.1:0 --metrics-listen 127.0.0.1:0 --http-listen 127.0.0.1:0); the real ports come from
+its first log lines ("grpc listening on HOST:PORT", "metrics on http://HOST:PORT/metrics",
+"http listening on HOST:PORT"). Its stderr goes to a
 file that failures quote. Tests never skip for a missing binary or model: that is a failure
 saying how to get it, so a broken build cannot pass as "skipped".
 """
@@ -117,6 +118,7 @@ def write_api_keys(directory: pathlib.Path) -> pathlib.Path:
 
 _GRPC_RE = re.compile(r"grpc listening on (\S+):(\d+)")
 _METRICS_RE = re.compile(r"metrics on http://(\S+):(\d+)/metrics")
+_HTTP_RE = re.compile(r"http listening on (\S+):(\d+)")
 
 
 class Server:
@@ -128,7 +130,8 @@ class Server:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / f"{name}.log"
         self.args = ["--model", str(model_path()), "--listen", "127.0.0.1:0",
-                     "--metrics-listen", "127.0.0.1:0", "--min-reuse-tokens",
+                     "--metrics-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+                     "--min-reuse-tokens",
                      str(MIN_REUSE_TOKENS), "--log-level", "info"]
         if api_keys:
             self.args += ["--api-keys", str(write_api_keys(self.workdir))]
@@ -136,10 +139,16 @@ class Server:
         self.proc = None
         self.grpc_port = None
         self.metrics_port = None
+        self.http_port = None
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        """The OpenAI-compatible API's base URL (the openai SDK's base_url)."""
+        return f"http://127.0.0.1:{self.http_port}/v1"
 
     @property
     def metrics_url(self) -> str:
@@ -200,6 +209,9 @@ class Server:
         m = _METRICS_RE.search(self.log())
         if m:
             self.metrics_port = int(m.group(2))
+        m = _HTTP_RE.search(self.log())
+        if m:
+            self.http_port = int(m.group(2))
         return self
 
     def stop(self, timeout_s: float = 60) -> int:
@@ -219,6 +231,11 @@ class Server:
         finally:
             owned_process.forget(self.proc)
             self._log_file.close()
+
+    def openai(self, api_key=KEY_A, **kw):
+        """The official openai SDK's client on this server's HTTP API."""
+        import openai
+        return openai.OpenAI(base_url=self.http_url, api_key=api_key, max_retries=0, **kw)
 
     def client(self, api_key=KEY_A, **kw) -> Client:
         return Client(self.target, api_key=api_key, **kw)
