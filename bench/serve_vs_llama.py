@@ -208,37 +208,39 @@ def main():
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(a.threads))
     rows = []
 
-    def bench_server(name, start, send):
-        for cache in caches:
-            server = start()  # fresh per cache setting: nothing carried over
-            try:
-                for c in levels if cache else [lv for lv in levels if lv in off_levels]:
-                    r = run_load(lambda p: send(p, cache), prompts, c, a.duration_s, a.warmup_s)
-                    r.update(server=name, cache="on" if cache else "off")
-                    rows.append(r)
-                    print(f"{name:9} cache {r['cache']:3} x{c:<3} {r['output_tokens_per_s']:7.1f} tok/s  "
-                          f"TTFT p50 {r['ttft_p50_s']:6.2f} s p99 {r['ttft_p99_s']:6.2f} s  "
-                          f"{r['requests']} requests, {r['errors']} errors", flush=True)
-            finally:
-                server.stop()
-
-    port = free_port()
+    port, lport = free_port(), free_port()
     target = f"127.0.0.1:{port}"
-    bench_server("semshare", lambda: Server(
+    ctx = (a.parallel * (400 + a.max_tokens) + 1023) // 1024 * 1024
+    systems = [("semshare", lambda: Server(
         [a.semshare, "--model", a.model, "--listen", target, "--metrics-listen", "",
-         "--threads", str(a.threads), "--max-queue", "1024"] + a.semshare_args.split(),
+         "--http-listen", "", "--threads", str(a.threads), "--max-queue", "1024"]
+        + a.semshare_args.split(),
         ready_log=r"ready in", log_path=f"{a.logs}/serve_vs_llama_semshare.log"),
-        lambda p, cache: semshare_request(target, p, a.max_tokens, cache))
+        lambda p, cache: semshare_request(target, p, a.max_tokens, cache))]
     if a.llama:
-        lport = free_port()
-        ctx = a.parallel * (400 + a.max_tokens)
-        ctx = (ctx + 1023) // 1024 * 1024
-        bench_server("llama.cpp", lambda: Server(
+        systems.append(("llama.cpp", lambda: Server(
             [a.llama, "-m", a.model, "--host", "127.0.0.1", "--port", str(lport), "-t",
              str(a.threads), "--parallel", str(a.parallel), "-c", str(ctx), "--no-webui"],
             ready_url=("127.0.0.1", lport, "/health"),
             log_path=f"{a.logs}/serve_vs_llama_llama.log"),
-            lambda p, cache: llama_request(lport, p, a.max_tokens, cache))
+            lambda p, cache: llama_request(lport, p, a.max_tokens, cache)))
+    # Both servers up at once (idle ones cost nothing), fresh for each cache setting; at each
+    # concurrency level one runs right after the other, so a noisy machine weighs on both alike.
+    for cache in caches:
+        servers = [start() for _, start, _ in systems]
+        try:
+            for c in levels if cache else [lv for lv in levels if lv in off_levels]:
+                for name, _, send in systems:
+                    r = run_load(lambda p: send(p, cache), prompts, c, a.duration_s, a.warmup_s)
+                    r.update(server=name, cache="on" if cache else "off")
+                    rows.append(r)
+                    print(f"{name:9} cache {r['cache']:3} x{c:<3} "
+                          f"{r['output_tokens_per_s']:7.1f} tok/s  TTFT p50 "
+                          f"{r['ttft_p50_s']:6.2f} s p99 {r['ttft_p99_s']:6.2f} s  "
+                          f"{r['requests']} requests, {r['errors']} errors", flush=True)
+        finally:
+            for s in servers:
+                s.stop()
     if a.json:
         meta = {"command": " ".join(sys.argv), "model": a.model, "threads": a.threads,
                 "prompts": a.prompts, "max_tokens": a.max_tokens, "duration_s": a.duration_s,

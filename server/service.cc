@@ -16,7 +16,6 @@
 namespace semshare::server {
 namespace {
 
-
 absl::Status ParseRaw(const grpc::ByteBuffer* bb, google::protobuf::Message* msg) {
   std::vector<grpc::Slice> slices;
   if (bb == nullptr || !bb->Dump(&slices).ok()) {

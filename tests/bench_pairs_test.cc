@@ -111,7 +111,7 @@ TEST(MrpcTest, ShippedCorpusHasTheDocumentedCounts) {
 }
 
 // The benches read the shipped corpus by default; --data takes a file, or a data dir holding
-// paraphrase/ (the shipped name, else MRPC's, as in ../shared/data).
+// paraphrase/ (the shipped name, else MRPC's, as in a developer's MRPC data folder).
 TEST(MrpcTest, CorpusPathDefaultsToTheShippedCorpus) {
   const char* src = std::getenv("SEMSHARE_SOURCE_DIR");
   ASSERT_NE(src, nullptr) << "SEMSHARE_SOURCE_DIR is not set (ctest sets it)";
