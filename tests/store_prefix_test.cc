@@ -19,6 +19,7 @@
 #include "cache_store/prefix_index.h"
 #include "cache_store/prompt_features.h"
 #include "cache_store/reference_store.h"
+#include "tests/store_prefix_util.h"
 
 namespace semshare::store {
 namespace {
@@ -26,42 +27,13 @@ namespace {
 const Namespace kNs{"tenant-a", "fp-prefix"};
 constexpr int64_t kB = kPrefixBlockTokens;
 
-// A record of these ids with a small KV whose values are a function of (token position, id):
-// rows [0, t) of two records that share t tokens are equal, as a model's would be.
+// A record of `ids` in the test's namespace (store_prefix_util.h).
 RecordHandle MakeRecord(std::vector<int32_t> ids, const Namespace& ns = kNs) {
-  Record r;
-  r.ns = ns;
-  r.features = PromptFeatures(ids);
-  r.ids = std::move(ids);
-  r.id = RecordId(r.ns, r.ids);
-  r.kv = engine::KvCache(2, 4);
-  for (int64_t l = 0; l < 2; ++l) {
-    for (size_t p = 0; p < r.ids.size(); ++p) {
-      r.kv.layer(l).pos.push_back(static_cast<int32_t>(p));
-      for (int d = 0; d < 4; ++d) {
-        r.kv.layer(l).k.push_back(static_cast<float>(r.ids[p] * 8 + l * 4 + d));
-        r.kv.layer(l).v.push_back(-static_cast<float>(r.ids[p] * 8 + l * 4 + d));
-      }
-    }
-  }
-  r.created_ms = r.last_used_ms = NowUnixMs();
-  return std::make_shared<const Record>(std::move(r));
+  return testing::MakeRecord(std::move(ids), ns);
 }
-
-std::vector<int32_t> Random(std::mt19937& rng, int64_t n) {
-  std::vector<int32_t> v(static_cast<size_t>(n));
-  for (int32_t& x : v) x = static_cast<int32_t>(rng() % 49152);
-  return v;
-}
-
-std::vector<int32_t> Cat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  return a;
-}
-
-std::vector<int32_t> Head(const std::vector<int32_t>& a, int64_t n) {
-  return {a.begin(), a.begin() + n};
-}
+using testing::Cat;
+using testing::Head;
+using testing::Random;
 
 std::unique_ptr<ReferenceStore> OpenStore(StoreOptions o = {}) {
   if (o.memory_shards == 0) o.memory_shards = 4;
