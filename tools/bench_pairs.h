@@ -42,11 +42,11 @@ absl::StatusOr<std::vector<MrpcPair>> ParseMrpc(std::string_view text, std::stri
 // NotFound / InvalidArgument naming the path when it cannot be read or parsed.
 absl::StatusOr<std::vector<MrpcPair>> LoadMrpc(const std::string& path);
 // The corpus the benches read: `flag` when set (a file, or a data dir holding
-// paraphrase/paraphrase_pairs.txt or, like a developer's MRPC data folder, paraphrase/msr_paraphrase_train.txt);
-// else the corpus shipped in the repository, data/paraphrase/paraphrase_pairs.txt, under
-// $SEMSHARE_SOURCE_DIR, the working directory or the checkout holding this binary (the first
-// that has it; the $SEMSHARE_SOURCE_DIR or working-directory path when none does, so the load
-// error names it).
+// paraphrase/paraphrase_pairs.txt or, like a developer's MRPC data folder,
+// paraphrase/msr_paraphrase_train.txt); else the corpus shipped in the repository,
+// data/paraphrase/paraphrase_pairs.txt, under $SEMSHARE_SOURCE_DIR, the working directory or the
+// checkout holding this binary (the first that has it; the $SEMSHARE_SOURCE_DIR or
+// working-directory path when none does, so the load error names it).
 std::string CorpusPath(const std::string& flag);
 
 enum class PairKind { kParaphrase, kReorder, kRepeat, kUser };
