@@ -182,9 +182,8 @@ void EngineLoop::Finish(std::unique_ptr<Seq> seq, absl::Status status) {
   }
 }
 
-bool EngineLoop::Admit(std::vector<std::unique_ptr<Seq>>& running) {
+void EngineLoop::Admit(std::vector<std::unique_ptr<Seq>>& running) {
   int64_t held = HeldRows(running);
-  bool admitted = false;
   for (;;) {
     std::unique_ptr<Seq> seq;
     {
@@ -194,8 +193,8 @@ bool EngineLoop::Admit(std::vector<std::unique_ptr<Seq>>& running) {
       if (!running.empty() && held + need > budget_rows_) break;
       seq = std::move(waiting_.front());
       waiting_.pop_front();
-      // Counted as running from here on (WaitIdle must not see it in neither place while this
-      // iteration computes it), until Finish or Preempt.
+      // Counted as running from here on, until Finish or Preempt: a request is always either
+      // waiting or running in the figures, never neither.
       ++stats_.running;
       stats_.waiting = static_cast<int64_t>(waiting_.size());
     }
@@ -233,9 +232,7 @@ bool EngineLoop::Admit(std::vector<std::unique_ptr<Seq>>& running) {
     seq->order = ++next_order_;
     held += seq->reserved_rows();
     running.push_back(std::move(seq));
-    admitted = true;
   }
-  return admitted;
 }
 
 void EngineLoop::Preempt(std::vector<std::unique_ptr<Seq>>& running, size_t index) {

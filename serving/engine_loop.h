@@ -139,7 +139,7 @@ class EngineLoop {
   // samples its next token. True when the request is done.
   bool AfterLogits(Seq& s);
   void Finish(std::unique_ptr<Seq> seq, absl::Status status);
-  bool Admit(std::vector<std::unique_ptr<Seq>>& running);
+  void Admit(std::vector<std::unique_ptr<Seq>>& running);
   void Preempt(std::vector<std::unique_ptr<Seq>>& running, size_t index);
   int64_t HeldRows(const std::vector<std::unique_ptr<Seq>>& running) const;
   // Stats and observer after an iteration of `rows` rows; mu_ not held.
