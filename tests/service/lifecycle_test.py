@@ -51,10 +51,14 @@ def started(make_server):
 def test_health_not_serving_until_ready(started):
     s, seen, early_generate = started
     assert seen and seen[-1] == ("SERVING", "SERVING"), seen
-    before = seen[:-1]
     # Until it serves, each check says NOT_SERVING or finds the port not yet answering; once
-    # SERVING, polling stopped. The model takes ~2 s to load after the port opens, so on this
-    # machine NOT_SERVING is seen; a faster machine may see only one state, which is no error.
+    # SERVING, polling stopped. The two checks of a pair are sequential and the server turns
+    # "" SERVING just before the service, so the one pair polled across the switch may read one
+    # of each (seen once under load: the quantized model loads in ~0.1 s); every pair before it
+    # must be SERVING nowhere. A fast machine may see only one state, which is no error.
+    before = [p for p in seen[:-1] if "SERVING" not in p]
+    straddling = seen[len(before):-1]
+    assert straddling in ([], [("NOT_SERVING", "SERVING")], [("SERVING", "NOT_SERVING")]), seen
     assert all(h in ("NOT_SERVING", "UNREACHABLE") for pair in before for h in pair), before
     if early_generate is not None:
         code, details = early_generate
