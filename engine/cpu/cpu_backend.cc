@@ -27,18 +27,6 @@ constexpr int64_t kFlashMinQueries = 16;
 // query costs more than the product.
 constexpr int64_t kDirectMaxQueries = 4;
 
-float DotF(const float* a, const float* b, int64_t n) {
-  float acc[16] = {};  // 16 partial sums: the compiler keeps them in vector registers
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
-  }
-  float s = 0.0f;
-  for (; i < n; ++i) s += a[i] * b[i];
-  for (int j = 0; j < 16; ++j) s += acc[j];
-  return s;
-}
-
 }  // namespace
 
 void CpuBackend::MatMul(const float* x, int64_t n, const Matrix& w, const Matrix& bias, float* y) {

@@ -1,4 +1,5 @@
-// Vectorisable float exp for the softmax and SiLU inner loops. std::exp is a library call the
+// Vectorisable float math for the CPU kernels' inner loops: DotF, and exp for the softmax and
+// SiLU inner loops. std::exp is a library call the
 // compiler cannot vectorise without -ffast-math, and at 2k-token prompts the attention softmax
 // evaluates ~0.6 billion exponentials, more time than its GEMMs. This is the usual Cody-Waite
 // reduction x = n ln2 + r, |r| <= ln2/2, with a degree-6 Taylor polynomial for e^r (truncation
@@ -32,6 +33,20 @@ inline float FastExp(float x) {
   const float scale = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
   const float y = p * scale;
   return underflow ? 0.0f : (overflow ? INFINITY : y);
+}
+
+// Float dot product of n elements with 16 partial sums, which the compiler keeps in vector
+// registers (a single accumulator would serialise on the add latency).
+inline float DotF(const float* a, const float* b, int64_t n) {
+  float acc[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  float s = 0.0f;
+  for (; i < n; ++i) s += a[i] * b[i];
+  for (int j = 0; j < 16; ++j) s += acc[j];
+  return s;
 }
 
 }  // namespace semshare::engine

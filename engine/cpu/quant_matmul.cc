@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "engine/cpu/fast_math.h"
 #include "engine/cpu/quant_dot.h"
 #include "engine/cpu/thread_pool.h"
 
@@ -13,18 +14,6 @@ namespace {
 
 // Output rows per work item: enough that a chunk's bookkeeping is noise next to its dots.
 constexpr int64_t kRowsPerChunk = 16;
-
-float DotFloat(const float* a, const float* b, int64_t k) {
-  float acc[16] = {};  // 16 partial sums: the compiler keeps them in vector registers
-  int64_t i = 0;
-  for (; i + 16 <= k; i += 16) {
-    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
-  }
-  float s = 0.0f;
-  for (; i < k; ++i) s += a[i] * b[i];
-  for (int j = 0; j < 16; ++j) s += acc[j];
-  return s;
-}
 
 void DotPath(const float* x, int64_t n, const Matrix& w, float* y, DotIsa isa, bool int8) {
   const int64_t k = w.cols, out = w.rows;
@@ -37,7 +26,7 @@ void DotPath(const float* x, int64_t n, const Matrix& w, float* y, DotIsa isa, b
       row.resize(static_cast<size_t>(k));
       for (int64_t r = r0; r < r1; ++r) {
         DequantizeRows(w, r, 1, row.data());
-        for (int64_t i = 0; i < n; ++i) y[i * out + r] = DotFloat(row.data(), x + i * k, k);
+        for (int64_t i = 0; i < n; ++i) y[i * out + r] = DotF(row.data(), x + i * k, k);
       }
     });
     return;
