@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine/cuda/cuda_status.h"
+#include "engine/cuda/device_model.h"
 #include "kernels/attention.cuh"
 #include "kernels/deviation.cuh"
 #include "kernels/embed.cuh"
@@ -22,12 +23,20 @@ namespace {
 using bf16 = __nv_bfloat16;
 namespace k = ::semshare::kernels;
 
+// Where a matrix's host storage starts: its floats or its ggml blocks.
+const void* HostData(const Matrix& w) {
+  return w.quantized() ? static_cast<const void*>(w.blocks) : w.data.data();
+}
+
+// 16 words sampled across the host storage, so a cached upload is redone when the same address
+// holds different weights.
 uint64_t SampleHash(const Matrix& w) {
   uint64_t h = 1469598103934665603ull;
-  const size_t n = w.data.size();
+  const auto* bytes = static_cast<const uint8_t*>(HostData(w));
+  const size_t n = w.quantized() ? static_cast<size_t>(w.rows * w.row_bytes) / 4 : w.data.size();
   for (size_t i = 0; i < 16 && n > 0; ++i) {
     uint32_t bits;
-    std::memcpy(&bits, &w.data[i * (n - 1) / 15], sizeof(bits));
+    std::memcpy(&bits, bytes + 4 * (i * (n - 1) / 15), sizeof(bits));
     h = (h ^ bits) * 1099511628211ull;
   }
   return h;
@@ -83,24 +92,20 @@ absl::StatusOr<void*> CudaBackend::StageIn(int slot, const void* host, int64_t b
 
 absl::StatusOr<const void*> CudaBackend::Weight(const Matrix& w) {
   const uint64_t sample = SampleHash(w);
-  auto it = weights_.find(w.data.data());
+  auto it = weights_.find(HostData(w));
   if (it != weights_.end() && it->second.rows == w.rows && it->second.cols == w.cols &&
       it->second.sample == sample) {
     return static_cast<const void*>(it->second.buf.data());
   }
-  std::vector<bf16> host(w.data.size());
-  for (size_t i = 0; i < host.size(); ++i) host[i] = __float2bfloat16_rn(w.data[i]);
-  CachedWeight cw;
-  auto buf = ctx_->pool().Allocate(static_cast<int64_t>(host.size() * sizeof(bf16)));
+  auto buf = UploadBf16(*ctx_, {&w});
   if (!buf.ok()) return buf.status();
+  CachedWeight cw;
   cw.buf = std::move(*buf);
   cw.rows = w.rows;
   cw.cols = w.cols;
   cw.sample = sample;
-  if (auto s = ctx_->Upload(cw.buf.data(), host.data(), cw.buf.bytes()); !s.ok()) return s;
-  if (auto s = ctx_->Sync(); !s.ok()) return s;  // `host` dies here
   const void* p = cw.buf.data();
-  weights_[w.data.data()] = std::move(cw);
+  weights_[HostData(w)] = std::move(cw);
   return p;
 }
 

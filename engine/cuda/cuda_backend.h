@@ -63,7 +63,8 @@ class CudaBackend final : public Backend {
   // Staging buffer `slot` grown to `bytes`.
   absl::StatusOr<void*> Stage(int slot, int64_t bytes);
   absl::StatusOr<void*> StageIn(int slot, const void* host, int64_t bytes);
-  // BF16 device copy of a weight matrix.
+  // BF16 device copy of a weight matrix (ggml blocks dequantised on upload), cached by its host
+  // storage.
   absl::StatusOr<const void*> Weight(const Matrix& w);
   bool Failed(const absl::Status& s);  // records s; true when any error is recorded
 
@@ -74,7 +75,7 @@ class CudaBackend final : public Backend {
   };
   std::unique_ptr<CudaContext> ctx_;
   absl::Status status_;
-  std::unordered_map<const float*, CachedWeight> weights_;
+  std::unordered_map<const void*, CachedWeight> weights_;  // by host storage (floats or blocks)
   DeviceBuffer stage_[10];
 };
 

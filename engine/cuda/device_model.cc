@@ -14,35 +14,6 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-// Uploads rows of several host matrices, stacked, as one bf16 buffer. Matrices held in ggml
-// blocks (engine/model/weights.h) are dequantised a slice of rows at a time (exact), so the
-// host never holds a float copy of a whole quantized matrix.
-absl::StatusOr<DeviceBuffer> UploadBf16(CudaContext& ctx, std::initializer_list<const Matrix*> ms) {
-  int64_t count = 0;
-  for (const Matrix* m : ms) count += m->rows * m->cols;
-  std::vector<bf16> host(count);
-  std::vector<float> rows;
-  int64_t o = 0;
-  for (const Matrix* m : ms) {
-    if (!m->quantized()) {
-      for (float f : m->data) host[o++] = __float2bfloat16_rn(f);
-      continue;
-    }
-    const int64_t slice = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(m->cols, 1));
-    for (int64_t r0 = 0; r0 < m->rows; r0 += slice) {
-      const int64_t nr = std::min(slice, m->rows - r0);
-      rows.resize(static_cast<size_t>(nr * m->cols));
-      DequantizeRows(*m, r0, nr, rows.data());
-      for (float f : rows) host[o++] = __float2bfloat16_rn(f);
-    }
-  }
-  auto buf = ctx.pool().Allocate(count * 2);
-  if (!buf.ok()) return buf.status();
-  SEMSHARE_STATUS_RETURN(ctx.Upload(buf->data(), host.data(), count * 2));
-  SEMSHARE_STATUS_RETURN(ctx.Sync());  // `host` is freed on return
-  return buf;
-}
-
 absl::StatusOr<DeviceBuffer> UploadF32(CudaContext& ctx, std::initializer_list<const Matrix*> ms) {
   std::vector<float> host;
   for (const Matrix* m : ms) {
@@ -75,6 +46,32 @@ absl::StatusOr<DeviceBuffer> RandomBuffer(CudaContext& ctx, int64_t count, uint6
 }
 
 }  // namespace
+
+absl::StatusOr<DeviceBuffer> UploadBf16(CudaContext& ctx, std::initializer_list<const Matrix*> ms) {
+  int64_t count = 0;
+  for (const Matrix* m : ms) count += m->rows * m->cols;
+  std::vector<bf16> host(count);
+  std::vector<float> rows;
+  int64_t o = 0;
+  for (const Matrix* m : ms) {
+    if (!m->quantized()) {
+      for (float f : m->data) host[o++] = __float2bfloat16_rn(f);
+      continue;
+    }
+    const int64_t slice = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(m->cols, 1));
+    for (int64_t r0 = 0; r0 < m->rows; r0 += slice) {
+      const int64_t nr = std::min(slice, m->rows - r0);
+      rows.resize(static_cast<size_t>(nr * m->cols));
+      DequantizeRows(*m, r0, nr, rows.data());
+      for (float f : rows) host[o++] = __float2bfloat16_rn(f);
+    }
+  }
+  auto buf = ctx.pool().Allocate(count * 2);
+  if (!buf.ok()) return buf.status();
+  SEMSHARE_STATUS_RETURN(ctx.Upload(buf->data(), host.data(), count * 2));
+  SEMSHARE_STATUS_RETURN(ctx.Sync());  // `host` is freed on return
+  return buf;
+}
 
 int64_t DeviceModel::ByteSize() const {
   int64_t b = tok_embd.bytes() + out_norm.bytes() + lm_head.bytes() + inv_freq.bytes();

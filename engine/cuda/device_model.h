@@ -8,6 +8,7 @@
 #define SEMSHARE_ENGINE_CUDA_DEVICE_MODEL_H_
 
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <vector>
 
@@ -16,6 +17,11 @@
 #include "engine/model/model.h"
 
 namespace semshare::engine::cuda {
+
+// Uploads the rows of several host matrices, stacked, as one bf16 device buffer. Matrices held
+// in ggml blocks (engine/model/weights.h) are dequantised a slice of rows at a time (exact), so
+// the host never holds a float copy of a whole quantized matrix.
+absl::StatusOr<DeviceBuffer> UploadBf16(CudaContext& ctx, std::initializer_list<const Matrix*> ms);
 
 struct DeviceLayer {
   DeviceBuffer attn_norm, ffn_norm;  // float [d_model]

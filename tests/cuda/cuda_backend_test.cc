@@ -16,6 +16,7 @@
 #include "engine/reuse/reuse_prefill.h"
 #include "tests/cuda/cuda_model_util.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/random_blocks.h"
 #include "tests/test_util.h"
 
 namespace semshare::testing {
@@ -133,6 +134,28 @@ TEST_F(CudaBackendTest, OpsMatchCpu) {
   cpu_.RowDistance(x.data(), x2.data(), n, in, d_cpu.data());
   gpu_->RowDistance(x.data(), x2.data(), n, in, d_gpu.data());
   EXPECT_LT(RelDiff(d_gpu, d_cpu), 1e-5) << "RowDistance";
+}
+
+// Weights kept in ggml blocks (the CPU backend's default since GGUF files stay quantized) are
+// dequantised on upload: the GPU product matches the CPU's float product of the exactly
+// dequantised weights within the bf16 bound, and a second call reuses the cached upload.
+TEST_F(CudaBackendTest, QuantizedWeightsMatchCpu) {
+  const int64_t n = 5, in = 256, out = 33;
+  for (engine::GgmlType type : {engine::GgmlType::kQ4_1, engine::GgmlType::kQ8_0,
+                                engine::GgmlType::kQ4_K, engine::GgmlType::kQ6_K}) {
+    const auto blocks = RandomBlocks(type, out, in, seed_ + static_cast<uint64_t>(type));
+    Matrix w;
+    ASSERT_TRUE(engine::MakeBlockMatrix(type, out, in, blocks.data(), nullptr, &w).ok());
+    const Matrix wf = engine::ToFloatMatrix(w);
+    const auto x = RandomVector(n * in, seed_ + 7);
+    auto y_cpu = Nan(n * out), y_gpu = Nan(n * out);
+    cpu_.MatMul(x.data(), n, wf, Matrix{}, y_cpu.data());
+    gpu_->MatMul(x.data(), n, w, Matrix{}, y_gpu.data());
+    EXPECT_LT(RelDiff(y_gpu, y_cpu), 1e-2) << "type " << static_cast<int>(type);
+    const int64_t held = gpu_->weight_bytes();
+    gpu_->MatMul(x.data(), n, w, Matrix{}, y_gpu.data());
+    EXPECT_EQ(gpu_->weight_bytes(), held) << "the second call must reuse the upload";
+  }
 }
 
 TEST_F(CudaBackendTest, EngineRunsUnchangedOnTheGpu) {
