@@ -2,7 +2,8 @@
 // For each prompt length it runs a full prefill (median of --repeats) and reports tokens/s
 // next to the floor = the model's FLOPs for that prefill / the sgemm rate OpenBLAS reaches on
 // this machine, measured in the same run. Decode tokens/s is measured after a 512-token
-// prefill (decode@512) and from an empty context (decode@0, llama-bench's tg), and resident
+// prefill (decode@512) and from an empty context (decode@0, llama-bench's tg); batched decode
+// ("decode xB") as the engine loop runs B streams, one row each per ForwardBatch; and resident
 // memory after the runs. Results go to stdout as a table and to --json FILE.
 #include <cblas.h>
 
@@ -14,6 +15,7 @@
 #include <string>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "engine/cpu/cpu_backend.h"
 #include "engine/llama_forward.h"
@@ -112,6 +114,10 @@ int BenchCommand(int argc, char** argv) {
       {"threads", "CPU threads (0 = all cores)", false, false, "0"},
       {"matmul", "CPU projections: quant (quantized-activation kernels for few rows) or float",
        false, false, "quant"},
+      {"batch-streams",
+       "comma-separated stream counts for batched decode (each stream one row per iteration "
+       "over its own 256-token context, as the engine loop runs them; empty: skip)",
+       false, false, "1,4,16,64"},
       {"json", "write the results to this JSON file"},
       {"help", "show this help", true},
   };
@@ -129,11 +135,19 @@ int BenchCommand(int argc, char** argv) {
   }
   if (args->Str("suite") != "forward")
     return fail("unknown --suite (available: forward, reuse, store, matcher, cuda)", 2);
-  std::vector<int64_t> lengths;
+  std::vector<int64_t> lengths, streams;
   for (absl::string_view part : absl::StrSplit(args->Str("lengths"), ',')) {
     int64_t v = 0;
     if (!absl::SimpleAtoi(part, &v) || v < 1) return fail("--lengths must be positive integers", 2);
     lengths.push_back(v);
+  }
+  for (absl::string_view part :
+       absl::StrSplit(args->Str("batch-streams"), ',', absl::SkipEmpty())) {
+    int64_t v = 0;
+    if (!absl::SimpleAtoi(part, &v) || v < 1 || v > 1024) {
+      return fail("--batch-streams must be integers in [1, 1024]", 2);
+    }
+    streams.push_back(v);
   }
   auto repeats = args->Int("repeats");
   auto decode_tokens = args->Int("decode-tokens");
@@ -247,6 +261,42 @@ int BenchCommand(int argc, char** argv) {
       times.push_back(Seconds(t0));
     }
     report("decode@0", *decode_tokens, Median(times), flops);
+  }
+  // Batched decode, as the engine loop runs it: B sequences, each with its own 256-token
+  // context, one row each per iteration through ForwardBatch (one GEMM over the B rows,
+  // attention per sequence). Output tokens/s = B * steps / time.
+  for (int64_t b : streams) {
+    const int64_t ctx = 256, steps = std::max<int64_t>(8, *decode_tokens / 4);
+    std::vector<engine::KvCache> caches;
+    std::vector<std::vector<float>> out(b, std::vector<float>(c.vocab_size));
+    std::vector<int32_t> ids(ctx), pos(ctx), next(b), at(b);
+    for (int64_t s = 0; s < b; ++s) {
+      for (int64_t i = 0; i < ctx; ++i) {
+        ids[i] = tok(rng);
+        pos[i] = static_cast<int32_t>(i);
+      }
+      caches.push_back(fwd.NewCache());
+      if (auto st = fwd.Forward(ids, pos, caches.back(), out[s].data()); !st.ok())
+        return fail(st.message(), 1);
+    }
+    std::vector<double> times;
+    double flops = 0;
+    for (int64_t r = 0; r < *repeats; ++r) {
+      flops = 0;
+      const auto t0 = Clock::now();
+      for (int64_t step = 0; step < steps; ++step) {
+        std::vector<engine::SeqChunk> chunks(b);
+        for (int64_t s = 0; s < b; ++s) {
+          next[s] = engine::Argmax(out[s]);
+          at[s] = caches[s].next_position();
+          flops += DecodeFlops(c, at[s]);
+          chunks[s] = {{&next[s], 1}, {&at[s], 1}, &caches[s], out[s].data()};
+        }
+        if (auto st = fwd.ForwardBatch(chunks); !st.ok()) return fail(st.message(), 1);
+      }
+      times.push_back(Seconds(t0));
+    }
+    report(absl::StrCat("decode x", b), b * steps, Median(times), flops);
   }
   // Resident memory after the runs above (weights as mapped pages, KV, scratch): what a server
   // with this model holds after warm-up, less its own buffers.
