@@ -20,9 +20,11 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-MODES = ["full", "prefix", "snapkv", "semshare"]
-COLORS = {"full": "tab:gray", "prefix": "tab:blue", "snapkv": "tab:orange", "semshare": "tab:green"}
-MARKERS = {"paraphrase": "o", "reorder": "s", "repeat": "D", "user": "^"}
+# "served": the server's hit rule and path per pair (exact / hybrid / semantic / miss).
+MODES = ["full", "prefix", "snapkv", "semshare", "served"]
+COLORS = {"full": "tab:gray", "prefix": "tab:blue", "snapkv": "tab:orange", "semshare": "tab:green",
+          "served": "tab:red"}
+MARKERS = {"paraphrase": "o", "reorder": "s", "repeat": "D", "user": "^", "chat": "v"}
 
 
 def ttft_vs_length(data, out):

@@ -99,6 +99,28 @@ struct LookupResult {
   double lookup_ms = 0;
 };
 
+// What a lookup decided: kExact copies every prompt row but the last (a repeated prompt, or one
+// a stored turn extends); kHybrid copies an exact prefix and computes the rest (the next turn of
+// a conversation); kSemantic runs the selective path on the best candidate; kMiss prefills.
+enum class HitKind { kMiss, kExact, kHybrid, kSemantic };
+inline const char* HitKindName(HitKind k) {
+  switch (k) {
+    case HitKind::kExact:
+      return "exact";
+    case HitKind::kHybrid:
+      return "hybrid";
+    case HitKind::kSemantic:
+      return "semantic";
+    case HitKind::kMiss:
+      return "miss";
+  }
+  return "miss";
+}
+struct HitDecision {
+  HitKind kind = HitKind::kMiss;
+  int64_t exact_rows = 0;  // kExact, kHybrid: prompt rows copied from the stored turn
+};
+
 // The hit rule, one place for the server and `semshare bench`, exact first (DESIGN.md 3.3):
 //  - with a store and a policy other than bypass, every prompt of at least one block
 //    (store::kPrefixBlockTokens) looks up its longest exact prefix among stored turns (prompt +
@@ -121,6 +143,18 @@ struct HitRule {
   // always computed (its logits).
   static int64_t ExactRows(int64_t prefix_tokens, int64_t n) {
     return std::min(prefix_tokens, n - 1);
+  }
+  // The path a prompt of n tokens takes, given its exact prefix (0: none found) and whether
+  // its best semantic candidate hits: the semantic hit, else any exact prefix, else a miss.
+  static HitDecision Decide(int64_t n, int64_t prefix_tokens, bool semantic_hit) {
+    HitDecision d;
+    if (semantic_hit) {
+      d.kind = HitKind::kSemantic;
+    } else if (prefix_tokens > 0) {
+      d.exact_rows = ExactRows(prefix_tokens, n);
+      d.kind = d.exact_rows == n - 1 ? HitKind::kExact : HitKind::kHybrid;
+    }
+    return d;
   }
 };
 

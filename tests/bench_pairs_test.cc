@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -267,6 +268,109 @@ TEST(PairsTest, ImpossibleRequestsAreErrors) {
   auto out = BuildParaphrasePairs(corpus, ToyOptions(200, 3, 1), CountWords);
   ASSERT_FALSE(out.ok());
   EXPECT_NE(out.status().message().find("ran out"), std::string::npos) << out.status();
+}
+
+// ---- chat pairs ----
+
+// A conversation's tokens for the toy tokenizer: per message its role and content words plus
+// two markers (as a template's start and end tokens), plus two for the generation prompt.
+absl::StatusOr<int64_t> CountChat(std::span<const engine::ChatMessage> messages) {
+  if (messages.empty()) return absl::InvalidArgumentError("empty conversation");
+  int64_t n = 2;
+  for (const engine::ChatMessage& m : messages) n += 3 + CountWords(m.content);
+  return n;
+}
+
+PairOptions ToyChatOptions(int64_t tokens, int64_t pairs, int64_t turns) {
+  PairOptions o = ToyOptions(tokens, pairs, /*seed=*/9);
+  o.chat_turns = turns;
+  o.chat_system = "Be brief.";              // 2 words
+  o.chat_questions = {"Q one?", "Q two?"};  // 2 words each
+  return o;
+}
+
+// The ids <i> of "a<i> b<i> c<i>" body lines and "x<i> y<i>" answers in a text.
+std::vector<std::string> ToyIds(const std::string& text, char first) {
+  std::vector<std::string> ids;
+  for (absl::string_view w : absl::StrSplit(text, absl::ByAnyChar(" \n"), absl::SkipEmpty())) {
+    if (w.size() > 1 && w[0] == first) ids.emplace_back(w.substr(1));
+  }
+  return ids;
+}
+
+TEST(ChatPairsTest, NextTurnExtendsTheReferenceTurnAtTheLength) {
+  const auto corpus = ToyCorpus();
+  const PairOptions o = ToyChatOptions(/*tokens=*/150, /*pairs=*/2, /*turns=*/4);
+  auto pairs = BuildChatPairs(corpus, o, CountChat);
+  ASSERT_TRUE(pairs.ok()) << pairs.status();
+  ASSERT_EQ(pairs->size(), 2u);
+  std::set<std::string> seen;
+  for (const PromptPair& p : *pairs) {
+    EXPECT_EQ(p.kind, PairKind::kChat);
+    EXPECT_STREQ(PairKindName(p.kind), "chat");
+    EXPECT_EQ(p.length, 150);
+    EXPECT_EQ(p.turns, 4);
+    // Turn 3's conversation: system, then user / assistant alternating, ending with a user.
+    const std::vector<engine::ChatMessage>& r = p.reference_messages;
+    ASSERT_EQ(r.size(), 6u);
+    const char* roles[] = {"system", "user", "assistant", "user", "assistant", "user"};
+    for (size_t i = 0; i < r.size(); ++i) EXPECT_EQ(r[i].role, roles[i]) << i;
+    EXPECT_EQ(r[0].content, "Be brief.");
+    // Turn 4 = turn 3 + its answer + a question alone (the 4th question, round robin: "Q two?").
+    const std::vector<engine::ChatMessage> t = ChatTargetMessages(p, "said so");
+    ASSERT_EQ(t.size(), 8u);
+    for (size_t i = 0; i < r.size(); ++i) EXPECT_EQ(t[i].content, r[i].content);
+    EXPECT_EQ(t[6].role, "assistant");
+    EXPECT_EQ(t[6].content, "said so");
+    EXPECT_EQ(t[7].role, "user");
+    EXPECT_EQ(t[7].content, "Q two?");
+    EXPECT_EQ(p.next_user, "Q two?");
+    EXPECT_EQ(ToyIds(p.answer, 'x').size(), 1u) << "the stand-in answer is one second sentence";
+    // At the length, maximal: one more 3-word body sentence would pass it.
+    const int64_t n = *CountChat(ChatTargetMessages(p, p.answer));
+    EXPECT_LE(n, 150);
+    EXPECT_GT(n + 3, 150);
+    // Every body sentence and answer is used once in the call, the bodies split over the user
+    // turns 1..3 in order of their sentences.
+    std::string body;
+    for (const engine::ChatMessage& m : r) {
+      if (m.role == "user") body += m.content + "\n";
+    }
+    const std::vector<std::string> ids = ToyIds(body, 'a');
+    EXPECT_EQ(static_cast<int64_t>(ids.size()), p.sentences);
+    EXPECT_GT(p.sentences, 20);
+    for (const std::string& id : ids) EXPECT_TRUE(seen.insert(id).second) << "body " << id;
+    for (const engine::ChatMessage& m : t) {
+      if (m.role != "assistant") continue;
+      for (const std::string& id : ToyIds(m.content == "said so" ? p.answer : m.content, 'x'))
+        EXPECT_TRUE(seen.insert(id).second) << "answer " << id;
+    }
+    for (size_t u : {1u, 3u, 5u}) {
+      EXPECT_FALSE(ToyIds(r[u].content, 'a').empty()) << "user turn " << u << " has no body";
+    }
+  }
+}
+
+TEST(ChatPairsTest, BadRequestsAreErrors) {
+  const auto corpus = ToyCorpus();
+  EXPECT_FALSE(BuildChatPairs(corpus, ToyChatOptions(150, 1, /*turns=*/1), CountChat).ok());
+  PairOptions no_questions = ToyChatOptions(150, 1, 3);
+  no_questions.chat_questions.clear();
+  EXPECT_FALSE(BuildChatPairs(corpus, no_questions, CountChat).ok());
+  // Without a body, turn 4 is 59 toy tokens: 2 (generation prompt) + system 5 + users
+  // 10 + 11 + 11 + 5 ("Here is a news report." / "Here is more of the report." and a question)
+  // + three 2-word answers 3 x 5.
+  auto tiny = BuildChatPairs(corpus, ToyChatOptions(59, 1, 4), CountChat);
+  ASSERT_FALSE(tiny.ok());
+  EXPECT_NE(tiny.status().message().find("chat pair 0"), std::string::npos) << tiny.status();
+  EXPECT_FALSE(BuildChatPairs(corpus, ToyChatOptions(5000, 1, 4), CountChat).ok());
+  // A counter's error stops the build.
+  auto failing = [](std::span<const engine::ChatMessage>) -> absl::StatusOr<int64_t> {
+    return absl::UnimplementedError("no template");
+  };
+  auto err = BuildChatPairs(corpus, ToyChatOptions(150, 1, 4), failing);
+  ASSERT_FALSE(err.ok());
+  EXPECT_EQ(err.status().code(), absl::StatusCode::kUnimplemented);
 }
 
 // ---- user pairs ----

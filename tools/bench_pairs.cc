@@ -53,35 +53,39 @@ std::vector<absl::string_view> Lines(absl::string_view text) {
   return lines;
 }
 
-// The largest k in [1, available] whose wrapped body(k) has at most options.target_tokens
-// tokens. Per-sentence counts give a cheap first guess (text is encoded once per sentence
-// instead of once per prefix); exact counts of the wrapped prompt then correct it, since
-// joining can merge or split tokens at the seams.
-absl::StatusOr<int64_t> FitSentences(const std::vector<std::string_view>& sentences,
-                                     const std::function<std::string(int64_t)>& body,
-                                     const PairOptions& options, const TokenCounter& count) {
-  const int64_t target = options.target_tokens;
-  const int64_t overhead = count(WrapPrompt("", options));
+// The largest k in [1, available] with exact(k) <= target, where exact(k) counts the prompt
+// made of the first k sentences (exact(0): the prompt without any, `overhead`). Per-sentence
+// counts give a cheap first guess (text is encoded once per sentence instead of once per
+// prefix); exact counts then correct it, since joining can merge or split tokens at the seams.
+absl::StatusOr<int64_t> FitCount(int64_t available, int64_t target, int64_t overhead,
+                                 const std::function<int64_t(int64_t)>& sentence_tokens,
+                                 const std::function<absl::StatusOr<int64_t>(int64_t)>& exact) {
   if (overhead >= target) {
     return absl::InvalidArgumentError(absl::StrCat("target length ", target,
                                                    " tokens leaves no room for text: the "
                                                    "instruction and question alone take ",
                                                    overhead));
   }
-  const int64_t available = static_cast<int64_t>(sentences.size());
   if (available == 0) return absl::InvalidArgumentError("the corpus ran out of sentences");
   int64_t k = 0, estimate = overhead;
-  while (k < available && estimate + count(sentences[k]) <= target)
-    estimate += count(sentences[k++]);
+  while (k < available && estimate + sentence_tokens(k) <= target) estimate += sentence_tokens(k++);
   k = std::clamp<int64_t>(k, 1, available);
   // Invariant: exact(lo) <= target (lo = 0: nothing fits), exact(hi) > target (hi = available
   // + 1: everything fits). Gallop from the guess, then bisect.
-  auto exact = [&](int64_t kk) { return count(WrapPrompt(body(kk), options)); };
+  absl::Status error;
+  auto fits = [&](int64_t kk) {
+    absl::StatusOr<int64_t> n = exact(kk);
+    if (!n.ok()) {
+      if (error.ok()) error = n.status();
+      return false;
+    }
+    return *n <= target;
+  };
   int64_t lo = 0, hi = available + 1;
-  if (exact(k) <= target) {
+  if (fits(k)) {
     lo = k;
     for (int64_t step = 1; lo + step <= available; step *= 2) {
-      if (exact(lo + step) > target) {
+      if (!fits(lo + step)) {
         hi = lo + step;
         break;
       }
@@ -90,7 +94,7 @@ absl::StatusOr<int64_t> FitSentences(const std::vector<std::string_view>& senten
   } else {
     hi = k;
     for (int64_t step = 1; hi - step >= 1; step *= 2) {
-      if (exact(hi - step) <= target) {
+      if (fits(hi - step)) {
         lo = hi - step;
         break;
       }
@@ -99,8 +103,9 @@ absl::StatusOr<int64_t> FitSentences(const std::vector<std::string_view>& senten
   }
   while (hi - lo > 1) {
     const int64_t mid = lo + (hi - lo) / 2;
-    (exact(mid) <= target ? lo : hi) = mid;
+    (fits(mid) ? lo : hi) = mid;
   }
+  if (!error.ok()) return error;
   if (lo == available) {
     return absl::InvalidArgumentError(
         absl::StrCat("the corpus ran out before reaching ", target, " tokens"));
@@ -110,6 +115,29 @@ absl::StatusOr<int64_t> FitSentences(const std::vector<std::string_view>& senten
         absl::StrCat("one sentence already exceeds the target length ", target));
   }
   return lo;
+}
+
+PromptPair TextPair(PairKind kind, int64_t length, int64_t index, std::string reference,
+                    std::string target, int64_t sentences, int64_t passages) {
+  PromptPair p;
+  p.kind = kind;
+  p.length = length;
+  p.index = index;
+  p.reference = std::move(reference);
+  p.target = std::move(target);
+  p.sentences = sentences;
+  p.passages = passages;
+  return p;
+}
+
+// FitCount for a wrapped body of the first k sentences.
+absl::StatusOr<int64_t> FitSentences(const std::vector<std::string_view>& sentences,
+                                     const std::function<std::string(int64_t)>& body,
+                                     const PairOptions& options, const TokenCounter& count) {
+  return FitCount(
+      static_cast<int64_t>(sentences.size()), options.target_tokens, count(WrapPrompt("", options)),
+      [&](int64_t k) { return count(sentences[k]); },
+      [&](int64_t k) -> absl::StatusOr<int64_t> { return count(WrapPrompt(body(k), options)); });
 }
 
 }  // namespace
@@ -187,6 +215,8 @@ const char* PairKindName(PairKind kind) {
       return "repeat";
     case PairKind::kUser:
       return "user";
+    case PairKind::kChat:
+      return "chat";
   }
   return "?";
 }
@@ -221,9 +251,9 @@ absl::StatusOr<std::vector<PromptPair>> BuildParaphrasePairs(const std::vector<M
       return absl::InvalidArgumentError(absl::StrCat("paraphrase pair ", pair, " of ",
                                                      options.pairs, ": ", k.status().message()));
     }
-    out.push_back({PairKind::kParaphrase, options.target_tokens, pair,
-                   WrapPrompt(body(first, *k), options), WrapPrompt(body(second, *k), options), *k,
-                   0});
+    out.push_back(TextPair(PairKind::kParaphrase, options.target_tokens, pair,
+                           WrapPrompt(body(first, *k), options),
+                           WrapPrompt(body(second, *k), options), *k, 0));
     cursor += *k;
   }
   return out;
@@ -269,9 +299,9 @@ absl::StatusOr<std::vector<PromptPair>> BuildReorderPairs(const std::vector<Mrpc
       return absl::InvalidArgumentError(
           absl::StrCat("reorder pair ", pair, " of ", options.pairs, ": ", k.status().message()));
     }
-    out.push_back({PairKind::kReorder, options.target_tokens, pair,
-                   WrapPrompt(body(*k, false), options), WrapPrompt(body(*k, true), options), *k,
-                   (*k + per - 1) / per});
+    out.push_back(TextPair(PairKind::kReorder, options.target_tokens, pair,
+                           WrapPrompt(body(*k, false), options),
+                           WrapPrompt(body(*k, true), options), *k, (*k + per - 1) / per));
     cursor += *k;
   }
   return out;
@@ -287,6 +317,100 @@ absl::StatusOr<std::vector<PromptPair>> BuildRepeatPairs(const std::vector<MrpcP
     p.target = p.reference;
   }
   return pairs;
+}
+
+std::vector<engine::ChatMessage> ChatTargetMessages(const PromptPair& pair,
+                                                    std::string_view answer) {
+  std::vector<engine::ChatMessage> m = pair.reference_messages;
+  m.push_back({"assistant", std::string(answer)});
+  m.push_back({"user", pair.next_user});
+  return m;
+}
+
+absl::StatusOr<std::vector<PromptPair>> BuildChatPairs(const std::vector<MrpcPair>& corpus,
+                                                       const PairOptions& options,
+                                                       const ChatCounter& count_tokens) {
+  const int64_t turns = options.chat_turns;
+  if (turns < 2) return absl::InvalidArgumentError("chat_turns must be >= 2");
+  if (options.chat_questions.empty()) return absl::InvalidArgumentError("no chat questions");
+  std::vector<const MrpcPair*> positives;
+  for (const MrpcPair& p : corpus) {
+    if (p.label == 1) positives.push_back(&p);
+  }
+  // Another walk than the paraphrase kind's. Answers come from the end of the walk, bodies
+  // from its start, so no sentence is used twice within a call.
+  const std::vector<int64_t> order = SeededPermutation(static_cast<int64_t>(positives.size()),
+                                                       options.seed ^ 0x51ed270b27a6e1c3ull);
+  const int64_t answers_needed = options.pairs * (turns - 1);
+  if (answers_needed >= static_cast<int64_t>(order.size())) {
+    return absl::InvalidArgumentError("the corpus ran out of answers for the chat pairs");
+  }
+  const size_t body_end = order.size() - static_cast<size_t>(answers_needed);
+  auto question = [&](int64_t turn) {
+    return options.chat_questions[turn % options.chat_questions.size()];
+  };
+  std::vector<PromptPair> out;
+  size_t cursor = 0;
+  for (int64_t pair = 0; pair < options.pairs; ++pair) {
+    std::vector<std::string_view> sentences;
+    for (size_t i = cursor; i < body_end; ++i) sentences.push_back(positives[order[i]]->sentence1);
+    std::vector<std::string> answers;
+    const int64_t last = static_cast<int64_t>(order.size()) - 1;
+    for (int64_t t = 0; t + 1 < turns; ++t) {
+      answers.push_back(positives[order[last - (pair * (turns - 1) + t)]]->sentence2);
+    }
+    // Turn T-1's conversation with k body sentences: user turns 1..T-1 share them in order.
+    auto reference = [&](int64_t k) {
+      std::vector<engine::ChatMessage> m = {{"system", options.chat_system}};
+      for (int64_t t = 0; t + 1 < turns; ++t) {
+        const int64_t a = k * t / (turns - 1), b = k * (t + 1) / (turns - 1);
+        std::string user =
+            t == 0 ? "Here is a news report.\n\n" : "Here is more of the report.\n\n";
+        user += Join(sentences.begin() + a, sentences.begin() + b, "\n");
+        user += "\n\n" + question(t);
+        if (t > 0) m.push_back({"assistant", answers[t - 1]});
+        m.push_back({"user", std::move(user)});
+      }
+      return m;
+    };
+    auto make = [&](int64_t k) {
+      PromptPair p;
+      p.kind = PairKind::kChat;
+      p.length = options.target_tokens;
+      p.index = pair;
+      p.sentences = k;
+      p.turns = turns;
+      p.reference_messages = reference(k);
+      p.answer = answers.back();
+      p.next_user = question(turns - 1);
+      return p;
+    };
+    auto exact = [&](int64_t k) -> absl::StatusOr<int64_t> {
+      const PromptPair p = make(k);
+      return count_tokens(ChatTargetMessages(p, p.answer));
+    };
+    absl::StatusOr<int64_t> overhead = exact(0);
+    if (!overhead.ok()) return overhead.status();
+    // The first guess counts each sentence as a user message, less an empty one's tokens.
+    const engine::ChatMessage empty_user{"user", ""};
+    absl::StatusOr<int64_t> empty = count_tokens({&empty_user, 1});
+    if (!empty.ok()) return empty.status();
+    auto k = FitCount(
+        static_cast<int64_t>(sentences.size()), options.target_tokens, *overhead,
+        [&](int64_t i) {
+          const engine::ChatMessage m{"user", std::string(sentences[i])};
+          absl::StatusOr<int64_t> n = count_tokens({&m, 1});
+          return n.ok() ? std::max<int64_t>(*n - *empty, 1) : int64_t{1};
+        },
+        exact);
+    if (!k.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chat pair ", pair, " of ", options.pairs, ": ", k.status().message()));
+    }
+    out.push_back(make(*k));
+    cursor += *k;
+  }
+  return out;
 }
 
 absl::StatusOr<std::vector<PromptPair>> ParseUserPairs(std::string_view text,

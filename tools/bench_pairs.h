@@ -12,7 +12,17 @@
 // the wrapped target reaches the requested token count (counted by the caller's tokenizer)
 // without passing it. A third kind, repeat, sends a paraphrase pair's reference again as the
 // target (a repeated prompt: the exact-reuse path). A fourth, user, comes verbatim from a
-// JSON-lines file.
+// JSON-lines file. A fifth, chat (issue 15), is the next turn of a multi-turn conversation:
+//  - chat: a system message, then `chat_turns` user turns. User turns 1..T-1 carry the body
+//    (label-1 first sentences, split evenly in order) and a question each, every assistant
+//    turn before the last an answer; user turn T is a question only. The reference is turn
+//    T-1 as the server stores it: its prompt (the conversation up to user turn T-1, chat
+//    template applied) followed by its answer (the server publishes whole turns); the target
+//    is turn T's prompt, the conversation with that answer and the new question. Answers are
+//    second sentences of other label-1 pairs (the bench replaces the last one with the model's
+//    own greedy answer, which is what a client sends back). The body grows until the target
+//    conversation reaches the requested token count (counted by the caller's ChatCounter:
+//    the model's chat template and tokenizer) without passing it.
 //
 // Everything is deterministic given the seed (our own Fisher-Yates over std::mt19937_64, not
 // std::shuffle, whose algorithm the standard leaves to the library).
@@ -21,11 +31,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/text/chat_template.h"
 
 namespace semshare::tools {
 
@@ -49,7 +61,7 @@ absl::StatusOr<std::vector<MrpcPair>> LoadMrpc(const std::string& path);
 // working-directory path when none does, so the load error names it).
 std::string CorpusPath(const std::string& flag);
 
-enum class PairKind { kParaphrase, kReorder, kRepeat, kUser };
+enum class PairKind { kParaphrase, kReorder, kRepeat, kUser, kChat };
 const char* PairKindName(PairKind kind);
 
 struct PromptPair {
@@ -60,11 +72,26 @@ struct PromptPair {
   std::string target;
   int64_t sentences = 0;  // body sentences (user pairs: 0)
   int64_t passages = 0;   // reorder: passages shuffled; paraphrase: 0
+  // chat (reference and target above are empty): turn T-1's conversation, ending with its user
+  // message; that turn's answer; turn T's new user message. ChatTargetMessages joins them.
+  std::vector<engine::ChatMessage> reference_messages;
+  std::string answer;
+  std::string next_user;
+  int64_t turns = 0;  // user turns in the target conversation
 };
+
+// Turn T's conversation: the reference turn's messages, `answer` as the assistant's reply, and
+// the pair's new user message.
+std::vector<engine::ChatMessage> ChatTargetMessages(const PromptPair& pair,
+                                                    std::string_view answer);
 
 // Tokens of a text as the model will see it (the bench passes the model tokenizer; tests pass
 // a word counter).
 using TokenCounter = std::function<int64_t(std::string_view)>;
+// Tokens of a conversation as the model will see it, ready for the assistant's reply (the bench
+// passes the model's chat template and tokenizer; tests a word counter). Errors stop the build.
+using ChatCounter =
+    std::function<absl::StatusOr<int64_t>(std::span<const engine::ChatMessage> messages)>;
 
 struct PairOptions {
   int64_t target_tokens = 1024;  // the wrapped target reaches this count without passing it
@@ -78,6 +105,16 @@ struct PairOptions {
       "\n\nQuestion: Which people, companies, organisations and places are mentioned in the "
       "sentences above, and what is reported about each of them? Answer in a few short "
       "sentences, in the order in which they appear.\nAnswer:";
+  // chat: user turns in the target conversation (>= 2), its system message, and the questions
+  // of the user turns (used in turn, round robin).
+  int64_t chat_turns = 4;
+  std::string chat_system = "You are a careful assistant. Answer briefly.";
+  std::vector<std::string> chat_questions = {
+      "Summarise the report in one sentence.",
+      "Which person or organisation does the report mention first?",
+      "Name one number that appears in the report.",
+      "What is the last event the report describes?",
+  };
 };
 
 std::string WrapPrompt(std::string_view body, const PairOptions& options);
@@ -96,6 +133,14 @@ absl::StatusOr<std::vector<PromptPair>> BuildReorderPairs(const std::vector<Mrpc
 absl::StatusOr<std::vector<PromptPair>> BuildRepeatPairs(const std::vector<MrpcPair>& corpus,
                                                          const PairOptions& options,
                                                          const TokenCounter& count_tokens);
+
+// Chat pairs (the next turn of a conversation; see the file comment). Each pair's body and
+// answers use sentences no other pair of the call uses; InvalidArgument when the corpus runs
+// out, chat_turns < 2, there are no questions, or the conversation without a body already
+// exceeds target_tokens.
+absl::StatusOr<std::vector<PromptPair>> BuildChatPairs(const std::vector<MrpcPair>& corpus,
+                                                       const PairOptions& options,
+                                                       const ChatCounter& count_tokens);
 
 // JSON lines, one object per non-empty line: {"reference": "...", "target": "..."} (both
 // non-empty strings; other keys ignored). InvalidArgument names `source` and the line.

@@ -13,6 +13,15 @@
 // schedules (snapkv and semshare). Output: a markdown table (medians over pairs), --json with
 // every per-pair record, and --plots DIR (bench/plot_reuse.py run on the JSON).
 //
+// Beside the four modes, each pair is served as the server would serve it (issue 15, mode
+// "served" in the records; tools/bench_reuse_hits.h): the reference is held in a real store, the
+// target looked up with serving::HitRule (exact prefix first, the semantic index when the rule
+// asks), classified exact / hybrid / semantic / miss, and prefilled through the CPU batch runner
+// as the engine loop does (prefix rows copied, the rest in chunks; or the selective path). Its
+// TTFT counts the lookup. Quality: the largest logit difference from full's prefill (relative to
+// full's largest |logit|) and the perplexity ratio, as for the modes. Chat pairs' references are
+// whole turns: the previous turn's prompt answered greedily by the model, prompt + answer stored.
+//
 // Timings are wall-clock on whatever else the machine is doing; --repeats takes the median.
 #include <spawn.h>
 #include <sys/wait.h>
@@ -31,10 +40,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "engine/cpu/cpu_backend.h"
+#include "engine/generator.h"
 #include "engine/reuse/reuse_prefill.h"
 #include "engine/sampling.h"
 #include "nlohmann/json.hpp"
 #include "tools/bench_pairs.h"
+#include "tools/bench_reuse_hits.h"
 #include "tools/bench_reuse_report.h"
 #include "tools/cli_args.h"
 #include "tools/commands.h"
@@ -76,6 +87,7 @@ struct Options {
   uint64_t seed = 1;
   std::string data, pairs_file, json, plots;
   ReuseConfig base;
+  int32_t served_min_reuse_tokens = 0;  // the served path's semantic gate (the server's flag)
 };
 
 // Repo root: $SEMSHARE_SOURCE_DIR, the working directory, or two levels above the binary
@@ -280,6 +292,17 @@ Json KvDeviation(ReusePrefiller& p, const engine::Reference& ref, std::span<cons
           {"deviation_per_layer", per_layer}};
 }
 
+// max |a - b| over max |b| (floored at 1e-6): how far a path's logits are from full's, on the
+// scale of full's largest logit (tests/test_util.h MaxRelDiff, kGemmOrderRelBound).
+double MaxRelDiff(std::span<const float> a, std::span<const float> b) {
+  double scale = 1e-6, worst = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    scale = std::max(scale, static_cast<double>(std::abs(b[i])));
+    worst = std::max(worst, static_cast<double>(std::abs(a[i] - b[i])));
+  }
+  return a.size() == b.size() ? worst / scale : 1e30;
+}
+
 // Prompt ids as the server would see them (BOS when the model asks for it).
 std::vector<int32_t> Encode(const engine::Model& model, const std::string& text) {
   std::vector<int32_t> ids;
@@ -295,20 +318,132 @@ ReuseConfig WithMode(ReuseConfig c, PrefillMode m) {
   return c;
 }
 
-// Everything measured on one pair; appends to the records and ablation arrays.
-absl::Status RunPair(const engine::Model& model, PairRunner& runner, const Options& o,
-                     const PromptPair& pair, Json& records, Json& ablation_ecache,
-                     Json& ablation_retention, bool ablate) {
-  const std::vector<int32_t> ref_ids = Encode(model, pair.reference),
-                             ids = Encode(model, pair.target);
+// A chat pair's reference turn as the server stores it, and the next turn's prompt: the
+// reference turn's prompt is prefilled and answered greedily (decode_tokens at most, stopping at
+// the end of generation); the record holds the prompt and the answer tokens fed back (the last
+// one sampled never is), the target is the conversation with the answer's text and the next
+// question (what a client sends back).
+absl::Status ChatTurn(PairRunner& runner, engine::Generator& generator, const Options& o,
+                      const PromptPair& pair, engine::Reference* ref, std::vector<int32_t>* ids) {
+  absl::StatusOr<std::vector<int32_t>> prompt = generator.TokenizeChat(pair.reference_messages);
+  if (!prompt.ok()) return prompt.status();
+  auto full = runner.Prefiller(WithMode(o.base, PrefillMode::kFull));
+  if (!full.ok()) return full.status();
+  KvCache cache = (*full)->forward().NewCache();
+  if (auto st = (*full)->Prefill(*prompt, nullptr, &cache, runner.logits().data()); !st.ok())
+    return st.status();
+  engine::GenerateOptions go;
+  go.max_tokens = static_cast<int32_t>(o.decode_tokens);
+  const int64_t n = static_cast<int64_t>(prompt->size());
+  absl::StatusOr<engine::GenerateResult> answer = generator.Decode(n, cache, runner.logits(), go);
+  if (!answer.ok()) return answer.status();
+  const int64_t fed = cache.rows() - n;
+  if (fed < 0 || fed > static_cast<int64_t>(answer->tokens.size())) {
+    return absl::InternalError("the answer's KV rows do not match its tokens");
+  }
+  ref->ids = *std::move(prompt);
+  ref->ids.insert(ref->ids.end(), answer->tokens.begin(), answer->tokens.begin() + fed);
+  ref->kv = std::move(cache);
   auto maker = runner.Prefiller(WithMode(o.base, PrefillMode::kSemShare));
   if (!maker.ok()) return maker.status();
-  auto ref = (*maker)->MakeReference(ref_ids);
-  if (!ref.ok()) return ref.status();
+  ref->sketch = (*maker)->Sketch(ref->ids);
+  absl::StatusOr<std::vector<int32_t>> target =
+      generator.TokenizeChat(ChatTargetMessages(pair, answer->text));
+  if (!target.ok()) return target.status();
+  *ids = *std::move(target);
+  return absl::OkStatus();
+}
+
+// The served path on one pair (see the file comment): its record, mode "served".
+absl::StatusOr<Json> RunServed(PairRunner& runner, ServedPath& served, const Options& o,
+                               const engine::Reference& ref, std::span<const int32_t> ids,
+                               std::span<const float> full_logits, const ModeResult& full,
+                               double full_ppl) {
+  engine::Reference held;
+  held.ids = ref.ids;
+  held.kv = ref.kv.Copy();
+  held.sketch = ref.sketch;
+  if (auto s = served.Hold(std::move(held)); !s.ok()) return s;
+  std::vector<float> logits(full_logits.size());
+  std::vector<double> ttft;
+  ServedDecision d;
+  ServedPrefill pre;
+  std::vector<int32_t> cont;
+  for (int64_t rep = 0; rep < o.repeats; ++rep) {
+    pre = ServedPrefill{};
+    const auto t0 = Clock::now();
+    absl::StatusOr<ServedDecision> dec = served.Decide(ids);
+    if (!dec.ok()) return dec.status();
+    d = *std::move(dec);
+    absl::StatusOr<ServedPrefill> p = served.Prefill(d, ids, logits.data());
+    if (!p.ok()) return p.status();
+    pre = *std::move(p);
+    cont.assign(1, engine::Argmax(logits));  // the sampling step of TTFT
+    ttft.push_back(Ms(t0));
+  }
+  const double ttft_ms = Median(ttft);
+  auto fwd = runner.Prefiller(WithMode(o.base, PrefillMode::kFull));
+  if (!fwd.ok()) return fwd.status();
+  auto nll = runner.GreedyAndForced(**fwd, pre.kv, logits, full.continuation, cont);
+  if (!nll.ok()) return nll.status();
+  const int64_t n = static_cast<int64_t>(ids.size());
+  const double tokens = static_cast<double>(full.continuation.size());
+  const double ppl = std::exp(*nll / tokens);
+  const engine::PrefillStats& st = pre.stats;
+  const bool semantic = d.hit.kind == serving::HitKind::kSemantic;
+  return Json{{"mode", "served"},
+              {"hit_kind", serving::HitKindName(d.hit.kind)},
+              {"target_tokens", n},
+              {"reference_tokens", static_cast<int64_t>(ref.ids.size())},
+              {"prefix_tokens", d.prefix_tokens},
+              {"exact_rows", d.hit.exact_rows},
+              {"prefix_fraction", static_cast<double>(d.hit.exact_rows) / n},
+              {"semantic_lookup", d.semantic_lookup},
+              {"candidates", d.candidates},
+              {"lookup_ms", d.lookup_ms},
+              {"ttft_ms", ttft_ms},
+              {"prefill_ms", pre.prefill_ms},
+              {"match_ms", semantic ? st.match_ms : 0.0},
+              {"speedup", full.ttft_ms / ttft_ms},
+              {"kv_bytes", st.kv_bytes},
+              {"kv_bytes_peak", st.kv_bytes_peak},
+              {"kv_ratio", static_cast<double>(st.kv_bytes) / full.stats.kv_bytes},
+              {"kv_peak_ratio", static_cast<double>(st.kv_bytes_peak) / full.stats.kv_bytes_peak},
+              {"reused_tokens", st.reused_tokens},
+              {"recomputed_tokens", st.recomputed_tokens},
+              {"layer_computed", st.layer_computed},
+              {"layer_rows", st.layer_rows},
+              {"similarity", semantic ? static_cast<double>(d.similarity)
+                                      : static_cast<double>(d.hit.exact_rows) / n},
+              {"hit", d.hit.kind != serving::HitKind::kMiss},
+              {"max_rel_logit_diff", MaxRelDiff(logits, full_logits)},
+              {"rouge_l", RougeLScore(cont, full.continuation).f1},
+              {"ppl", ppl},
+              {"ppl_ratio", ppl / full_ppl}};
+}
+
+// Everything measured on one pair; appends to the records and ablation arrays.
+absl::Status RunPair(const engine::Model& model, PairRunner& runner, engine::Generator& generator,
+                     ServedPath& served, const Options& o, const PromptPair& pair, Json& records,
+                     Json& ablation_ecache, Json& ablation_retention, bool ablate) {
+  auto maker = runner.Prefiller(WithMode(o.base, PrefillMode::kSemShare));
+  if (!maker.ok()) return maker.status();
+  absl::StatusOr<engine::Reference> ref;
+  std::vector<int32_t> ids;
+  if (pair.kind == PairKind::kChat) {
+    ref = engine::Reference{};
+    if (auto s = ChatTurn(runner, generator, o, pair, &*ref, &ids); !s.ok()) return s;
+  } else {
+    ref = (*maker)->MakeReference(Encode(model, pair.reference));
+    if (!ref.ok()) return ref.status();
+    ids = Encode(model, pair.target);
+  }
+  const std::vector<int32_t>& ref_ids = ref->ids;
 
   const int64_t n = static_cast<int64_t>(ids.size());
   std::map<PrefillMode, ModeResult> results;
   KvCache full_cache;
+  std::vector<float> full_logits;  // full prefill's last-token logits
   double full_nll = 0;
   for (PrefillMode mode : kModes) {
     auto p = runner.Prefiller(WithMode(o.base, mode));
@@ -317,6 +452,7 @@ absl::Status RunPair(const engine::Model& model, PairRunner& runner, const Optio
     auto r = runner.Prefill(**p, ids, &*ref, &cache);
     if (!r.ok()) return r.status();
     if (mode == PrefillMode::kFull) {
+      full_logits = runner.logits();
       auto nll = runner.Greedy(**p, cache, r->continuation);
       if (!nll.ok()) return nll.status();
       full_nll = r->nll_of_full = *nll;
@@ -361,6 +497,11 @@ absl::Status RunPair(const engine::Model& model, PairRunner& runner, const Optio
          {"ppl", ppl},
          {"ppl_ratio", ppl / full_ppl}});
   }
+  absl::StatusOr<Json> srv = RunServed(runner, served, o, *ref, ids, full_logits, full, full_ppl);
+  if (!srv.ok()) return srv.status();
+  Json rec = {{"kind", PairKindName(pair.kind)}, {"length", pair.length}, {"pair", pair.index}};
+  rec.update(*srv);
+  records.push_back(std::move(rec));
   if (!ablate) return absl::OkStatus();
 
   // Ablation 1: E-cache with and without RoPE.
@@ -419,8 +560,8 @@ int BenchReuseCommand(int argc, char** argv) {
        "data/paraphrase/paraphrase_pairs.txt in the repository)"},
       {"pairs", "JSON lines {\"reference\": ..., \"target\": ...} to use instead of the corpus"},
       {"lengths", "comma-separated target lengths in tokens", false, false, "512,1024,2048,4096"},
-      {"kinds", "comma-separated pair kinds: paraphrase, reorder, repeat", false, false,
-       "paraphrase,reorder"},
+      {"kinds", "comma-separated pair kinds: paraphrase, reorder, repeat, chat", false, false,
+       "paraphrase,reorder,chat"},
       {"pairs-per-kind", "pairs of each kind per length", false, false, "4"},
       {"decode-tokens", "greedy tokens compared against full's output", false, false, "128"},
       {"repeats", "prefills per mode and pair (median TTFT)", false, false, "1"},
@@ -438,6 +579,10 @@ int BenchReuseCommand(int argc, char** argv) {
       {"recompute-ratio", "ReuseConfig.recompute_ratio"},
       {"alpha", "ReuseConfig.alpha"},
       {"threshold", "ReuseConfig.hit_threshold"},
+      {"min-reuse-tokens",
+       "the served path's semantic gate (serving::HitRule; the server's --min-reuse-tokens "
+       "default)",
+       false, false, "2048"},
       {"retention", "ReuseConfig.retention: none|exponential|constant|increasing"},
       {"rho", "ReuseConfig.retention_rho"},
       {"gamma", "ReuseConfig.retention_gamma"},
@@ -477,20 +622,20 @@ int BenchReuseCommand(int argc, char** argv) {
       return fail("--rhos must be in (0, 1]", 2);
     o.rhos.push_back(v);
   }
-  using PairBuilder = absl::StatusOr<std::vector<PromptPair>> (*)(
-      const std::vector<MrpcPair>&, const PairOptions&, const TokenCounter&);
-  std::vector<PairBuilder> builders;
+  std::vector<PairKind> kinds;
   for (absl::string_view kind : absl::StrSplit(args->Str("kinds"), ',')) {
     if (kind == "paraphrase") {
-      builders.push_back(BuildParaphrasePairs);
+      kinds.push_back(PairKind::kParaphrase);
     } else if (kind == "reorder") {
-      builders.push_back(BuildReorderPairs);
+      kinds.push_back(PairKind::kReorder);
     } else if (kind == "repeat") {
-      builders.push_back(BuildRepeatPairs);
+      kinds.push_back(PairKind::kRepeat);
+    } else if (kind == "chat") {
+      kinds.push_back(PairKind::kChat);
     } else {
-      return fail(
-          absl::StrCat("--kinds: unknown kind '", kind, "' (one of paraphrase, reorder, repeat)"),
-          2);
+      return fail(absl::StrCat("--kinds: unknown kind '", kind,
+                               "' (one of paraphrase, reorder, repeat, chat)"),
+                  2);
     }
   }
   struct IntFlag {
@@ -527,6 +672,12 @@ int BenchReuseCommand(int argc, char** argv) {
     auto v = args->Double(f.name);
     if (!v.ok()) return fail(v.status().message(), 2);
     *f.out = static_cast<float>(*v);
+  }
+  {
+    auto v = args->Int("min-reuse-tokens");
+    if (!v.ok() || *v < 0 || *v > (int64_t{1} << 30))
+      return fail("--min-reuse-tokens must be an integer >= 0", 2);
+    o.served_min_reuse_tokens = static_cast<int32_t>(*v);
   }
   if (args->Has("window")) {
     auto v = args->Int("window");
@@ -568,13 +719,37 @@ int BenchReuseCommand(int argc, char** argv) {
       return static_cast<int64_t>(m.tokenizer->Encode(t, false).size()) +
              (m.tokenizer->add_bos() ? 1 : 0);
     };
+    engine::CpuBackend tokenize_backend;
+    const engine::Generator tokenizer(m, tokenize_backend);
+    const ChatCounter count_chat =
+        [&](std::span<const engine::ChatMessage> messages) -> absl::StatusOr<int64_t> {
+      absl::StatusOr<std::vector<int32_t>> ids = tokenizer.TokenizeChat(messages);
+      if (!ids.ok()) return ids.status();
+      return static_cast<int64_t>(ids->size());
+    };
     for (int64_t len : o.lengths) {
       PairOptions po;
       po.target_tokens = len;
       po.pairs = o.pairs_per_kind;
       po.seed = o.seed + static_cast<uint64_t>(len);
-      for (PairBuilder build : builders) {
-        auto built = build(corpus, po, count);
+      for (PairKind kind : kinds) {
+        absl::StatusOr<std::vector<PromptPair>> built;
+        switch (kind) {
+          case PairKind::kParaphrase:
+            built = BuildParaphrasePairs(corpus, po, count);
+            break;
+          case PairKind::kReorder:
+            built = BuildReorderPairs(corpus, po, count);
+            break;
+          case PairKind::kRepeat:
+            built = BuildRepeatPairs(corpus, po, count);
+            break;
+          case PairKind::kChat:
+            built = BuildChatPairs(corpus, po, count_chat);
+            break;
+          case PairKind::kUser:
+            break;
+        }
         if (!built.ok()) return fail(built.status().message(), 2);
         pairs.insert(pairs.end(), built->begin(), built->end());
       }
@@ -585,6 +760,13 @@ int BenchReuseCommand(int argc, char** argv) {
 
   engine::CpuBackend backend;
   PairRunner runner(m, backend, o);
+  engine::Generator generator(m, backend);
+  ServedOptions so;
+  so.serving.reuse = o.base;
+  so.serving.reuse.mode = PrefillMode::kSemShare;
+  so.serving.reuse.min_reuse_tokens = o.served_min_reuse_tokens;
+  absl::StatusOr<std::unique_ptr<ServedPath>> served = ServedPath::Create(m, so);
+  if (!served.ok()) return fail(served.status().message(), 1);
   Json records = Json::array(), ecache = Json::array(), retention = Json::array();
   std::map<std::string, int64_t> ablated;  // kind -> ablation pairs run
   {
@@ -593,20 +775,31 @@ int BenchReuseCommand(int argc, char** argv) {
     auto p = runner.Prefiller(WithMode(o.base, PrefillMode::kFull));
     if (!p.ok()) return fail(p.status().message(), 2);
     KvCache cache;
-    if (auto r = runner.Prefill(**p, Encode(m, pairs.front().target), nullptr, &cache); !r.ok())
+    absl::StatusOr<std::vector<int32_t>> warm =
+        pairs.front().kind == PairKind::kChat
+            ? generator.TokenizeChat(pairs.front().reference_messages)
+            : absl::StatusOr<std::vector<int32_t>>(Encode(m, pairs.front().target));
+    if (!warm.ok()) return fail(warm.status().message(), 1);
+    if (auto r = runner.Prefill(**p, *warm, nullptr, &cache); !r.ok())
+      return fail(r.status().message(), 1);
+    // The served path's runner too (a miss: chunked full prefill).
+    if (auto r = (*served)->Prefill(ServedDecision{}, *warm, runner.logits().data()); !r.ok())
       return fail(r.status().message(), 1);
   }
   const auto t_all = Clock::now();
   for (const PromptPair& pair : pairs) {
     const std::string kind = PairKindName(pair.kind);
-    // --quick ablates one paraphrase pair only (the ablations cost ~3x a pair's measurements).
-    const bool ablate = ablated[kind] < o.ablation_pairs &&
-                        !(quick && pair.kind == PairKind::kReorder) &&
+    // --quick ablates one paraphrase pair only (the ablations cost ~3x a pair's measurements);
+    // chat pairs are not ablated (the ablations study the selective path's matching).
+    const bool ablate = ablated[kind] < o.ablation_pairs && pair.kind != PairKind::kChat &&
+                        !(quick && pair.kind != PairKind::kParaphrase) &&
                         (pair.kind == PairKind::kUser ||
                          (o.ablation_length > 0 && pair.length == o.ablation_length));
     ablated[kind] += ablate;
     const auto t0 = Clock::now();
-    if (auto s = RunPair(m, runner, o, pair, records, ecache, retention, ablate); !s.ok())
+    if (auto s =
+            RunPair(m, runner, generator, **served, o, pair, records, ecache, retention, ablate);
+        !s.ok())
       return fail(absl::StrCat(kind, " pair ", pair.index, " @", pair.length, ": ", s.message()),
                   1);
     std::fprintf(stderr, "  %s pair %lld @%lld tokens%s: %.1f s\n", kind.c_str(),
@@ -618,10 +811,12 @@ int BenchReuseCommand(int argc, char** argv) {
                  static_cast<long long>(o.ablation_length));
   }
   const Json summary = Summarize(records);
+  const Json hit_shares = SummarizeHits(records);
   std::printf("semshare bench --suite reuse: model %s, %zu pairs, %lld decode tokens, %.0f s\n",
               m.config.name.c_str(), pairs.size(), static_cast<long long>(o.decode_tokens),
               Ms(t_all) / 1000);
   PrintTables(summary, ecache, retention);
+  PrintHitTable(hit_shares);
 
   std::string json_path = o.json;
   if (json_path.empty() && !o.plots.empty())
@@ -650,7 +845,13 @@ int BenchReuseCommand(int argc, char** argv) {
                       {"retention", engine::RetentionScheduleName(b.retention)},
                       {"retention_rho", b.retention_rho},
                       {"retention_gamma", b.retention_gamma}}},
+                    {"served",
+                     {{"min_reuse_tokens", so.serving.reuse.min_reuse_tokens},
+                      {"hit_threshold", so.serving.reuse.hit_threshold},
+                      {"lookup_candidates", so.serving.lookup_candidates},
+                      {"chunk", so.chunk}}},
                     {"summary", summary},
+                    {"hit_shares", hit_shares},
                     {"records", records},
                     {"ablation_ecache", ecache},
                     {"ablation_retention", retention}};

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -38,9 +39,16 @@ Json Summarize(const Json& records) {
     std::pair<std::string, int64_t> g{r["kind"], r["length"]};
     if (std::find(groups.begin(), groups.end(), g) == groups.end()) groups.push_back(g);
   }
+  std::vector<std::string> modes;
+  for (PrefillMode mode : kModes) modes.push_back(engine::PrefillModeName(mode));
+  for (const Json& r : records) {
+    if (r["mode"] == "served") {
+      modes.push_back("served");
+      break;
+    }
+  }
   for (const auto& [kind, length] : groups) {
-    for (PrefillMode mode : kModes) {
-      const std::string name = engine::PrefillModeName(mode);
+    for (const std::string& name : modes) {
       auto match = [&](const Json& r) {
         return r["kind"] == kind && r["length"] == length && r["mode"] == name;
       };
@@ -61,6 +69,88 @@ Json Summarize(const Json& records) {
     }
   }
   return summary;
+}
+
+Json SummarizeHits(const Json& records) {
+  std::vector<std::pair<std::string, int64_t>> groups;  // (kind, length), then ("all", length)
+  std::vector<int64_t> lengths;
+  for (const Json& r : records) {
+    if (r["mode"] != "served") continue;
+    std::pair<std::string, int64_t> g{r["kind"], r["length"]};
+    if (std::find(groups.begin(), groups.end(), g) == groups.end()) groups.push_back(g);
+    if (std::find(lengths.begin(), lengths.end(), g.second) == lengths.end())
+      lengths.push_back(g.second);
+  }
+  for (int64_t length : lengths) groups.push_back({"all", length});
+  Json out = Json::array();
+  for (const auto& [kind, length] : groups) {
+    auto match = [&](const Json& r) {
+      return r["mode"] == "served" && r["length"] == length && (kind == "all" || r["kind"] == kind);
+    };
+    auto copied = [&](const Json& r) {
+      return match(r) && (r["hit_kind"] == "exact" || r["hit_kind"] == "hybrid");
+    };
+    auto full = [&](const Json& r) {
+      return r["mode"] == "full" && r["length"] == length && (kind == "all" || r["kind"] == kind);
+    };
+    int64_t pairs = 0;
+    std::map<std::string, int64_t> by_kind;
+    double worst_diff = std::nan("");
+    for (const Json& r : records) {
+      if (!match(r)) continue;
+      ++pairs;
+      ++by_kind[r["hit_kind"].get<std::string>()];
+      if (copied(r)) {
+        const double d = r["max_rel_logit_diff"].get<double>();
+        worst_diff = std::isnan(worst_diff) ? d : std::max(worst_diff, d);
+      }
+    }
+    Json s = {{"kind", kind}, {"length", length}, {"pairs", pairs}};
+    for (const char* k : {"exact", "hybrid", "semantic", "miss"}) {
+      s[std::string(k) + "_share"] = pairs ? static_cast<double>(by_kind[k]) / pairs : 0.0;
+    }
+    s["target_tokens"] = MedianOf(records, match, "target_tokens");
+    s["prefix_fraction"] = MedianOf(records, match, "prefix_fraction");
+    s["ttft_ms"] = MedianOf(records, match, "ttft_ms");
+    s["full_ttft_ms"] = MedianOf(records, full, "ttft_ms");
+    s["speedup"] = MedianOf(records, match, "speedup");
+    s["copied_speedup"] = MedianOf(records, copied, "speedup");
+    s["copied_max_rel_logit_diff"] = worst_diff;
+    s["copied_ppl_ratio"] = MedianOf(records, copied, "ppl_ratio");
+    s["ppl_ratio"] = MedianOf(records, match, "ppl_ratio");
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+void PrintHitTable(const Json& hit_shares) {
+  if (hit_shares.empty()) return;
+  std::printf(
+      "\nServed path (the server's hit rule, serving::HitRule): share of exact / hybrid / "
+      "semantic / miss per length, TTFT (lookup included) vs full, and exact/hybrid quality\n\n"
+      "| kind | length | pairs | tokens | exact | hybrid | semantic | miss | prefix copied | "
+      "served TTFT ms | full TTFT ms | speedup | exact/hybrid speedup | max rel logit diff | "
+      "ppl/full |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  auto pct = [](const Json& s, const char* f) { return 100 * s[f].get<double>(); };
+  // A figure, or "–" when there is none (NaN; JSON null once written).
+  auto fig = [](const Json& v, const char* format) {
+    if (!v.is_number() || std::isnan(v.get<double>())) return std::string("–");
+    char buf[64];
+    std::snprintf(buf, sizeof(buf), format, v.get<double>());
+    return std::string(buf);
+  };
+  for (const Json& s : hit_shares) {
+    std::printf(
+        "| %s | %lld | %lld | %.0f | %.0f%% | %.0f%% | %.0f%% | %.0f%% | %.1f%% | %.1f | %.1f | "
+        "%.2fx | %s | %s | %.3f |\n",
+        s["kind"].get<std::string>().c_str(), static_cast<long long>(s["length"].get<int64_t>()),
+        static_cast<long long>(s["pairs"].get<int64_t>()), s["target_tokens"].get<double>(),
+        pct(s, "exact_share"), pct(s, "hybrid_share"), pct(s, "semantic_share"),
+        pct(s, "miss_share"), pct(s, "prefix_fraction"), s["ttft_ms"].get<double>(),
+        s["full_ttft_ms"].get<double>(), s["speedup"].get<double>(),
+        fig(s["copied_speedup"], "%.2fx").c_str(),
+        fig(s["copied_max_rel_logit_diff"], "%.2e").c_str(), s["ppl_ratio"].get<double>());
+  }
 }
 
 void PrintTables(const Json& summary, const Json& ecache, const Json& retention) {
