@@ -58,6 +58,9 @@ class CudaServingSession final : public ServingSession {
   absl::StatusOr<KvCache> TakeKv() override;
 
   CudaContext& context() { return *ctx_; }
+  // The request's device KV (after PrefillHit: the hit's rows; the batched runner adopts them
+  // into its paged pool, engine/cuda/batch_forward.h).
+  const DeviceKvCache& cache() const { return cache_; }
 
   // The resident reference tier: hot references kept on the device in BF16, so that a repeated
   // hit against one skips the host conversion (PinnedKv::From, ~0.3 s for a 5k-token reference
@@ -106,6 +109,10 @@ class CudaServingRuntime final : public ServingRuntime {
                                                                     int device);
   absl::StatusOr<std::unique_ptr<ServingSession>> NewSession() override;
   BackendMemory Memory() const override;
+  // The weights' context and the weights (the batched runner, serving/batch_runner.h, reads
+  // them from its own context on the same device).
+  CudaContext& context() const { return *ctx_; }
+  const DeviceModel& model() const { return *model_; }
 
  private:
   friend class CudaServingSession;
