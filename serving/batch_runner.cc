@@ -7,6 +7,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/llama_forward.h"
+#ifdef SEMSHARE_HAVE_CUDA
+#include "engine/cuda/batch_forward.h"
+#include "engine/cuda/cuda_serving.h"
+#include "engine/cuda/paged_kv.h"
+#endif
 
 namespace semshare::serving {
 namespace {
@@ -96,136 +101,96 @@ class CpuBatchRunner final : public BatchRunner {
   std::vector<engine::SeqChunk> chunks_;
 };
 
-// Sessions are costly to make (streams, cuBLAS handle, scratch): a finished sequence's
-// session goes back to a free list for the next one.
-class SessionPool {
+#ifdef SEMSHARE_HAVE_CUDA
+class CudaSeq final : public SeqKv {
  public:
-  explicit SessionPool(engine::ServingRuntime& runtime) : runtime_(runtime) {}
-  absl::StatusOr<std::unique_ptr<engine::ServingSession>> Get() {
-    if (!free_.empty()) {
-      std::unique_ptr<engine::ServingSession> s = std::move(free_.back());
-      free_.pop_back();
-      return s;
-    }
-    return runtime_.NewSession();
-  }
-  void Put(std::unique_ptr<engine::ServingSession> s) { free_.push_back(std::move(s)); }
+  explicit CudaSeq(engine::cuda::PagedKvPool& pool) : seq(pool) {}
+  int64_t rows() const override { return seq.rows(); }
+  int64_t bytes() const override { return seq.bytes(); }
+  int32_t next_position() const override { return seq.next_position(); }
 
- private:
-  engine::ServingRuntime& runtime_;
-  std::vector<std::unique_ptr<engine::ServingSession>> free_;
+  engine::cuda::PagedSeq seq;
 };
 
-class SessionSeq final : public SeqKv {
+class CudaBatchRunner final : public BatchRunner {
  public:
-  SessionSeq(SessionPool* pool, std::unique_ptr<engine::ServingSession> session)
-      : pool(pool), session(std::move(session)) {}
-  ~SessionSeq() override {
-    if (session != nullptr) {
-      (void)session->Begin(0);  // drops the KV
-      pool->Put(std::move(session));
-    }
-  }
-  int64_t rows() const override { return rows_; }
-  int64_t bytes() const override { return session->KvBytes(); }
-  int32_t next_position() const override { return next_; }
-
-  SessionPool* pool;
-  std::unique_ptr<engine::ServingSession> session;
-  int64_t rows_ = 0;
-  int32_t next_ = 0;
-};
-
-class SessionBatchRunner final : public BatchRunner {
- public:
-  SessionBatchRunner(const engine::Model& model, engine::ServingRuntime& runtime)
-      : model_(model), pool_(runtime) {}
+  // The session lends its context (stream, cuBLAS handle, memory pool: the runtime's memory
+  // figures count the pages with it) and runs reuse hits.
+  CudaBatchRunner(const engine::Model& model,
+                  std::unique_ptr<engine::cuda::CudaServingSession> session,
+                  std::unique_ptr<engine::cuda::PagedKvPool> pool,
+                  const engine::cuda::DeviceModel& weights)
+      : model_(model),
+        hit_(std::move(session)),
+        pool_(std::move(pool)),
+        fwd_(hit_->context(), weights, *pool_) {}
 
   std::string_view backend() const override { return "cuda"; }
   const engine::Model& model() const override { return model_; }
 
-  absl::StatusOr<std::unique_ptr<SeqKv>> NewSeq(int64_t rows) override {
-    absl::StatusOr<std::unique_ptr<engine::ServingSession>> s = pool_.Get();
-    if (!s.ok()) return s.status();
-    if (auto st = (*s)->Begin(rows); !st.ok()) {
-      pool_.Put(*std::move(s));
-      return st;
-    }
-    return std::make_unique<SessionSeq>(&pool_, *std::move(s));
+  // No pages yet: they come as rows do (Forward), so the loop's row budget is the pool's.
+  absl::StatusOr<std::unique_ptr<SeqKv>> NewSeq(int64_t) override {
+    return std::make_unique<CudaSeq>(*pool_);
   }
 
   absl::Status Forward(std::span<const Item> items) override {
+    items_.clear();
     for (const Item& it : items) {
-      auto& seq = static_cast<SessionSeq&>(*it.seq);
-      if (it.pos.empty() || it.pos.front() != seq.next_) {
-        return absl::InvalidArgumentError("device forward: a chunk must continue its sequence");
-      }
-      if (seq.next_ == 0) {
-        if (auto s = seq.session->PrefillFull(it.ids, it.logits); !s.ok()) return s;
-      } else {
-        // Decode: one token per step (several only if a caller chunked a prompt, which
-        // max_chunk() == 0 rules out; kept correct all the same).
-        for (size_t i = 0; i < it.ids.size(); ++i) {
-          if (auto s = seq.session->Step(it.ids[i], logit_scratch(it, i)); !s.ok()) return s;
-        }
-      }
-      seq.next_ = it.pos.back() + 1;
-      seq.rows_ += static_cast<int64_t>(it.ids.size());
+      items_.push_back(engine::cuda::BatchForward::Item{&static_cast<CudaSeq*>(it.seq)->seq, it.ids,
+                                                        it.pos, it.logits});
     }
-    return absl::OkStatus();
+    return fwd_.Forward(items_);
   }
 
+  // The hit runs on a device session (the ReusePrefiller rule as CudaServingSession applies
+  // it: exact reuse, or selective prefill and retention, with its resident reference tier),
+  // then its rows move into the sequence's pages.
   absl::StatusOr<engine::PrefillStats> PrefillHit(SeqKv& seq, std::span<const int32_t> ids,
                                                   std::span<const int32_t> ref_ids,
                                                   const engine::KvCache& ref_kv,
                                                   const engine::TokenMatch& match, float* logits,
                                                   std::function<bool()> interrupt) override {
-    auto& s = static_cast<SessionSeq&>(seq);
-    s.session->SetInterrupt(std::move(interrupt));
-    absl::StatusOr<engine::PrefillStats> st =
-        s.session->PrefillHit(ids, ref_ids, ref_kv, match, logits);
-    s.session->SetInterrupt(nullptr);
-    if (st.ok()) {
-      s.next_ = static_cast<int32_t>(ids.size());
-      s.rows_ = 0;
-      for (int64_t r : st->layer_rows) s.rows_ = std::max(s.rows_, r);
-      if (s.rows_ == 0) s.rows_ = static_cast<int64_t>(ids.size());
-    }
+    if (auto s = hit_->Begin(static_cast<int64_t>(ids.size())); !s.ok()) return s;
+    hit_->SetInterrupt(std::move(interrupt));
+    absl::StatusOr<engine::PrefillStats> st = hit_->PrefillHit(ids, ref_ids, ref_kv, match, logits);
+    hit_->SetInterrupt(nullptr);
+    if (!st.ok()) return st;
+    absl::Status s = fwd_.AdoptDevice(static_cast<CudaSeq&>(seq).seq, hit_->cache());
+    (void)hit_->Begin(0);  // its rows are in the pages now (capacity kept for the next hit)
+    if (!s.ok()) return s;
     return st;
   }
 
-  absl::Status CopyPrefix(SeqKv&, const engine::KvCache&, int64_t) override {
-    return absl::UnimplementedError("exact-prefix copies are not implemented on the device yet");
+  absl::Status CopyPrefix(SeqKv& seq, const engine::KvCache& src, int64_t rows) override {
+    return fwd_.CopyFromHost(static_cast<CudaSeq&>(seq).seq, src, rows);
   }
 
   absl::StatusOr<engine::KvCache> TakeKv(SeqKv& seq) override {
-    auto& s = static_cast<SessionSeq&>(seq);
-    s.rows_ = 0;
-    s.next_ = 0;
-    return s.session->TakeKv();
+    engine::cuda::PagedSeq& s = static_cast<CudaSeq&>(seq).seq;
+    engine::KvCache out;
+    if (auto st = fwd_.ToHost(s, &out); !st.ok()) return st;
+    s.Clear();
+    return out;
   }
 
-  int64_t max_chunk() const override { return 0; }
-  int64_t row_bytes() const override {
-    const engine::ModelConfig& c = model_.config;
+  int64_t max_chunk() const override { return std::numeric_limits<int32_t>::max(); }
+  int64_t row_bytes() const override { return CudaRowBytes(model_.config); }
+
+  static int64_t CudaRowBytes(const engine::ModelConfig& c) {
     return c.n_layers * c.n_kv_heads * c.head_dim * 2 * 2;  // BF16 K and V on the device
   }
 
  private:
-  // Logits of every token but the last of a multi-token decode item are not wanted.
-  float* logit_scratch(const Item& it, size_t i) {
-    if (i + 1 == it.ids.size()) return it.logits != nullptr ? it.logits : scratch();
-    return scratch();
-  }
-  float* scratch() {
-    scratch_.resize(model_.config.vocab_size);
-    return scratch_.data();
-  }
-
   const engine::Model& model_;
-  SessionPool pool_;
-  std::vector<float> scratch_;
+  // Destroyed in reverse: the forward, the pool (its sequences are gone by then: the loop
+  // finishes them before its runner goes; the pages return to the session's memory pool), then
+  // the session and its context.
+  std::unique_ptr<engine::cuda::CudaServingSession> hit_;
+  std::unique_ptr<engine::cuda::PagedKvPool> pool_;
+  engine::cuda::BatchForward fwd_;
+  std::vector<engine::cuda::BatchForward::Item> items_;
 };
+#endif  // SEMSHARE_HAVE_CUDA
 
 }  // namespace
 
@@ -235,9 +200,60 @@ std::unique_ptr<BatchRunner> NewCpuBatchRunner(const engine::Model& model,
   return std::make_unique<CpuBatchRunner>(model, std::move(backend), reuse);
 }
 
-std::unique_ptr<BatchRunner> NewSessionBatchRunner(const engine::Model& model,
-                                                   engine::ServingRuntime& runtime) {
-  return std::make_unique<SessionBatchRunner>(model, runtime);
+absl::StatusOr<std::unique_ptr<BatchRunner>> NewCudaBatchRunner(const engine::Model& model,
+                                                                engine::ServingRuntime& runtime,
+                                                                int64_t* kv_cache_bytes,
+                                                                int64_t max_batch_tokens,
+                                                                int32_t max_num_seqs) {
+#ifdef SEMSHARE_HAVE_CUDA
+  namespace ec = engine::cuda;
+  auto* rt = dynamic_cast<ec::CudaServingRuntime*>(&runtime);
+  if (rt == nullptr) {
+    return absl::InvalidArgumentError("the CUDA batch runner needs a CUDA serving runtime");
+  }
+  absl::StatusOr<std::unique_ptr<engine::ServingSession>> made = rt->NewSession();
+  if (!made.ok()) return made.status();
+  std::unique_ptr<ec::CudaServingSession> session(
+      static_cast<ec::CudaServingSession*>(made->release()));
+  ec::CudaContext& ctx = session->context();
+  const engine::ModelConfig& c = model.config;
+  const int64_t row = CudaBatchRunner::CudaRowBytes(c);
+  const int64_t seqs = std::max<int32_t>(max_num_seqs, 1);
+  if (*kv_cache_bytes <= 0) {
+    absl::StatusOr<int64_t> free_b = ec::DeviceFreeBytes(ctx);
+    if (!free_b.ok()) return free_b.status();
+    const int64_t scratch =
+        ec::BatchForward::ScratchBytes(c, std::max<int64_t>(max_batch_tokens, seqs), seqs);
+    const int64_t slack = seqs * (ec::PagedKvPool::kBlockRows - 1) * row;
+    const int64_t usable =
+        static_cast<int64_t>(0.9 * static_cast<double>(*free_b)) - scratch - slack;
+    if (usable < ec::PagedKvPool::kBlockRows * row) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the device has ", *free_b,
+                       " bytes free after the weights: too little for a KV cache "
+                       "and an iteration's scratch (",
+                       scratch, " bytes at --max-batch-tokens ", max_batch_tokens,
+                       "); use a smaller model or --max-batch-tokens, or a larger device"));
+    }
+    *kv_cache_bytes = usable;
+  }
+  // The loop's budget in rows plus one partial page per sequence.
+  const int64_t pool_bytes =
+      (*kv_cache_bytes / row + seqs * (ec::PagedKvPool::kBlockRows - 1)) * row;
+  absl::StatusOr<std::unique_ptr<ec::PagedKvPool>> pool =
+      ec::PagedKvPool::Create(ctx, c.n_layers, c.n_kv_heads * c.head_dim, pool_bytes);
+  if (!pool.ok()) return pool.status();
+  return std::unique_ptr<BatchRunner>(
+      std::make_unique<CudaBatchRunner>(model, std::move(session), *std::move(pool), rt->model()));
+#else
+  (void)model;
+  (void)runtime;
+  (void)kv_cache_bytes;
+  (void)max_batch_tokens;
+  (void)max_num_seqs;
+  return absl::UnimplementedError(
+      "the CUDA batch runner: this build has no CUDA (configure with -DSEMSHARE_CUDA=ON)");
+#endif
 }
 
 }  // namespace semshare::serving

@@ -4,11 +4,12 @@
 //   CpuBatchRunner: LlamaForward::ForwardBatch over host KvCaches: projections and MLP as one
 //     GEMM over every row of the iteration, attention per sequence (varlen), one logits GEMM;
 //     prefill chunks of any size continue a sequence's cache (chunked prefill).
-//   SessionBatchRunner: a device ServingRuntime (engine/backend_factory.h) with one
-//     ServingSession per sequence (its KV on the device). Each item runs on its own session:
-//     a prompt is prefilled in one piece (max_chunk() == 0) and each decode step is its own
-//     forward. It serves the loop's scheduling, budget and preemption on CUDA today; a batched
-//     device forward replaces it without changing the loop.
+//   CudaBatchRunner: engine/cuda/batch_forward.h over a paged device KV pool
+//     (engine/cuda/paged_kv.h): the same iteration as the CPU's on the GPU, ONE batched forward
+//     per iteration (one GEMM per projection over every row, varlen paged attention, one logits
+//     GEMM over the rows that need logits, one download); prefill chunks of any size; a hit's
+//     selective prefill runs on a device session (CudaServingSession) and its rows are adopted
+//     into the pool; an exact prefix is uploaded from the reference's host KV.
 //
 // Not thread-safe: the engine loop's thread is its only user.
 #ifndef SEMSHARE_SERVING_BATCH_RUNNER_H_
@@ -90,9 +91,17 @@ std::unique_ptr<BatchRunner> NewCpuBatchRunner(const engine::Model& model,
                                                std::unique_ptr<engine::Backend> backend,
                                                const engine::ReuseConfig& reuse);
 
-// The device runner on `runtime` (borrowed; outlives it).
-std::unique_ptr<BatchRunner> NewSessionBatchRunner(const engine::Model& model,
-                                                   engine::ServingRuntime& runtime);
+// The CUDA runner on `runtime` (borrowed; outlives it; made by MakeServingRuntime("cuda")).
+// *kv_cache_bytes is the loop's KV budget: when <= 0 it is set to 90% of the device memory
+// free now (after the weights) less the scratch of an iteration of max_batch_tokens rows; the
+// pool holds that budget plus one partial page per sequence (max_num_seqs), so a loop that
+// keeps within its budget in rows never runs out of pages. Unimplemented in a build without
+// CUDA; ResourceExhausted when the pool does not fit on the device.
+absl::StatusOr<std::unique_ptr<BatchRunner>> NewCudaBatchRunner(const engine::Model& model,
+                                                                engine::ServingRuntime& runtime,
+                                                                int64_t* kv_cache_bytes,
+                                                                int64_t max_batch_tokens,
+                                                                int32_t max_num_seqs);
 
 }  // namespace semshare::serving
 

@@ -326,11 +326,12 @@ absl::StatusOr<std::unique_ptr<Pipeline>> Pipeline::Create(
   std::unique_ptr<BatchRunner> runner;
   LoopOptions lo = options.loop;
   if (p->runtime_ != nullptr) {
-    runner = NewSessionBatchRunner(m, *p->runtime_);
-    if (lo.kv_cache_bytes <= 0) {
-      const engine::BackendMemory mem = p->runtime_->Memory();
-      lo.kv_cache_bytes = std::max<int64_t>((mem.total - mem.used) / 2, runner->row_bytes());
-    }
+    // The batched device runner; its KV budget defaults to 90% of the device memory free after
+    // the weights, less an iteration's scratch (serving/batch_runner.h).
+    absl::StatusOr<std::unique_ptr<BatchRunner>> r = NewCudaBatchRunner(
+        m, *p->runtime_, &lo.kv_cache_bytes, lo.max_batch_tokens, lo.max_num_seqs);
+    if (!r.ok()) return r.status();
+    runner = *std::move(r);
   } else {
     absl::StatusOr<std::unique_ptr<engine::Backend>> backend = engine::MakeBackend("cpu");
     if (!backend.ok()) return backend.status();
