@@ -224,10 +224,14 @@ absl::StatusOr<std::unique_ptr<BatchRunner>> NewCudaBatchRunner(const engine::Mo
     if (!free_b.ok()) return free_b.status();
     const int64_t scratch =
         ec::BatchForward::ScratchBytes(c, std::max<int64_t>(max_batch_tokens, seqs), seqs);
-    const int64_t slack = seqs * (ec::PagedKvPool::kBlockRows - 1) * row;
-    const int64_t usable =
-        static_cast<int64_t>(0.9 * static_cast<double>(*free_b)) - scratch - slack;
-    if (usable < ec::PagedKvPool::kBlockRows * row) {
+    // The pool takes the pages that fit in 90% of what is free less the scratch; the loop's
+    // budget is its rows less one partial page per sequence.
+    const int64_t target = static_cast<int64_t>(0.9 * static_cast<double>(*free_b)) - scratch;
+    const int64_t rows =
+        ec::PagedKvPool::BlocksWithin(c.n_layers, c.n_kv_heads * c.head_dim, target) *
+            ec::PagedKvPool::kBlockRows -
+        seqs * (ec::PagedKvPool::kBlockRows - 1);
+    if (rows < ec::PagedKvPool::kBlockRows) {
       return absl::ResourceExhaustedError(
           absl::StrCat("the device has ", *free_b,
                        " bytes free after the weights: too little for a KV cache "
@@ -235,7 +239,7 @@ absl::StatusOr<std::unique_ptr<BatchRunner>> NewCudaBatchRunner(const engine::Mo
                        scratch, " bytes at --max-batch-tokens ", max_batch_tokens,
                        "); use a smaller model or --max-batch-tokens, or a larger device"));
     }
-    *kv_cache_bytes = usable;
+    *kv_cache_bytes = rows * row;
   }
   // The loop's budget in rows plus one partial page per sequence.
   const int64_t pool_bytes =

@@ -88,11 +88,13 @@ class DevicePool {
   void ResetPeak();
   // cudaFree of every cached (unused) block.
   void ReleaseCache();
+  // Bytes a request of `bytes` takes from the device (its size class: 256-byte granules below
+  // 1 MiB, then 1/8 steps of the power of two), for callers that size one large buffer to fit.
+  static int64_t RoundUp(int64_t bytes);
 
  private:
   friend class DeviceBuffer;
   void Free(void* ptr, int64_t bytes, int64_t capacity);
-  static int64_t RoundUp(int64_t bytes);
 
   int device_ = -1;
   mutable std::mutex mu_;

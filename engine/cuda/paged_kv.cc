@@ -67,6 +67,25 @@ absl::StatusOr<std::unique_ptr<PagedKvPool>> PagedKvPool::Create(CudaContext& ct
   return p;
 }
 
+int64_t PagedKvPool::BlocksWithin(int64_t n_layers, int64_t kv_dim, int64_t bytes) {
+  const int64_t half = n_layers * kBlockRows * kv_dim * 2;  // K (or V) bytes of one page
+  const int64_t pos = n_layers * kBlockRows * 4;
+  auto fits = [&](int64_t b) {
+    return 2 * DevicePool::RoundUp(b * half) + DevicePool::RoundUp(b * pos) <= bytes;
+  };
+  // The size is monotone in the page count: binary search below the unrounded count.
+  int64_t lo = 0, hi = std::max<int64_t>(bytes / (2 * half + pos), 0);
+  while (lo < hi) {
+    const int64_t mid = hi - (hi - lo) / 2;
+    if (fits(mid)) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
 void* PagedKvPool::k(int64_t l) const {
   return k_.as<char>() + l * num_blocks_ * kBlockRows * kv_dim_ * 2;
 }

@@ -68,6 +68,9 @@ class PagedKvPool {
   // RESOURCE_EXHAUSTED when the device cannot hold them. Borrows ctx (outlives the pool).
   static absl::StatusOr<std::unique_ptr<PagedKvPool>> Create(CudaContext& ctx, int64_t n_layers,
                                                              int64_t kv_dim, int64_t bytes);
+  // The most pages whose buffers (K and V rounded to the device pool's size classes, plus the
+  // positions) fit in `bytes`; 0 when not even one does.
+  static int64_t BlocksWithin(int64_t n_layers, int64_t kv_dim, int64_t bytes);
   PagedKvPool(const PagedKvPool&) = delete;
   PagedKvPool& operator=(const PagedKvPool&) = delete;
 

@@ -225,6 +225,30 @@ TEST_F(PagedAttentionTest, RejectsUnsupportedShapes) {
             cudaErrorInvalidValue);
 }
 
+// ---- pool sizing (host only: runs without a device) ----
+
+// The default KV budget takes the most pages whose buffers, rounded up to the device pool's
+// size classes (up to 1/8 more), fit what is free: one page more must not fit.
+TEST(PagedKvPoolSizing, BlocksWithinIsTheMostThatFit) {
+  const int64_t layers = 32, kv_dim = 1024;  // the 8B shape
+  const int64_t half = layers * ec::PagedKvPool::kBlockRows * kv_dim * 2;
+  const int64_t pos = layers * ec::PagedKvPool::kBlockRows * 4;
+  auto size = [&](int64_t b) {
+    return 2 * ec::DevicePool::RoundUp(b * half) + ec::DevicePool::RoundUp(b * pos);
+  };
+  for (const int64_t bytes : {int64_t{0}, 3 * half, int64_t{1} << 30, int64_t{70} << 30,
+                              int64_t{124} << 30, (int64_t{124} << 30) + 12345}) {
+    const int64_t b = ec::PagedKvPool::BlocksWithin(layers, kv_dim, bytes);
+    SCOPED_TRACE(::testing::Message() << bytes << " bytes: " << b << " pages");
+    if (b > 0) {
+      EXPECT_LE(size(b), bytes);
+    }
+    EXPECT_GT(size(b + 1), bytes);
+    // Never less than 7/8 of what the bytes hold without rounding (size classes waste < 1/8).
+    EXPECT_GE(b, bytes / (2 * half + pos) * 7 / 8);
+  }
+}
+
 // ---- the batched forward over the pool ----
 
 constexpr double kLogitBound = 3e-2;
