@@ -55,34 +55,54 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
   const int64_t per = CeilDiv(rows, splits);
   const int64_t j0 = split * per, j1 = min(rows, j0 + per);
-  for (int64_t j = j0 + warp; j < j1; j += kWarps) {
-    const int64_t slot =
-        static_cast<int64_t>(table[j / s.block_size]) * s.block_size + j % s.block_size;
-    const int32_t kpos = pp[slot];
-    if (kpos > qpos) break;  // a sequence's positions ascend
-    if (!Visible(qpos, kpos, s.window)) continue;
-    const bf16* kr = kp + slot * s.kv_stride + kvh * D;
-    const bf16* vr = vp + slot * s.kv_stride + kvh * D;
-    float kv[P], vv[P];
+  // Each warp takes its rows kUnroll at a time: every row's K and V loads are issued before
+  // any is used, so that a warp keeps kUnroll rows in flight (decode is latency-bound on the
+  // page reads otherwise). Rows are still folded in ascending order.
+  constexpr int kUnroll = P >= 2 ? 2 : 1;  // (head_dim <= 32: unrolled, it spilled)
+  bool done = false;
+  for (int64_t jb = j0 + warp; jb < j1 && !done; jb += kUnroll * kWarps) {
+    float kv[kUnroll][P], vv[kUnroll][P];
+    int32_t kpos[kUnroll];
 #pragma unroll
-    for (int t = 0; t < P; ++t) {
-      const int d = lane + 32 * t;
-      kv[t] = d < D ? ToF<bf16>(kr[d]) : 0.0f;
-      vv[t] = d < D ? ToF<bf16>(vr[d]) : 0.0f;
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t j = jb + u * kWarps;
+      kpos[u] = INT_MAX;  // past the split: ends the walk
+      if (j < j1) {
+        const int64_t slot =
+            static_cast<int64_t>(table[j / s.block_size]) * s.block_size + j % s.block_size;
+        kpos[u] = pp[slot];
+        const bf16* kr = kp + slot * s.kv_stride + kvh * D;
+        const bf16* vr = vp + slot * s.kv_stride + kvh * D;
+#pragma unroll
+        for (int t = 0; t < P; ++t) {
+          const int d = lane + 32 * t;
+          kv[u][t] = d < D ? ToF<bf16>(kr[d]) : 0.0f;
+          vv[u][t] = d < D ? ToF<bf16>(vr[d]) : 0.0f;
+        }
+      } else {
+#pragma unroll
+        for (int t = 0; t < P; ++t) kv[u][t] = vv[u][t] = 0.0f;
+      }
     }
 #pragma unroll
-    for (int g = 0; g < GM; ++g) {
-      if (g >= gn) break;
-      float dot = 0.0f;
+    for (int u = 0; u < kUnroll; ++u) {
+      // A sequence's positions ascend: past the query's, nothing later is visible.
+      done = done || kpos[u] > qpos;
+      if (done || !Visible(qpos, kpos[u], s.window)) continue;
 #pragma unroll
-      for (int t = 0; t < P; ++t) dot += qv[g][t] * kv[t];
-      dot = WarpSum(dot);
-      const float m_new = fmaxf(m[g], dot);
-      const float alpha = __expf(m[g] - m_new), p = __expf(dot - m_new);
-      l[g] = l[g] * alpha + p;
+      for (int g = 0; g < GM; ++g) {
+        if (g >= gn) break;
+        float dot = 0.0f;
 #pragma unroll
-      for (int t = 0; t < P; ++t) acc[g][t] = acc[g][t] * alpha + p * vv[t];
-      m[g] = m_new;
+        for (int t = 0; t < P; ++t) dot += qv[g][t] * kv[u][t];
+        dot = WarpSum(dot);
+        const float m_new = fmaxf(m[g], dot);
+        const float alpha = __expf(m[g] - m_new), p = __expf(dot - m_new);
+        l[g] = l[g] * alpha + p;
+#pragma unroll
+        for (int t = 0; t < P; ++t) acc[g][t] = acc[g][t] * alpha + p * vv[u][t];
+        m[g] = m_new;
+      }
     }
   }
 #pragma unroll

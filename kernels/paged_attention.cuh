@@ -20,7 +20,8 @@
 // block's query heads (up to kMaxGroup of the n_heads / n_kv_heads that share the kv head) are
 // all held in registers, so a K/V row is read once for the whole group, not once per query head
 // (decode is memory-bound: the KV bytes read are the roofline). Each warp walks rows j = j0 +
-// warp, j0 + warp + 4, ... of its split with a flash-style online softmax per head (running max
+// warp, j0 + warp + 4, ... of its split, two rows' loads in flight at a time (head_dim > 32),
+// with a flash-style online softmax per head (running max
 // m and sum l in float, exp of the difference; the float accumulator rescaled when m grows);
 // lanes own head_dim / 32 dims. The warps merge through shared memory. With several splits (few
 // queries, long contexts: decode), partial (m, l, o[head_dim]) records go to the workspace and a
