@@ -53,6 +53,13 @@ BatchForward::BatchForward(CudaContext& ctx, const DeviceModel& model, PagedKvPo
   max_rows_.assign(c.n_layers, 0);
 }
 
+BatchForward::~BatchForward() {
+  if (logits_h_ == nullptr) return;
+  const ScopedDevice on = ctx_.Activate();
+  cudaStreamSynchronize(ctx_.stream());  // no copy may still write it
+  cudaFreeHost(logits_h_);
+}
+
 int64_t BatchForward::ScratchBytes(const ModelConfig& c, int64_t rows, int64_t logit_rows) {
   const int64_t d = c.d_model, qd = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;
   const int64_t per_row =
@@ -175,9 +182,24 @@ absl::Status BatchForward::Run(std::span<const Item> items, int32_t* tokens) {
           k::ArgmaxRows(logits_.as<float>(), nl, c.vocab_size, tok_.as<int32_t>(), st));
       SEMSHARE_STATUS_RETURN(ctx_.Download(tokens, tok_.data(), nl * 4));
     } else {
-      logits_h_.resize(nl * c.vocab_size);
-      SEMSHARE_STATUS_RETURN(
-          ctx_.Download(logits_h_.data(), logits_.data(), nl * c.vocab_size * 4));
+      const int64_t bytes = nl * c.vocab_size * 4;
+      if (logits_h_bytes_ < bytes) {
+        if (logits_h_ != nullptr) {
+          SEMSHARE_STATUS_RETURN(ctx_.Sync());  // an earlier (failed) call's copy may still write
+          cudaFreeHost(logits_h_);
+          logits_h_ = nullptr;
+          logits_h_bytes_ = 0;
+        }
+        void* p = nullptr;
+        const cudaError_t e = cudaHostAlloc(&p, static_cast<size_t>(bytes), cudaHostAllocPortable);
+        if (e != cudaSuccess) {
+          (void)cudaGetLastError();  // returned as a status, not left for the next Check
+          return CudaStatus(e, "cudaHostAlloc (batched logits)");
+        }
+        logits_h_ = static_cast<float*>(p);
+        logits_h_bytes_ = bytes;
+      }
+      SEMSHARE_STATUS_RETURN(ctx_.Download(logits_h_, logits_.data(), bytes));
     }
   }
   // One wait per iteration: the host needs the logits (or tokens), and the rows' bookkeeping
@@ -190,7 +212,7 @@ absl::Status BatchForward::Run(std::span<const Item> items, int32_t* tokens) {
     for (int64_t& lr : it.seq->layer_rows_) lr += len;
     it.seq->next_position_ = it.pos.back() + 1;
     if (tokens == nullptr && it.logits != nullptr) {
-      std::memcpy(it.logits, logits_h_.data() + li++ * c.vocab_size, c.vocab_size * sizeof(float));
+      std::memcpy(it.logits, logits_h_ + li++ * c.vocab_size, c.vocab_size * sizeof(float));
     }
   }
   return absl::OkStatus();

@@ -47,6 +47,9 @@ class BatchForward {
 
   // Borrows ctx, model and pool (all outlive it; pool made on ctx's device).
   BatchForward(CudaContext& ctx, const DeviceModel& model, PagedKvPool& pool);
+  ~BatchForward();  // frees the pinned logits buffer once the stream is idle
+  BatchForward(const BatchForward&) = delete;
+  BatchForward& operator=(const BatchForward&) = delete;
 
   // The iteration (see the file comment). Each sequence at most once per call.
   absl::Status Forward(std::span<const Item> items);
@@ -82,7 +85,11 @@ class BatchForward {
   int64_t off_pos_ = 0, off_seq_ = 0, off_toff_ = 0, off_table_ = 0, off_rows_ = 0, off_slot_ = 0,
           off_lrow_ = 0;
   std::vector<int64_t> max_rows_;  // [n_layers]: most rows of any item's sequence, per layer
-  std::vector<float> logits_h_;    // [logit rows, vocab]
+  // Pinned host memory for the logits download ([logit rows, vocab] float; at 64 streams of a
+  // 128k vocabulary 32 MB per iteration, which pageable memory would copy at a fraction of the
+  // link's rate). Grown, never shrunk.
+  float* logits_h_ = nullptr;
+  int64_t logits_h_bytes_ = 0;
   // Scratch (rows R of the iteration, NL rows with logits): x [R, d] f32; h [R, d] bf16; qkv
   // [R, qkvd] f32; q [R, qd] bf16; att [R, qd] bf16; gu [R, 2ff] bf16; act [R, ff] bf16; meta
   // int32; attention workspace; xl [NL, d] f32; logits [NL, vocab] f32; tok [NL] int32; tmp
