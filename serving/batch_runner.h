@@ -91,12 +91,15 @@ std::unique_ptr<BatchRunner> NewCpuBatchRunner(const engine::Model& model,
                                                std::unique_ptr<engine::Backend> backend,
                                                const engine::ReuseConfig& reuse);
 
-// The CUDA runner on `runtime` (borrowed; outlives it; made by MakeServingRuntime("cuda")).
-// *kv_cache_bytes is the loop's KV budget: when <= 0 it is set to 90% of the device memory
-// free now (after the weights) less the scratch of an iteration of max_batch_tokens rows; the
-// pool holds that budget plus one partial page per sequence (max_num_seqs), so a loop that
-// keeps within its budget in rows never runs out of pages. Unimplemented in a build without
-// CUDA; ResourceExhausted when the pool does not fit on the device.
+// The CUDA runner on `runtime` (borrowed; outlives it; made by MakeServingRuntime("cuda")). It
+// takes one device session of the runtime (its own stream, cuBLAS handle and memory pool, so
+// the runtime's Memory() counts the pages) and runs every iteration and hit on it.
+// *kv_cache_bytes is the loop's KV budget. When <= 0 it is set from the device: the pool takes
+// the pages that fit in 90% of the memory free now (after the weights) less the scratch of an
+// iteration of max_batch_tokens rows, and the budget is their rows less one partial page per
+// sequence (max_num_seqs). When given, the pool holds that budget plus one partial page per
+// sequence. Either way a loop that keeps within its budget in rows never runs out of pages.
+// Unimplemented in a build without CUDA; ResourceExhausted when the pool does not fit.
 absl::StatusOr<std::unique_ptr<BatchRunner>> NewCudaBatchRunner(const engine::Model& model,
                                                                 engine::ServingRuntime& runtime,
                                                                 int64_t* kv_cache_bytes,
