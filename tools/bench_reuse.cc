@@ -400,6 +400,8 @@ absl::StatusOr<Json> RunServed(PairRunner& runner, ServedPath& served, const Opt
               {"prefix_fraction", static_cast<double>(d.hit.exact_rows) / n},
               {"semantic_lookup", d.semantic_lookup},
               {"candidates", d.candidates},
+              // The best semantic candidate's similarity (a miss's too); -1 when none was scored.
+              {"semantic_similarity", d.similarity},
               {"lookup_ms", d.lookup_ms},
               {"ttft_ms", ttft_ms},
               {"prefill_ms", pre.prefill_ms},
@@ -493,6 +495,8 @@ absl::Status RunPair(const engine::Model& model, PairRunner& runner, engine::Gen
          {"layer_rows", r.stats.layer_rows},
          {"similarity", r.stats.similarity},
          {"hit", r.stats.hit},
+         {"fallback", r.stats.fallback},  // the guard judged the match poor (full prefill)
+         {"guard_deviation", r.stats.guard_deviation},
          {"rouge_l", RougeLScore(r.continuation, full.continuation).f1},
          {"ppl", ppl},
          {"ppl_ratio", ppl / full_ppl}});
@@ -578,6 +582,7 @@ int BenchReuseCommand(int argc, char** argv) {
        true},
       {"recompute-ratio", "ReuseConfig.recompute_ratio"},
       {"alpha", "ReuseConfig.alpha"},
+      {"fallback-deviation", "ReuseConfig.fallback_deviation (0: no fallback guard)"},
       {"threshold", "ReuseConfig.hit_threshold"},
       {"min-reuse-tokens",
        "the served path's semantic gate (serving::HitRule; the server's --min-reuse-tokens "
@@ -667,7 +672,8 @@ int BenchReuseCommand(int argc, char** argv) {
   for (const FloatFlag& f :
        {FloatFlag{"recompute-ratio", &b.recompute_ratio}, FloatFlag{"alpha", &b.alpha},
         FloatFlag{"threshold", &b.hit_threshold}, FloatFlag{"rho", &b.retention_rho},
-        FloatFlag{"gamma", &b.retention_gamma}}) {
+        FloatFlag{"gamma", &b.retention_gamma},
+        FloatFlag{"fallback-deviation", &b.fallback_deviation}}) {
     if (!args->Has(f.name)) continue;
     auto v = args->Double(f.name);
     if (!v.ok()) return fail(v.status().message(), 2);
