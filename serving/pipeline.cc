@@ -217,9 +217,10 @@ void FrontWorker::Generate(std::shared_ptr<ServeRequest> request,
       r.reused_tokens = lres->copied_rows;
       r.recomputed_tokens = n - lres->copied_rows;
       if (lres->copied_rows == 0 && r.cache_result == CacheResult::kHit) {
-        // The backend could not copy the prefix: it prefilled everything.
+        // The backend could not copy the prefix, or the reuse guard judged a semantic match
+        // poor (PrefillStats::fallback): it prefilled everything. Counted as a miss.
         r.cache_result = CacheResult::kMiss;
-        r.hit_kind = "";
+        r.hit_kind = lres->prefill.fallback ? "fallback" : "";
       }
     }
     r.kv_bytes = lres->kv_bytes;

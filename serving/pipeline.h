@@ -78,7 +78,8 @@ struct ServeResult {
   int64_t kv_bytes = 0;
   bool published = false;
   int64_t reused_tokens = 0, recomputed_tokens = 0;
-  // A hit's kind: "exact" (an exact prefix of a stored turn, copied) or "semantic"; "" else.
+  // A hit's kind: "exact" (an exact prefix of a stored turn, copied) or "semantic"; a miss's
+  // "fallback" when a semantic hit's match was judged poor and prefilled in full; "" else.
   const char* hit_kind = "";
   int64_t exact_tokens = 0;  // prompt tokens whose KV was copied exactly
   int32_t preemptions = 0;

@@ -85,6 +85,9 @@ TEST(ReuseConfigTest, DefaultsAndBoundaryValuesAreValid) {
       [](ReuseConfig& c) { c.retention_rho = 1.0f; },
       [](ReuseConfig& c) { c.retention_gamma = 1.0f; },
       [](ReuseConfig& c) { c.retention_min_rows = 0; },
+      [](ReuseConfig& c) { c.recompute_min_tokens = 0; },
+      [](ReuseConfig& c) { c.fallback_deviation = 0.0f; },
+      [](ReuseConfig& c) { c.fallback_deviation = 1e6f; },
       [](ReuseConfig& c) { c.mode = PrefillMode::kFull; },
   };
   for (size_t i = 0; i < edges.size(); ++i) {
@@ -132,6 +135,10 @@ TEST(ReuseConfigTest, ValidateRejectsEachKnobOutOfRange) {
       {"retention_gamma", [](ReuseConfig& c) { c.retention_gamma = 1.5f; }},
       {"retention_gamma", [=](ReuseConfig& c) { c.retention_gamma = nan; }},
       {"retention_min_rows", [](ReuseConfig& c) { c.retention_min_rows = -1; }},
+      {"recompute_min_tokens", [](ReuseConfig& c) { c.recompute_min_tokens = -1; }},
+      {"fallback_deviation", [](ReuseConfig& c) { c.fallback_deviation = -0.5f; }},
+      {"fallback_deviation", [=](ReuseConfig& c) { c.fallback_deviation = nan; }},
+      {"fallback_deviation", [=](ReuseConfig& c) { c.fallback_deviation = inf; }},
   };
   for (const Bad& b : bad) {
     ReuseConfig c;

@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string_view>
 
@@ -185,7 +186,8 @@ TEST_F(ReusePrefillTest, RepeatedPromptReusesItsKvExactly) {
     }
     EXPECT_LE(MaxRelDiff(logits, FullLogits(*ids)), kGemmOrderRelBound);
   }
-  // A suffix longer than the window goes through the selective path (and retention).
+  // A suffix longer than the window goes through the selective path (and retention, whose
+  // length-aware floor is set below this prompt's length so that it trims).
   std::vector<int32_t> far = extended;
   for (int32_t id : model_->tokenizer->Encode(
            " Then list the three most important facts, one per line, in the order they appear, "
@@ -195,10 +197,13 @@ TEST_F(ReusePrefillTest, RepeatedPromptReusesItsKvExactly) {
     far.push_back(id);
   }
   ASSERT_GT(far.size() - ref_ids.size(), static_cast<size_t>(cfg.window));
-  KvCache cache = p.forward().NewCache();
+  ReuseConfig trim = cfg;
+  trim.retention_min_rows = 64;
+  ReusePrefiller pt(*model_, be, trim);
+  KvCache cache = pt.forward().NewCache();
   std::vector<float> logits(model_->config.vocab_size);
-  auto st = p.PrefillHit(far, ref->ids, ref->kv, p.Match(p.Sketch(far), ref->sketch), &cache,
-                         logits.data());
+  auto st = pt.PrefillHit(far, ref->ids, ref->kv, pt.Match(pt.Sketch(far), ref->sketch), &cache,
+                          logits.data());
   ASSERT_TRUE(st.ok()) << st.status();
   EXPECT_EQ(st->layer0_deviation.size(), far.size());
   EXPECT_LT(cache.layer(cache.n_layers() - 1).rows(), static_cast<int64_t>(far.size()));
@@ -362,6 +367,139 @@ TEST_F(ReusePrefillTest, BudgetsProtectedRowsAndKvBytesAreExact) {
   EXPECT_EQ(st->kv_bytes, rows * 2 * cache.kv_dim() * static_cast<int64_t>(sizeof(float)));
   EXPECT_EQ(st->kv_bytes, cache.ByteSize());
   EXPECT_LT(st->kv_bytes, n * model_->config.n_layers * 2 * cache.kv_dim() * 4);
+}
+
+// The length-aware schedule is what the config says: below retention_min_rows no row is
+// evicted, above it every layer keeps at least that many; no layer past 0 recomputes fewer than
+// min(n, recompute_min_tokens) tokens, nor more than the layer before.
+TEST(ReuseScheduleTest, LengthAwareBudgetsFollowTheConfig) {
+  ReuseConfig cfg;
+  cfg.retention_min_rows = 1024;
+  cfg.recompute_min_tokens = 128;
+  for (int64_t l = 0; l < 30; ++l) {
+    EXPECT_EQ(RetentionBudget(cfg, 1000, l, 30), 1000) << "layer " << l;
+    EXPECT_EQ(RetentionBudget(cfg, 1024, l, 30), 1024) << "layer " << l;
+    const int64_t scheduled = static_cast<int64_t>(
+        std::ceil(4000 * cfg.retention_rho * std::pow(cfg.retention_gamma, l)));
+    EXPECT_EQ(RetentionBudget(cfg, 4000, l, 30), std::max<int64_t>(1024, scheduled));
+  }
+  EXPECT_EQ(RetentionBudget(cfg, 2048, 29, 30), 1024);  // 2048 * 0.9 * 0.965^29 = 656 < 1024
+  // After layer 0: ceil(recompute_ratio * n); deeper: ceil(alpha * s); the floor; the cap s.
+  // (Ratios exact in binary, so that the products are too.)
+  cfg.recompute_ratio = 0.5f;
+  cfg.alpha = 0.75f;
+  EXPECT_EQ(RecomputeKeep(cfg, 1000, 1000, 0), 500);
+  EXPECT_EQ(RecomputeKeep(cfg, 1000, 500, 1), 375);
+  EXPECT_EQ(RecomputeKeep(cfg, 1000, 141, 5), 128);  // ceil(0.75 * 141) = 106 < the floor
+  EXPECT_EQ(RecomputeKeep(cfg, 4000, 140, 5), 128);
+  EXPECT_EQ(RecomputeKeep(cfg, 100, 100, 0), 100);  // shorter than the floor: every token
+  EXPECT_EQ(RecomputeKeep(cfg, 100, 100, 7), 100);
+  EXPECT_EQ(RecomputeKeep(cfg, 1000, 50, 7), 50);  // never more than the layer before
+  cfg.recompute_min_tokens = 0;                    // the paper's schedule alone
+  EXPECT_EQ(RecomputeKeep(cfg, 1000, 141, 5), 106);
+  EXPECT_EQ(RecomputeKeep(cfg, 1000, 1000, 0), 500);
+}
+
+// The same on a real selective hit: a prompt shorter than retention_min_rows keeps every row at
+// every layer, and every layer computes at least the floor's tokens.
+TEST_F(ReusePrefillTest, ShortPromptKeepsEveryRowAndRecomputesTheFloor) {
+  ASSERT_NE(model_, nullptr);
+  std::vector<std::string> sentences = Sentences(3, 12);
+  const std::vector<int32_t> ref_ids = Tokens(sentences);
+  std::rotate(sentences.begin(), sentences.begin() + 5, sentences.end());
+  const std::vector<int32_t> ids = Tokens(sentences);  // the same passages, reordered
+  const int64_t n = static_cast<int64_t>(ids.size());
+  ReuseConfig cfg;
+  cfg.retention_min_rows = static_cast<int32_t>(n + 1);
+  cfg.recompute_min_tokens = static_cast<int32_t>(n / 3);
+  cfg.fallback_deviation = 0.0f;  // the guard off: this is about the schedule
+  CpuBackend be;
+  ReusePrefiller p(*model_, be, cfg);
+  auto ref = p.MakeReference(ref_ids);
+  ASSERT_TRUE(ref.ok());
+  KvCache cache = p.forward().NewCache();
+  std::vector<float> logits(model_->config.vocab_size);
+  auto st = p.PrefillHit(ids, ref->ids, ref->kv, p.Match(p.Sketch(ids), ref->sketch), &cache,
+                         logits.data());
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_TRUE(st->hit);
+  EXPECT_FALSE(st->fallback);
+  EXPECT_GT(st->reused_tokens, 0);
+  EXPECT_EQ(st->layer_computed[0], n);
+  for (int64_t l = 0; l < cache.n_layers(); ++l) {
+    EXPECT_EQ(cache.layer(l).rows(), n) << "layer " << l;
+    EXPECT_GE(st->layer_computed[l], cfg.recompute_min_tokens) << "layer " << l;
+    if (l > 0) {
+      EXPECT_LE(st->layer_computed[l], st->layer_computed[l - 1]) << "layer " << l;
+    }
+  }
+  // The floor binds in the deep layers (the paper's schedule alone would go below it).
+  EXPECT_LT(static_cast<int64_t>(std::ceil(cfg.recompute_ratio * n * std::pow(cfg.alpha, 20))),
+            cfg.recompute_min_tokens);
+}
+
+// The fallback guard: a hit on a reference of unrelated text (a poor match, here forced through
+// PrefillHit as a caller with a low threshold would) is judged by its layer-0 deviation and
+// prefilled in full: hit false, fallback true, nothing reused, every row kept, a full prefill's
+// logits. The same sentences reordered (a good match) do not fall back. With the guard off the
+// unrelated one is reused, and its deviation is the same.
+TEST_F(ReusePrefillTest, GuardFallsBackToFullPrefillOnAPoorMatchOnly) {
+  ASSERT_NE(model_, nullptr);
+  std::vector<std::string> sentences = Sentences(3, 15);
+  const std::vector<int32_t> ref_ids = Tokens(sentences);
+  std::rotate(sentences.begin(), sentences.begin() + 6, sentences.end());
+  const std::vector<int32_t> reordered = Tokens(sentences);
+  const std::vector<int32_t> unrelated = model_->tokenizer->Encode(
+      "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n\n"
+      "for i in range(30):\n    print(i, fib(i), [x * x for x in range(i)])\n"
+      "import numpy as np\narr = np.zeros((128, 64), dtype=np.float32)\n"
+      "with open('data.csv') as f:\n    rows = [line.strip().split(',') for line in f]\n",
+      false);
+  const ReuseConfig defaults;
+  ASSERT_GT(defaults.fallback_deviation, 0.0f) << "the guard is on by default";
+  CpuBackend be;
+  ReusePrefiller p(*model_, be, defaults);
+  auto ref = p.MakeReference(ref_ids);
+  ASSERT_TRUE(ref.ok());
+  std::vector<float> logits(model_->config.vocab_size);
+  auto hit = [&](ReusePrefiller& pf, const std::vector<int32_t>& ids, KvCache* cache) {
+    *cache = pf.forward().NewCache();
+    return pf.PrefillHit(ids, ref->ids, ref->kv, pf.Match(pf.Sketch(ids), ref->sketch), cache,
+                         logits.data());
+  };
+
+  KvCache cache;
+  auto poor = hit(p, unrelated, &cache);
+  ASSERT_TRUE(poor.ok()) << poor.status();
+  const int64_t n = static_cast<int64_t>(unrelated.size());
+  EXPECT_TRUE(poor->fallback) << "guard deviation " << poor->guard_deviation;
+  EXPECT_GT(poor->guard_deviation, defaults.fallback_deviation);
+  EXPECT_FALSE(poor->hit);
+  EXPECT_EQ(poor->reused_tokens, 0);
+  EXPECT_EQ(poor->recomputed_tokens, n);
+  EXPECT_TRUE(poor->ref_index.empty());
+  for (int64_t l = 0; l < cache.n_layers(); ++l) {
+    EXPECT_EQ(cache.layer(l).rows(), n) << "layer " << l;
+    EXPECT_EQ(poor->layer_computed[l], n) << "layer " << l;
+  }
+  EXPECT_LE(MaxRelDiff(logits, FullLogits(unrelated)), 2e-4);
+
+  auto good = hit(p, reordered, &cache);
+  ASSERT_TRUE(good.ok()) << good.status();
+  EXPECT_FALSE(good->fallback) << "guard deviation " << good->guard_deviation;
+  EXPECT_LE(good->guard_deviation, defaults.fallback_deviation);
+  EXPECT_TRUE(good->hit);
+  EXPECT_GT(good->reused_tokens, static_cast<int64_t>(reordered.size()) / 2);
+
+  ReuseConfig off = defaults;
+  off.fallback_deviation = 0.0f;
+  ReusePrefiller po(*model_, be, off);
+  auto forced = hit(po, unrelated, &cache);
+  ASSERT_TRUE(forced.ok()) << forced.status();
+  EXPECT_FALSE(forced->fallback);
+  EXPECT_TRUE(forced->hit);
+  EXPECT_GT(forced->reused_tokens, 0);
+  EXPECT_FLOAT_EQ(forced->guard_deviation, poor->guard_deviation);
 }
 
 }  // namespace

@@ -333,6 +333,7 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
   }
   SEMSHARE_STATUS_RETURN(config.Validate());
   const bool hit = reference != nullptr && match != nullptr;
+  bool reuse = hit;  // false from layer 0 on when the fallback guard judges the match poor
   if (hit) {
     if (reference->n_layers() != c.n_layers || reference->kv_dim() != kvd_) {
       return absl::InvalidArgumentError("prefill: reference KV shape does not match the model");
@@ -440,7 +441,7 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
     st->layer_computed[l] = s;
     const int32_t* set_d = set_.as<int32_t>();
     SEMSHARE_STATUS_RETURN(Qkv(l, x_.as<float>(), set_d, s));
-    if (hit) {
+    if (reuse) {
       // Rearranged reference rows: K~[i] = Rot(i - pi(i)) K_R[pi(i)], V~[i] = V_R[pi(i)].
       SEMSHARE_STATUS_RETURN(reference->WaitLayer(l));
       const DeviceLayerKv& ref = reference->layer(l);
@@ -467,6 +468,16 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
                                                        kvd_, s, kvd_, true, dev_.as<float>(), sm)));
       if (l == 0) {  // read from dev0_h after a later synchronisation
         SEMSHARE_STATUS_RETURN(ctx_.Download(dev0_h, dev_.data(), s * 4));
+        if (config.fallback_deviation > 0.0f) {
+          // The fallback guard (GuardFallsBack, as the CPU path): it needs them now. On a
+          // fallback the fresh rows scattered below replace every rearranged one and every
+          // later layer computes every token without retention: a full prefill.
+          SEMSHARE_STATUS_RETURN(ctx_.Sync());
+          if (GuardFallsBack(config, {dev0_h, static_cast<size_t>(n)}, &st->guard_deviation)) {
+            reuse = false;
+            st->fallback = true;
+          }
+        }
       }
       SEMSHARE_CUDA_RETURN(
           k::ScatterRows<bf16>(kcur_.as<bf16>(), kvd_, set_d, s, kv.k.as<bf16>(), sm));
@@ -479,10 +490,10 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
     }
     st->kv_bytes_peak = std::max(st->kv_bytes_peak, (held_rows + n) * row_bytes);
     SEMSHARE_STATUS_RETURN(Attend(l, x_.as<float>(), set_d, s, kv));
-    if (config.retention != RetentionSchedule::kNone && window > 0) {
+    if (config.retention != RetentionSchedule::kNone && window > 0 && !st->fallback) {
       const int64_t budget = RetentionBudget(config, n, l, c.n_layers);
       std::vector<uint8_t> protect = forced;
-      if (hit) {
+      if (reuse) {
         for (int32_t i : set) protect[i] = 1;
       }
       SEMSHARE_STATUS_RETURN(Retain(At<bf16>(q_, (s - window) * qd_), set_d + (s - window), window,
@@ -492,10 +503,8 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
     st->layer_rows[l] = kv.rows;
     SEMSHARE_STATUS_RETURN(Mlp(l, x_.as<float>(), s));
 
-    if (hit && l + 1 < c.n_layers) {
-      const double ratio = l == 0 ? config.recompute_ratio : config.alpha;
-      const int64_t base = l == 0 ? n : s;
-      const int64_t keep = static_cast<int64_t>(std::ceil(ratio * static_cast<double>(base)));
+    if (reuse && l + 1 < c.n_layers) {
+      const int64_t keep = RecomputeKeep(config, n, s, l);  // the CPU path's schedule
       // flags_h: its previous upload finished at the previous selecting layer's sync.
       int64_t nf = 0;
       for (int64_t i = 0; i < s; ++i) nf += flags_h[i] = forced[set[i]];
@@ -521,7 +530,7 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
       SEMSHARE_STATUS_RETURN(ctx_.Upload(set_.data(), set_h, count * 4));  // queued, no wait
     }
   }
-  if (hit) {
+  if (reuse) {
     st->hit = true;
     st->recomputed_tokens = st->layer_computed.size() > 1 ? st->layer_computed[1] : n;
     st->reused_tokens = n - st->recomputed_tokens;
@@ -536,7 +545,10 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
   SEMSHARE_STATUS_RETURN(
       logits != nullptr ? Logits(At<float>(x_, (static_cast<int64_t>(set.size()) - 1) * d_), logits)
                         : ctx_.Sync());
-  if (hit) st->layer0_deviation.assign(dev0_h, dev0_h + n);  // layer 0 computed all n tokens
+  if (hit) {  // layer 0 computed all n tokens
+    st->layer0_deviation.assign(dev0_h, dev0_h + n);
+    GuardFallsBack(config, st->layer0_deviation, &st->guard_deviation);  // the mean, as the CPU's
+  }
   std::vector<int32_t> kept_pos;
   for (int64_t l = 0; l < layers; ++l) {
     if (retained[l] < 0) continue;

@@ -103,6 +103,13 @@ absl::Status ReuseConfig::Validate() const {
   // alpha = 0 would empty the recompute set after layer 1 except forced tokens; allowed is
   // (0, 1] so that the set shrinks geometrically but never grows.
   if (!(alpha > 0.0f && alpha <= 1.0f)) return OutOfRange("alpha", alpha, "in (0, 1]");
+  if (recompute_min_tokens < 0) {
+    return OutOfRange("recompute_min_tokens", recompute_min_tokens, ">= 0 (0 = no floor)");
+  }
+  if (!(fallback_deviation >= 0.0f && std::isfinite(fallback_deviation))) {
+    return OutOfRange("fallback_deviation", fallback_deviation,
+                      "finite and >= 0 (0 = never fall back)");
+  }
   if (window < 0) return OutOfRange("window", window, ">= 0");
   if (sink < 0) return OutOfRange("sink", sink, ">= 0");
   if (!IsKnown(kSchedules, retention)) {

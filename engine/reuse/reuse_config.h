@@ -71,6 +71,24 @@ struct ReuseConfig {
   // ceil(alpha * |S|) of the previous set (forced tokens always kept).
   float recompute_ratio = 0.4f;
   float alpha = 0.8f;
+  // Length-aware floor of that schedule: no layer recomputes fewer than
+  // min(n, recompute_min_tokens) tokens (RecomputeKeep in reuse_prefill.h). A fixed count is a
+  // larger share of a short prompt (25% of 1k tokens at every layer for 256, 12.5% of 2k) and a
+  // bounded cost on a long one. 0 (default) = the paper's schedule alone: at 1k tokens a floor
+  // of 256 improved the perplexity ratio on 6 of 8 pairs but halved the speedup, and 512 still
+  // left 1.5-2.4 on the hard pairs (docs/benchmarks.md, issue 15).
+  int32_t recompute_min_tokens = 0;
+
+  // Fallback guard (the paper leaves adaptive thresholds open): after layer 0 of a selective
+  // hit, the mean over the prompt of each token's layer-0 KV deviation (||K - K~|| + ||V - V~||,
+  // its fresh K/V against its rearranged reference row; 0 for a token matched to its own id)
+  // measures how poorly the match fits. Above `fallback_deviation` the prefill goes on as a full
+  // prefill (every token at every layer, every row kept: the KV and logits of a miss) and
+  // PrefillStats::fallback says so. The scale is the model's KV norm; 2.5 for SmolLM2-135M:
+  // paraphrased and reordered bench pairs score 0.28-1.6, a reference of unrelated text 7.4
+  // (docs/benchmarks.md). It catches poor matches, not the subtler loss of a good match's
+  // reused deep layers. 0 = never fall back.
+  float fallback_deviation = 2.5f;
   int32_t window = 32;  // last tokens: always recomputed, and the queries that score retention
   int32_t sink = 4;     // first tokens: always recomputed and never evicted
 
@@ -80,7 +98,12 @@ struct ReuseConfig {
   // Per-layer decay. 0.965 brings KV after prefill to 0.57x full at 2k tokens with the same
   // perplexity ratio as 0.98 (0.69x) on the MRPC pairs (docs/benchmarks.md).
   float retention_gamma = 0.965f;
-  int32_t retention_min_rows = 64;
+  // Length-aware floor of the budget: every layer keeps at least min(n, retention_min_rows)
+  // rows, so prompts up to that length are not trimmed and the share kept grows as prompts
+  // shrink (RetentionBudget in retention.h). 1024: at ~1k tokens the 0.57x budget alone cost
+  // perplexity ratios up to 6.7 on the bench pairs (snapkv); at 2k the deep layers keep 1024
+  // rows instead of ~650 (KV after prefill ~0.61x instead of 0.57x).
+  int32_t retention_min_rows = 1024;
 
   // InvalidArgument naming the first knob out of range.
   absl::Status Validate() const;

@@ -88,6 +88,20 @@ int64_t ExactReuseRows(std::span<const int32_t> ids, std::span<const int32_t> re
   return std::max<int64_t>(0, std::min(lcp, n - std::max<int64_t>(window, 1)));
 }
 
+int64_t RecomputeKeep(const ReuseConfig& config, int64_t n, int64_t s, int64_t layer) {
+  const double ratio = layer == 0 ? config.recompute_ratio : config.alpha;
+  const int64_t base = layer == 0 ? n : s;
+  const int64_t keep = static_cast<int64_t>(std::ceil(ratio * static_cast<double>(base)));
+  return std::min(s, std::max<int64_t>(keep, std::min<int64_t>(n, config.recompute_min_tokens)));
+}
+
+bool GuardFallsBack(const ReuseConfig& config, std::span<const float> dev, float* mean) {
+  double sum = 0;
+  for (float v : dev) sum += v;
+  *mean = dev.empty() ? 0.0f : static_cast<float>(sum / static_cast<double>(dev.size()));
+  return config.fallback_deviation > 0.0f && *mean > config.fallback_deviation;
+}
+
 void SetPrefixCopyStats(int64_t n, int64_t rows, int64_t n_layers, PrefillStats* st) {
   st->reused_tokens = rows;
   st->recomputed_tokens = n - rows;
@@ -244,6 +258,7 @@ absl::Status ReusePrefiller::SelectivePrefill(std::span<const int32_t> ids, cons
   const int64_t qd = c.n_heads * c.head_dim;
   const int64_t row_bytes = 2 * kvd * static_cast<int64_t>(sizeof(float));
   const bool hit = ref_kv != nullptr;
+  bool reuse = hit;  // false from the layer where the guard falls back (then stays so)
   const int64_t window = std::min<int64_t>(config_.window, n);
   const int64_t sink = std::min<int64_t>(config_.sink, n);
 
@@ -280,7 +295,7 @@ absl::Status ReusePrefiller::SelectivePrefill(std::span<const int32_t> ids, cons
     LayerKv& kv = cache->layer(l);
     st->layer_computed[l] = s;
     forward_.Qkv(l, x.data(), set.data(), s);
-    if (hit) {
+    if (reuse) {
       // This layer's rearranged reference KV, built only now so that at most one layer of it
       // is held beyond the retained rows: K~[i] = Rot(i - pi(i)) K_R[pi(i)], V~[i] = V_R[pi(i)].
       const LayerKv& ref = ref_kv->layer(l);
@@ -299,7 +314,15 @@ absl::Status ReusePrefiller::SelectivePrefill(std::span<const int32_t> ids, cons
       backend_.GatherRows(kv.v.data(), kvd, set.data(), s, ref_rows.data());
       backend_.RowDistance(forward_.v(), ref_rows.data(), s, kvd, dev_v.data());
       for (int64_t i = 0; i < s; ++i) dev[i] += dev_v[i];
-      if (l == 0) st->layer0_deviation = dev;
+      if (l == 0) {
+        st->layer0_deviation = dev;
+        // Layer 0 computed every token: on a fallback its fresh rows below overwrite all the
+        // rearranged ones and every later layer computes every token, as a full prefill does.
+        if (GuardFallsBack(config_, dev, &st->guard_deviation)) {
+          reuse = false;
+          st->fallback = true;
+        }
+      }
       forward_.StoreKv(kv, set.data(), set.data(), s);
     } else {
       forward_.StoreKv(kv, nullptr, set.data(), s);  // set == all tokens
@@ -307,14 +330,14 @@ absl::Status ReusePrefiller::SelectivePrefill(std::span<const int32_t> ids, cons
     st->kv_bytes_peak = std::max(st->kv_bytes_peak, (held_rows + n) * row_bytes);
     // Retention scores come from the last-window queries, which are the last rows of `set`.
     std::vector<float> q_window;
-    if (config_.retention != RetentionSchedule::kNone && window > 0) {
+    if (config_.retention != RetentionSchedule::kNone && window > 0 && !st->fallback) {
       q_window.assign(forward_.q() + (s - window) * qd, forward_.q() + s * qd);
     }
     forward_.Attend(l, x.data(), set.data(), s, kv);
     if (!q_window.empty()) {
       const int64_t budget = RetentionBudget(config_, n, l, c.n_layers);
       std::vector<uint8_t> protect = forced;
-      if (hit) {
+      if (reuse) {
         for (int32_t i : set) protect[i] = 1;  // rows recomputed at this layer
       }
       RetainRows(backend_, forward_, q_window.data(), set.data() + (s - window), window, budget,
@@ -324,10 +347,8 @@ absl::Status ReusePrefiller::SelectivePrefill(std::span<const int32_t> ids, cons
     st->layer_rows[l] = kv.rows();
     forward_.Mlp(l, x.data(), s);
 
-    if (hit && l + 1 < c.n_layers) {
-      const double ratio = l == 0 ? config_.recompute_ratio : config_.alpha;
-      const int64_t base = l == 0 ? n : s;
-      const int64_t keep = static_cast<int64_t>(std::ceil(ratio * static_cast<double>(base)));
+    if (reuse && l + 1 < c.n_layers) {
+      const int64_t keep = RecomputeKeep(config_, n, s, l);
       std::vector<int32_t> next = ShrinkSet(set, dev, forced, keep);
       if (next.size() != set.size()) {
         // Compact the residual stream to the rows of the next set (both ascending).
@@ -341,11 +362,16 @@ absl::Status ReusePrefiller::SelectivePrefill(std::span<const int32_t> ids, cons
       }
     }
   }
-  if (hit) {
+  if (reuse) {
     st->recomputed_tokens = st->layer_computed.size() > 1 ? st->layer_computed[1] : n;
     st->reused_tokens = n - st->recomputed_tokens;
   } else {
     st->recomputed_tokens = n;
+    st->reused_tokens = 0;
+  }
+  if (st->fallback) {
+    st->hit = false;
+    st->ref_index.clear();
   }
   if (logits != nullptr) forward_.Logits(x.data() + (set.size() - 1) * d, logits);
   return absl::OkStatus();

@@ -46,8 +46,14 @@ struct PrefillStats {
   // reference KV); the rearrangement-quality ablation reads it. Empty otherwise.
   std::vector<float> layer0_deviation;  // [n]
   std::vector<int32_t> ref_index;       // [n] matched reference token, -1 unmatched (hits)
-  double match_ms = 0;                  // sketch + token matching
-  double prefill_ms = 0;                // everything, match included
+  // Selective hits: the mean of layer0_deviation, which the fallback guard compares with
+  // ReuseConfig::fallback_deviation. fallback: the guard judged the match poor and the prefill
+  // went on as a full one (hit = false, reused_tokens = 0, every row kept); the server counts it
+  // as a miss.
+  float guard_deviation = 0.0f;
+  bool fallback = false;
+  double match_ms = 0;    // sketch + token matching
+  double prefill_ms = 0;  // everything, match included
 };
 
 // The exact-reuse rule (ReuseConfig::exact_reuse): the number of leading reference rows a hit
@@ -56,6 +62,17 @@ struct PrefillStats {
 // same batched kernels a full prefill runs on them).
 int64_t ExactReuseRows(std::span<const int32_t> ids, std::span<const int32_t> ref_ids,
                        int64_t window);
+
+// The selective schedule (one plan for the CPU and CUDA paths): how many tokens layer l + 1
+// recomputes when layer l computed s of the n prompt tokens. After layer 0,
+// ceil(recompute_ratio * n); after a deeper layer, ceil(alpha * s); never fewer than
+// min(n, recompute_min_tokens) nor more than s. (Forced tokens are kept beyond it.)
+int64_t RecomputeKeep(const ReuseConfig& config, int64_t n, int64_t s, int64_t layer);
+
+// The fallback guard on a selective hit's layer-0 deviations (dev[n], one per prompt token):
+// their mean in *mean; true when the guard is on (fallback_deviation > 0) and the mean exceeds
+// it (ReuseConfig::fallback_deviation).
+bool GuardFallsBack(const ReuseConfig& config, std::span<const float> dev, float* mean);
 
 // The row counts of a prefill that copied the first `rows` of its n rows from a reference and
 // computed the rest at every layer, keeping all n (prefix baseline and exact reuse, CPU and
