@@ -1,5 +1,3 @@
-#include <cblas.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -40,7 +38,6 @@ double Median(std::vector<double> v) {
 
 void SetThreads(int64_t threads) {
   if (threads <= 0) return;
-  openblas_set_num_threads(static_cast<int>(threads));
   engine::ThreadPool::SetDefaultThreads(static_cast<int>(threads));
 }
 

@@ -1,13 +1,12 @@
 #include "engine/cpu/cpu_backend.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 
 #include "engine/cpu/fast_math.h"
+#include "engine/cpu/gemm.h"
 #include "engine/cpu/thread_pool.h"
 
 namespace semshare::engine {
@@ -33,12 +32,9 @@ void CpuBackend::MatMul(const float* x, int64_t n, const Matrix& w, const Matrix
   if (n == 0) return;
   if (w.quantized()) {
     BlockMatMul(x, n, w, y, precision_);
-  } else if (n == 1) {
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, w.rows, w.cols, 1.0f, w.data.data(), w.cols, x, 1,
-                0.0f, y, 1);
   } else {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, w.rows, w.cols, 1.0f, x, w.cols,
-                w.data.data(), w.cols, 0.0f, y, w.rows);
+    Gemm(GemmB::kTransposed, n, w.rows, w.cols, 1.0f, x, w.cols, w.data.data(), w.cols, 0.0f, y,
+         w.rows);
   }
   if (!bias.empty()) {
     const float* b = bias.data.data();
@@ -133,7 +129,7 @@ void CpuBackend::Attention(const float* q, const int32_t* q_pos, int64_t n, cons
     }
     // The `group` query heads that share a kv head are stacked into one [group * nb, hd]
     // matrix (head-major), so each kv head costs two larger GEMMs instead of 2 * group small
-    // ones: better blocking and threading in OpenBLAS at no extra FLOPs.
+    // ones: better blocking and threading (gemm.h) at no extra FLOPs.
     const int64_t rows = group * nb;
     scores_.resize(static_cast<size_t>(rows * mm));
     q_pack_.resize(static_cast<size_t>(rows * hd));
@@ -149,11 +145,11 @@ void CpuBackend::Attention(const float* q, const int32_t* q_pos, int64_t n, cons
           std::copy_n(q + (i0 + t) * q_stride + h * hd, hd, q_pack_.data() + (j * nb + t) * hd);
         }
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, mm, hd, p.scale, q_pack_.data(),
-                  hd, k + j0 * kv_stride + g * hd, kv_stride, 0.0f, s, mm);
+      Gemm(GemmB::kTransposed, rows, mm, hd, p.scale, q_pack_.data(), hd,
+           k + j0 * kv_stride + g * hd, kv_stride, 0.0f, s, mm);
       SoftmaxRows(s, pos_pack_.data(), rows, k_pos + j0, mm, p.window, inv_sum_.data());
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, mm, 1.0f, s, mm,
-                  v + j0 * kv_stride + g * hd, kv_stride, 0.0f, o_pack_.data(), hd);
+      Gemm(GemmB::kPlain, rows, hd, mm, 1.0f, s, mm, v + j0 * kv_stride + g * hd, kv_stride, 0.0f,
+           o_pack_.data(), hd);
       for (int64_t j = 0; j < group; ++j) {
         const int64_t h = g * group + j;
         for (int64_t t = 0; t < nb; ++t) {
@@ -256,8 +252,8 @@ void CpuBackend::AttentionMass(const float* q, const int32_t* q_pos, int64_t n, 
   scores_.resize(static_cast<size_t>(n * m));
   float* s = scores_.data();
   for (int64_t h = 0; h < p.n_heads; ++h) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, m, hd, p.scale, q + h * hd, q_stride,
-                k + (h / group) * hd, kv_stride, 0.0f, s, m);
+    Gemm(GemmB::kTransposed, n, m, hd, p.scale, q + h * hd, q_stride, k + (h / group) * hd,
+         kv_stride, 0.0f, s, m);
     SoftmaxRows(s, q_pos, n, k_pos, m, p.window, nullptr);
     for (int64_t i = 0; i < n; ++i) {
       const float* row = s + i * m;

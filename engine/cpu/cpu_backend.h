@@ -12,16 +12,17 @@
 
 #include "engine/backend.h"
 #include "engine/cpu/flash_attention.h"
+#include "engine/cpu/gemm.h"
 #include "engine/cpu/quant_matmul.h"
 
 namespace semshare::engine {
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend() = default;
+  CpuBackend() { PinBlasToOneThread(); }
   // kFloat: float32 arithmetic on exactly dequantised weights for every row count (the float32
   // oracles' mode); the default quantizes few-row activations (quant_dot.h).
-  explicit CpuBackend(MatMulPrecision precision) : precision_(precision) {}
+  explicit CpuBackend(MatMulPrecision precision) : precision_(precision) { PinBlasToOneThread(); }
   std::string_view name() const override { return "cpu"; }
 
   void MatMul(const float* x, int64_t n, const Matrix& w, const Matrix& bias, float* y) override;

@@ -1,11 +1,10 @@
 #include "engine/cpu/quant_matmul.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <vector>
 
 #include "engine/cpu/fast_math.h"
+#include "engine/cpu/gemm.h"
 #include "engine/cpu/quant_dot.h"
 #include "engine/cpu/thread_pool.h"
 
@@ -49,21 +48,18 @@ void DotPath(const float* x, int64_t n, const Matrix& w, float* y, DotIsa isa, b
 void BlockMatMulTiled(const float* x, int64_t n, const Matrix& w, float* y) {
   const int64_t k = w.cols, out = w.rows;
   const int64_t tile = std::clamp<int64_t>(kTileFloats / std::max<int64_t>(k, 1), 16, out);
-  thread_local std::vector<float> buf;  // the calling thread's (workers write through `t`)
-  buf.resize(static_cast<size_t>(tile * k));
-  float* const t = buf.data();
-  for (int64_t t0 = 0; t0 < out; t0 += tile) {
-    const int64_t rows = std::min(tile, out - t0);
-    // Dequantise in the pool, then let OpenBLAS thread the product (never nested).
-    ThreadPool::Default().ParallelFor(
-        rows, 8, [&](int64_t r0, int64_t r1) { DequantizeRows(w, t0 + r0, r1 - r0, t + r0 * k); });
-    if (n == 1) {
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, rows, k, 1.0f, t, k, x, 1, 0.0f, y + t0, 1);
-    } else {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, rows, k, 1.0f, x, k, t, k, 0.0f,
-                  y + t0, out);
+  // Each thread takes a range of weight rows and walks it a tile at a time: dequantise into its
+  // own buffer, multiply while the tile is still in its cache (single-threaded BLAS, gemm.h).
+  ThreadPool::Default().ParallelFor(out, 16, [&](int64_t r0, int64_t r1) {
+    thread_local std::vector<float> buf;
+    buf.resize(static_cast<size_t>(tile * k));
+    for (int64_t t0 = r0; t0 < r1; t0 += tile) {
+      const int64_t rows = std::min(tile, r1 - t0);
+      DequantizeRows(w, t0, rows, buf.data());
+      GemmOnThisThread(GemmB::kTransposed, n, rows, k, 1.0f, x, k, buf.data(), k, 0.0f, y + t0,
+                       out);
     }
-  }
+  });
 }
 
 void BlockMatMulDot(const float* x, int64_t n, const Matrix& w, float* y, DotIsa isa) {

@@ -5,8 +5,9 @@
 //    weight rows, split across ThreadPool::Default(). Weights are read once per call in their
 //    stored size (4.5 to 8.5 bits a weight), which is what decode is bound by. F16/BF16
 //    weights (no int8 kernel) are widened a row at a time and dotted with the float row.
-//  - many rows (prefill): tiles of up to kTileFloats weights are dequantised (exactly) into a
-//    thread-local float buffer and multiplied with OpenBLAS sgemm, so prefill keeps float32
+//  - many rows (prefill, large batches): each pool thread walks its range of weight rows in
+//    tiles of up to kTileFloats weights, dequantised (exactly) into its own float buffer and
+//    multiplied at once with single-threaded OpenBLAS sgemm (gemm.h), so prefill keeps float32
 //    GEMM speed and accuracy; the dequantisation is amortised over the n rows.
 // MatMulPrecision::kFloat forces the second path for every n (float32 arithmetic on the exact
 // weights, as the float32 oracles compare), at the cost of a dequantisation per call.
@@ -31,8 +32,9 @@ enum class MatMulPrecision {
 // prompts are prefilled in chunks larger than this, except a final chunk of <= kDotMaxRows
 // tokens, whose rows then differ from a one-chunk prefill's by the bound in quant_dot.h.
 constexpr int64_t kDotMaxRows = 8;
-// Weights per dequantised tile (4 MiB of float32 per calling thread).
-constexpr int64_t kTileFloats = int64_t{1} << 20;
+// Weights per dequantised tile: 512 KiB of float32 per pool thread, so the tile is still in
+// that core's L2 when the GEMM reads it.
+constexpr int64_t kTileFloats = int64_t{1} << 17;
 
 // y[n, w.rows] = x[n, w.cols] * w^T for a quantized (non-F32) w. Thread-compatible: may be
 // called from several threads at once (per-thread buffers), each call uses the default pool.
