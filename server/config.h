@@ -29,8 +29,11 @@ struct ServerConfig {
   // The engine loop (serving/engine_loop.h): continuous batching.
   int64_t max_batch_tokens = 256;  // rows per iteration: decode rows + prefill chunk tokens
   int32_t max_num_seqs = 64;       // requests running in the loop at once
-  int64_t kv_cache_bytes = 0;      // KV budget; 0 = 1/4 of RAM (<= 4 GiB), or 1/2 of free GPU
-  int64_t max_prompt_tokens = 0;   // 0 = the model's context length
+  // KV budget; 0 = 1/4 of RAM (<= 4 GiB) on the CPU, or on CUDA the pages that fit in 90% of
+  // the device memory free after the weights less one iteration's scratch
+  // (serving/batch_runner.h, NewCudaBatchRunner).
+  int64_t kv_cache_bytes = 0;
+  int64_t max_prompt_tokens = 0;  // 0 = the model's context length
   int32_t max_new_tokens = 1024;
   int32_t default_max_tokens = 128;              // when a request leaves max_tokens at 0
   int64_t max_message_bytes = int64_t{4} << 20;  // gRPC receive limit
