@@ -101,10 +101,11 @@ TEST(CpuBackendTest, RopeBothPairingsMatchClosedForm) {
   }
 }
 
-// Attention with GQA, positions with gaps, a sliding window, and a query that sees nothing.
+// Attention with GQA, positions with gaps, a sliding window, and a query that sees nothing; all
+// seven queries at once (the GEMM path) and three at a time (the direct path of decode steps).
 TEST(CpuBackendTest, AttentionMasksByPositionAndWindow) {
   CpuBackend be;
-  const int64_t nh = 4, nkv = 2, hd = 8, m = 300, n = 7;
+  const int64_t nh = 6, nkv = 2, hd = 8, m = 300, n = 7;
   std::vector<int32_t> kpos(m), qpos = {0, 3, 150, 299, 598, 600, -1};
   for (int64_t j = 0; j < m; ++j) kpos[j] = static_cast<int32_t>(2 * j);  // even positions
   std::vector<float> q = RandomVector(n * nh * hd, 7), k = RandomVector(m * nkv * hd, 8),
@@ -112,9 +113,7 @@ TEST(CpuBackendTest, AttentionMasksByPositionAndWindow) {
   std::sort(qpos.begin(), qpos.end());
   for (int64_t window : {int64_t{0}, int64_t{40}}) {
     AttentionParams p{nh, nkv, hd, 0.3f, window};
-    std::vector<float> out(n * nh * hd, std::numeric_limits<float>::quiet_NaN());
-    be.Attention(q.data(), qpos.data(), n, k.data(), v.data(), kpos.data(), m, p, out.data());
-    std::vector<double> want(out.size(), 0.0);
+    std::vector<double> want(n * nh * hd, 0.0);
     for (int64_t i = 0; i < n; ++i) {
       for (int64_t h = 0; h < nh; ++h) {
         const int64_t g = h / (nh / nkv);
@@ -139,7 +138,18 @@ TEST(CpuBackendTest, AttentionMasksByPositionAndWindow) {
         }
       }
     }
-    ExpectClose(out, want, 1e-4);
+    for (auto [first, count] : {std::pair<int64_t, int64_t>{0, n}, {0, 3}, {4, 3}}) {
+      SCOPED_TRACE(::testing::Message()
+                   << "window " << window << ", queries " << first << ".." << first + count - 1);
+      const int64_t row = nh * hd;
+      std::vector<float> out(count * row, std::numeric_limits<float>::quiet_NaN());
+      be.Attention(q.data() + first * row, qpos.data() + first, count, k.data(), v.data(),
+                   kpos.data(), m, p, out.data());
+      ExpectClose(
+          out,
+          std::vector<double>(want.begin() + first * row, want.begin() + (first + count) * row),
+          1e-4);
+    }
   }
 }
 
