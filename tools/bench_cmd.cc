@@ -115,8 +115,9 @@ int BenchCommand(int argc, char** argv) {
        false, false, "quant"},
       {"batch-streams",
        "comma-separated stream counts for batched decode (each stream one row per iteration "
-       "over its own 256-token context, as the engine loop runs them; empty: skip)",
-       false, false, "1,4,16,64"},
+       "over its own 256-token context, as the engine loop runs them), e.g. 1,4,16,64; measured "
+       "after the resident-memory reading",
+       false, false, ""},
       {"json", "write the results to this JSON file"},
       {"help", "show this help", true},
   };
@@ -261,9 +262,19 @@ int BenchCommand(int argc, char** argv) {
     }
     report("decode@0", *decode_tokens, Median(times), flops);
   }
+  // Resident memory after the runs above (weights as mapped pages, KV, scratch): what a server
+  // with this model holds after warm-up, less its own buffers.
+  const MemoryUsage mem = ReadMemoryUsage();
+  std::printf("\nweights %.1f MiB as stored (%s); resident %.1f MiB, peak %.1f MiB\n",
+              (*model)->weights.ByteSize() / 1048576.0, matmul.c_str(), mem.rss_bytes / 1048576.0,
+              mem.peak_bytes / 1048576.0);
   // Batched decode, as the engine loop runs it: B sequences, each with its own 256-token
   // context, one row each per iteration through ForwardBatch (one GEMM over the B rows,
   // attention per sequence). Output tokens/s = B * steps / time.
+  if (!streams.empty()) {
+    std::printf("\n| phase | tokens | median s | tokens/s | GFLOP | floor s | time/floor |\n");
+    std::printf("|---|---|---|---|---|---|---|\n");
+  }
   for (int64_t b : streams) {
     const int64_t ctx = 256, steps = std::max<int64_t>(8, *decode_tokens / 4);
     std::vector<engine::KvCache> caches;
@@ -297,12 +308,6 @@ int BenchCommand(int argc, char** argv) {
     }
     report(absl::StrCat("decode x", b), b * steps, Median(times), flops);
   }
-  // Resident memory after the runs above (weights as mapped pages, KV, scratch): what a server
-  // with this model holds after warm-up, less its own buffers.
-  const MemoryUsage mem = ReadMemoryUsage();
-  std::printf("\nweights %.1f MiB as stored (%s); resident %.1f MiB, peak %.1f MiB\n",
-              (*model)->weights.ByteSize() / 1048576.0, matmul.c_str(), mem.rss_bytes / 1048576.0,
-              mem.peak_bytes / 1048576.0);
   if (args->Has("json")) {
     nlohmann::json j = {{"suite", "forward"},
                         {"model", c.name},
