@@ -19,20 +19,6 @@ double MsBetween(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
-// Whether a record's KV fits the model and holds one row per token in every layer (the
-// namespace pins the model fingerprint; shapes are checked anyway so a record can never index
-// past what the forward pass expects).
-bool UsableRecord(const store::Record& r, const engine::ModelConfig& c) {
-  if (r.ids.empty() || r.kv.n_layers() != c.n_layers ||
-      r.kv.kv_dim() != c.n_kv_heads * c.head_dim) {
-    return false;
-  }
-  for (int64_t l = 0; l < r.kv.n_layers(); ++l) {
-    if (r.kv.layer(l).rows() != static_cast<int64_t>(r.ids.size())) return false;
-  }
-  return true;
-}
-
 // The CPU's default KV budget: a quarter of the host's memory, at most 4 GiB.
 int64_t HostKvBudget() {
   const int64_t pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
@@ -92,35 +78,15 @@ absl::StatusOr<std::vector<int32_t>> FrontWorker::Tokenize(const PromptInput& in
   return ids;
 }
 
-FrontWorker::Best FrontWorker::FindBest(const store::Namespace& ns, std::span<const int32_t> ids,
-                                        const std::vector<uint64_t>& features,
-                                        int32_t* candidates) {
-  Best best;
-  *candidates = 0;
+BestCandidate FrontWorker::FindBest(const store::Namespace& ns, std::span<const int32_t> ids,
+                                    std::span<const uint64_t> features) {
   store::ReferenceStore* store = pipeline_.store_;
-  if (store == nullptr) return best;
-  // The target's sketch first, whatever the store answers: a miss publishes its codes with
-  // the record (and no earlier request's sketch can stand in for it).
-  if (!session_->SetTarget(ids).ok()) return best;  // a device error: a miss
-  absl::StatusOr<std::vector<store::Candidate>> cands =
-      store->Lookup(ns, features, pipeline_.options_.serving.lookup_candidates);
-  if (!cands.ok()) return best;  // counted by the store; a miss
-  *candidates = static_cast<int32_t>(cands->size());
-  const engine::ModelConfig& c = pipeline_.model_->config;
-  for (const store::Candidate& cand : *cands) {
-    absl::StatusOr<store::RecordHandle> rec = store->Get(ns, cand.id);
-    if (!rec.ok()) continue;  // evicted meanwhile, or damaged (dropped and counted)
-    const store::Record& r = **rec;
-    if (!UsableRecord(r, c)) continue;
-    absl::StatusOr<engine::TokenMatch> scored = session_->MatchReference(r.ids);
-    if (!scored.ok()) continue;
-    engine::TokenMatch match = *std::move(scored);
-    if (best.record == nullptr || match.similarity > best.match.similarity) {
-      best.record = *std::move(rec);
-      best.match = std::move(match);
-    }
-  }
-  return best;
+  if (store == nullptr) return BestCandidate{};
+  absl::StatusOr<BestCandidate> best =
+      FindBestCandidate(*store, ns, *session_, ids, features,
+                        pipeline_.options_.serving.lookup_candidates, pipeline_.model_->config);
+  // A device error (SetTarget) or a store error (counted by the store): a miss.
+  return best.ok() ? *std::move(best) : BestCandidate{};
 }
 
 engine::TokenSketch FrontWorker::TargetSketch(std::span<const int32_t> ids) {
@@ -146,24 +112,21 @@ void FrontWorker::Generate(std::shared_ptr<ServeRequest> request,
   auto res = std::make_shared<ServeResult>();
   const ServingOptions& opt = pipeline_.options_.serving;
   store::ReferenceStore* store = pipeline_.store_;
-  const engine::ModelConfig& c = pipeline_.model_->config;
   const auto tl = Clock::now();
   // Exact first: the longest exact prefix among stored turns, at any length.
   store::PrefixMatch prefix;
   if (HitRule::LooksUpExact(request->policy, store != nullptr, n)) {
     res->looked_up = true;
-    absl::StatusOr<store::PrefixMatch> pm = store->LookupPrefix(request->ns, ids);
-    if (pm.ok() && pm->record != nullptr && UsableRecord(*pm->record, c)) prefix = *std::move(pm);
+    prefix = LookupExactPrefix(*store, request->ns, ids, pipeline_.model_->config);
   }
   // Then the semantic path, for long prompts the exact prefix covers too little of.
   const bool semantic = !HitRule::ExactCoversMost(prefix.tokens, n) &&
                         HitRule::LooksUpSemantic(opt.reuse, request->policy, store != nullptr, n);
-  std::vector<uint64_t> features;
-  Best best;
+  BestCandidate best;
   if (semantic) {
     res->looked_up = true;
-    features = store::PromptFeatures(ids);
-    best = FindBest(request->ns, ids, features, &res->candidates);
+    best = FindBest(request->ns, ids, store::PromptFeatures(ids));
+    res->candidates = best.candidates;
     if (best.record != nullptr) {
       res->similarity = best.match.similarity;
       res->reference_id = best.record->id;
@@ -171,31 +134,32 @@ void FrontWorker::Generate(std::shared_ptr<ServeRequest> request,
   }
   if (res->looked_up) res->lookup_ms = MsBetween(tl, Clock::now());
   if (cancelled()) return done(absl::CancelledError("cancelled before prefill"));
-  const bool semantic_hit =
-      best.record != nullptr && HitRule::Hits(best.match.similarity, request->threshold);
-  const bool exact_hit = !semantic_hit && prefix.record != nullptr;
-  res->cache_result = semantic_hit || exact_hit ? CacheResult::kHit
-                      : res->looked_up          ? CacheResult::kMiss
-                                                : CacheResult::kBypass;
+  const HitDecision hit = HitRule::Decide(
+      n, prefix.record != nullptr ? prefix.tokens : 0,
+      best.record != nullptr && HitRule::Hits(best.match.similarity, request->threshold));
+  res->cache_result = hit.kind != HitKind::kMiss ? CacheResult::kHit
+                      : res->looked_up           ? CacheResult::kMiss
+                                                 : CacheResult::kBypass;
   // Every turn with its full KV (a miss or an exact prefix: nothing was evicted) is published
   // with its answer, so that the next turn of a conversation extends it.
-  const bool publish = store != nullptr && request->policy == CachePolicy::kAuto && !semantic_hit;
+  const bool publish =
+      store != nullptr && request->policy == CachePolicy::kAuto && hit.kind != HitKind::kSemantic;
 
   auto lr = std::make_unique<LoopRequest>();
   lr->ids = ids;
   lr->options = request->options;
   lr->keep_kv = publish;
-  if (semantic_hit) {
+  if (hit.kind == HitKind::kSemantic) {
     res->hit_kind = "semantic";
     lr->reference = std::move(best.record);
     lr->match = std::move(best.match);
-  } else if (exact_hit) {
-    res->hit_kind = "exact";
+  } else if (hit.kind != HitKind::kMiss) {
+    res->hit_kind = "exact";  // kExact and kHybrid: an exact prefix copied
     res->reference_id = prefix.id;
-    lr->prefix_rows = HitRule::ExactRows(prefix.tokens, n);
+    lr->prefix_rows = hit.exact_rows;
     lr->reference = std::move(prefix.record);
   }
-  best = Best{};
+  best = BestCandidate{};
   prefix = store::PrefixMatch{};
   lr->cancelled = request->cancelled;
   lr->on_text = request->on_text;
@@ -289,8 +253,8 @@ absl::StatusOr<LookupResult> FrontWorker::Lookup(const PromptInput& input,
   if (!ids.ok()) return ids.status();
   LookupResult out;
   out.prompt_tokens = static_cast<int64_t>(ids->size());
-  const std::vector<uint64_t> features = store::PromptFeatures(*ids);
-  Best best = FindBest(ns, *ids, features, &out.candidates);
+  const BestCandidate best = FindBest(ns, *ids, store::PromptFeatures(*ids));
+  out.candidates = best.candidates;
   if (best.record != nullptr) {
     out.reference_id = best.record->id;
     out.similarity = best.match.similarity;

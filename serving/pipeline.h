@@ -2,12 +2,13 @@
 // HTTP beside it) hands its requests to.
 //
 //   Generate: a front worker tokenizes (chat template for conversations), checks limits,
-//     looks the prompt up in the store (the prompt-level index for candidates, the token
-//     matcher to rank them) and applies the hit rule (HitRule below, shared with `semshare
-//     bench`); the request then goes to the EngineLoop (serving/engine_loop.h), which prefills
-//     it (the hit's plan or a full, chunked prefill) and decodes it in the batch with every
-//     other running request. When it ends, its prompt's KV is published to the store (a miss
-//     under CachePolicy::kAuto), off the loop: the record is queued to the store's writer.
+//     looks the prompt up in the store (the exact-prefix index, then the prompt-level index
+//     for candidates and the token matcher to rank them: serving/hit_lookup.h) and applies the
+//     hit rule (HitRule::Decide below); both are shared with `semshare bench`; the request then
+//     goes to the EngineLoop (serving/engine_loop.h), which prefills it (the hit's plan or a full,
+//     chunked prefill) and decodes it in the batch with every other running request. When it ends,
+//     its prompt's KV is published to the store (a miss under CachePolicy::kAuto), off the loop:
+//     the record is queued to the store's writer.
 //   Tokenize, LookupReference, AddReference: front-worker jobs (AddReference prefills through
 //     the engine loop too, so it shares the KV budget).
 //
@@ -37,6 +38,7 @@
 #include "engine/reuse/token_matcher.h"
 #include "engine/text/chat_template.h"
 #include "serving/engine_loop.h"
+#include "serving/hit_lookup.h"
 #include "serving/scheduler.h"
 
 namespace semshare::serving {
@@ -198,12 +200,10 @@ class FrontWorker {
                                       float threshold);
 
  private:
-  struct Best {
-    store::RecordHandle record;
-    engine::TokenMatch match;
-  };
-  Best FindBest(const store::Namespace& ns, std::span<const int32_t> ids,
-                const std::vector<uint64_t>& features, int32_t* candidates);
+  // The semantic candidates scored on session_ (serving/hit_lookup.h); a failed lookup is a
+  // miss: no record, no candidates.
+  BestCandidate FindBest(const store::Namespace& ns, std::span<const int32_t> ids,
+                         std::span<const uint64_t> features);
   // The lookup's target sketch when the session kept a host one (its codes go into the
   // published record; records without codes are valid), else empty.
   engine::TokenSketch TargetSketch(std::span<const int32_t> ids);
@@ -227,8 +227,8 @@ class Pipeline {
  public:
   // Builds the backend (the one place that chooses it), the front workers and the engine
   // loop. A KV budget of 0 becomes a quarter of the host's memory (at most 4 GiB) on the CPU,
-  // and half the device memory left after the weights on CUDA. Errors: the backend's
-  // (engine/backend_factory.h).
+  // and on CUDA the pages that fit in 90% of the device memory free after the weights, less an
+  // iteration's scratch (NewCudaBatchRunner). Errors: the backend's (engine/backend_factory.h).
   static absl::StatusOr<std::unique_ptr<Pipeline>> Create(
       std::shared_ptr<const engine::Model> model, const PipelineOptions& options,
       store::ReferenceStore* store, PipelineObserver* observer);

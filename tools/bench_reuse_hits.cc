@@ -9,6 +9,7 @@
 #include "cache_store/prompt_features.h"
 #include "cache_store/record.h"
 #include "engine/cpu/cpu_backend.h"
+#include "serving/hit_lookup.h"
 
 namespace semshare::tools {
 namespace {
@@ -71,40 +72,30 @@ absl::StatusOr<ServedDecision> ServedPath::Decide(std::span<const int32_t> ids) 
   // Exact first (FrontWorker::Generate): the longest exact prefix among stored turns.
   store::PrefixMatch prefix;
   if (HitRule::LooksUpExact(CachePolicy::kAuto, /*have_store=*/true, n)) {
-    absl::StatusOr<store::PrefixMatch> pm = store_->LookupPrefix(ns_, ids);
-    if (pm.ok() && pm->record != nullptr) prefix = *std::move(pm);
+    prefix = serving::LookupExactPrefix(*store_, ns_, ids, model_.config);
   }
   d.prefix_tokens = prefix.record != nullptr ? prefix.tokens : 0;
   // Then the semantic candidates, for long prompts the exact prefix covers too little of.
   d.semantic_lookup = !HitRule::ExactCoversMost(d.prefix_tokens, n) &&
                       HitRule::LooksUpSemantic(options_.serving.reuse, CachePolicy::kAuto,
                                                /*have_store=*/true, n);
-  store::RecordHandle best;
-  engine::TokenMatch best_match;
+  serving::BestCandidate best;
   if (d.semantic_lookup) {
-    if (auto s = session_.SetTarget(ids); !s.ok()) return s;
-    absl::StatusOr<std::vector<store::Candidate>> cands =
-        store_->Lookup(ns_, store::PromptFeatures(ids), options_.serving.lookup_candidates);
-    if (!cands.ok()) return cands.status();
-    d.candidates = static_cast<int32_t>(cands->size());
-    for (const store::Candidate& cand : *cands) {
-      absl::StatusOr<store::RecordHandle> rec = store_->Get(ns_, cand.id);
-      if (!rec.ok()) continue;
-      absl::StatusOr<engine::TokenMatch> scored = session_.MatchReference((*rec)->ids);
-      if (!scored.ok()) continue;  // as the server: a candidate it cannot score is skipped
-      if (best == nullptr || scored->similarity > best_match.similarity) {
-        best = *std::move(rec);
-        best_match = *std::move(scored);
-      }
-    }
-    if (best != nullptr) d.similarity = best_match.similarity;
+    absl::StatusOr<serving::BestCandidate> found =
+        serving::FindBestCandidate(*store_, ns_, session_, ids, store::PromptFeatures(ids),
+                                   options_.serving.lookup_candidates, model_.config);
+    if (!found.ok()) return found.status();
+    best = *std::move(found);
+    d.candidates = best.candidates;
+    if (best.record != nullptr) d.similarity = best.match.similarity;
   }
   const bool semantic_hit =
-      best != nullptr && HitRule::Hits(best_match.similarity, options_.serving.reuse.hit_threshold);
+      best.record != nullptr &&
+      HitRule::Hits(best.match.similarity, options_.serving.reuse.hit_threshold);
   d.hit = HitRule::Decide(n, d.prefix_tokens, semantic_hit);
   if (d.hit.kind == serving::HitKind::kSemantic) {
-    d.record = std::move(best);
-    d.match = std::move(best_match);
+    d.record = std::move(best.record);
+    d.match = std::move(best.match);
   } else if (d.hit.kind != serving::HitKind::kMiss) {
     d.record = std::move(prefix.record);
   }

@@ -4,10 +4,11 @@
 //
 //   ServedPath::Hold publishes the reference into a real in-memory store::ReferenceStore (as a
 //   finished turn is published: prompt + answer, KV of every row);
-//   ServedPath::Decide looks the target up as serving::FrontWorker::Generate does: the store's
-//   exact-prefix lookup (LookupPrefix) first, then the semantic candidates (the prompt-level
-//   index, ranked by the token matcher on a CpuServingSession) when serving::HitRule asks for
-//   them, and HitRule::Decide turns that into exact / hybrid / semantic / miss;
+//   ServedPath::Decide looks the target up as serving::FrontWorker::Generate does, through the
+//   same functions (serving/hit_lookup.h): the exact-prefix lookup (LookupExactPrefix) first,
+//   then the semantic candidates (FindBestCandidate: the prompt-level index, ranked by the
+//   token matcher on a CpuServingSession) when serving::HitRule asks for them, and
+//   HitRule::Decide turns that into exact / hybrid / semantic / miss;
 //   ServedPath::Prefill runs the decision through a serving::CpuBatchRunner as the engine loop
 //   does for a request alone: an exact prefix is copied (BatchRunner::CopyPrefix) and the rest
 //   prefilled in chunks of the loop's default batch budget (LoopOptions::max_batch_tokens), a
