@@ -43,15 +43,18 @@ absl::StatusOr<std::unique_ptr<CudaContext>> CudaContext::Create(int device) {
   c->sm_count_ = prop.multiProcessorCount;
   SEMSHARE_CUDA_RETURN(cudaStreamCreateWithFlags(&c->stream_, cudaStreamNonBlocking));
   SEMSHARE_CUDA_RETURN(cudaStreamCreateWithFlags(&c->copy_stream_, cudaStreamNonBlocking));
-  SEMSHARE_CUBLAS_RETURN(cublasCreate(&c->cublas_));
-  SEMSHARE_CUBLAS_RETURN(cublasSetStream(c->cublas_, c->stream_));
+  absl::StatusOr<const CublasApi*> blas = LoadCublas();
+  if (!blas.ok()) return blas.status();
+  c->blas_ = *blas;
+  SEMSHARE_CUBLAS_RETURN(c->blas_->create(&c->cublas_));
+  SEMSHARE_CUBLAS_RETURN(c->blas_->set_stream(c->cublas_, c->stream_));
   // A fixed workspace keeps cuBLAS from allocating behind the pool's accounting.
   auto ws = c->pool_.Allocate(32 << 20);
   if (!ws.ok()) return ws.status();
   c->cublas_workspace_ = std::move(*ws);
-  SEMSHARE_CUBLAS_RETURN(
-      cublasSetWorkspace(c->cublas_, c->cublas_workspace_.data(), c->cublas_workspace_.bytes()));
-  SEMSHARE_CUBLAS_RETURN(cublasSetMathMode(c->cublas_, CUBLAS_DEFAULT_MATH));
+  SEMSHARE_CUBLAS_RETURN(c->blas_->set_workspace(c->cublas_, c->cublas_workspace_.data(),
+                                                 c->cublas_workspace_.bytes()));
+  SEMSHARE_CUBLAS_RETURN(c->blas_->set_math_mode(c->cublas_, CUBLAS_DEFAULT_MATH));
   return c;
 }
 
@@ -59,7 +62,7 @@ CudaContext::~CudaContext() {
   ScopedDevice on(device_);
   if (copy_stream_ != nullptr) cudaStreamSynchronize(copy_stream_);
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
-  if (cublas_ != nullptr) cublasDestroy(cublas_);
+  if (cublas_ != nullptr) blas_->destroy(cublas_);
   cublas_workspace_.Reset();
   if (copy_stream_ != nullptr) cudaStreamDestroy(copy_stream_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -72,11 +75,11 @@ absl::Status CudaContext::Gemm(const void* x, int64_t ldx, int64_t n, const void
   // Row-major y[n, out] = x[n, in] w[out, in]^T is column-major y^T[out, n] = w^T x^T: with w
   // read as a column-major [in, out] matrix (lda = in) transposed, and x^T column-major
   // [in, n] (ldb = ldx).
-  SEMSHARE_CUBLAS_RETURN(
-      cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(n),
-                   static_cast<int>(in), &alpha, w, CUDA_R_16BF, static_cast<int>(in), x,
-                   CUDA_R_16BF, static_cast<int>(ldx), &beta, y, y_bf16 ? CUDA_R_16BF : CUDA_R_32F,
-                   static_cast<int>(ldy), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  SEMSHARE_CUBLAS_RETURN(blas_->gemm_ex(
+      cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(n),
+      static_cast<int>(in), &alpha, w, CUDA_R_16BF, static_cast<int>(in), x, CUDA_R_16BF,
+      static_cast<int>(ldx), &beta, y, y_bf16 ? CUDA_R_16BF : CUDA_R_32F, static_cast<int>(ldy),
+      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   return absl::OkStatus();
 }
 

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "engine/cuda/cublas_loader.h"
 #include "engine/cuda/device_pool.h"
 
 namespace semshare::engine::cuda {
@@ -50,6 +51,8 @@ class CudaContext {
   cudaStream_t stream() const { return stream_; }
   cudaStream_t copy_stream() const { return copy_stream_; }
   cublasHandle_t cublas() const { return cublas_; }
+  // cuBLAS' entry points (loaded on first use, cublas_loader.h).
+  const CublasApi& blas() const { return *blas_; }
   DevicePool& pool() { return pool_; }
   int sm_count() const { return sm_count_; }
 
@@ -71,6 +74,7 @@ class CudaContext {
   int sm_count_ = 0;
   cudaStream_t stream_ = nullptr;
   cudaStream_t copy_stream_ = nullptr;
+  const CublasApi* blas_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   DevicePool pool_;
   DeviceBuffer cublas_workspace_;

@@ -69,18 +69,19 @@ absl::Status DeviceMatcher::Sgemm(const float* a, int64_t rows, const float* b, 
   // the shared handle to TF32, switch back for this call and restore after.
   cublasHandle_t h = ctx_.cublas();
   cublasMath_t mode = CUBLAS_DEFAULT_MATH;
-  SEMSHARE_CUBLAS_RETURN(cublasGetMathMode(h, &mode));
+  SEMSHARE_CUBLAS_RETURN(ctx_.blas().get_math_mode(h, &mode));
   const bool change = mode != CUBLAS_DEFAULT_MATH && mode != CUBLAS_PEDANTIC_MATH;
-  if (change) SEMSHARE_CUBLAS_RETURN(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
+  if (change) SEMSHARE_CUBLAS_RETURN(ctx_.blas().set_math_mode(h, CUBLAS_DEFAULT_MATH));
   // Row-major c[rows, cols] = a[rows, k] b[cols, k]^T is column-major c^T[cols, rows] =
   // b^T a^T: b read as column-major [k, cols] (ldb = k) transposed, a^T column-major [k, rows]
   // (lda = k), as CudaContext::Gemm maps it.
   const float one = 1.0f, zero = 0.0f;
   const cublasStatus_t st =
-      cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(cols), static_cast<int>(rows),
-                  static_cast<int>(k), &one, b, static_cast<int>(k), a, static_cast<int>(k), &zero,
-                  c, static_cast<int>(ldc));
-  const cublasStatus_t restored = change ? cublasSetMathMode(h, mode) : CUBLAS_STATUS_SUCCESS;
+      ctx_.blas().sgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(cols), static_cast<int>(rows),
+                        static_cast<int>(k), &one, b, static_cast<int>(k), a, static_cast<int>(k),
+                        &zero, c, static_cast<int>(ldc));
+  const cublasStatus_t restored =
+      change ? ctx_.blas().set_math_mode(h, mode) : CUBLAS_STATUS_SUCCESS;
   SEMSHARE_CUBLAS_RETURN(st);
   SEMSHARE_CUBLAS_RETURN(restored);
   return absl::OkStatus();

@@ -12,6 +12,7 @@
 
 #include "engine/backend_factory.h"
 #include "engine/cpu/cpu_backend.h"
+#include "engine/cuda/cublas_loader.h"
 #include "engine/llama_forward.h"
 #include "engine/reuse/reuse_prefill.h"
 #include "tests/cuda/cuda_model_util.h"
@@ -46,6 +47,23 @@ class CudaBackendTest : public GpuTest {
   CpuBackend cpu_;
   std::unique_ptr<engine::cuda::CudaBackend> gpu_;
 };
+
+// cuBLAS is opened on first use (engine/cuda/cublas_loader.h), not linked: it loads, with every
+// entry point the backend calls, on a machine with the toolkit and no GPU too.
+TEST(CublasLoaderTest, OpensCublasOnDemandWithEveryEntryPoint) {
+  auto api = engine::cuda::LoadCublas();
+  ASSERT_TRUE(api.ok()) << api.status();
+  const engine::cuda::CublasApi& a = **api;
+  for (const void* f :
+       {reinterpret_cast<const void*>(a.create), reinterpret_cast<const void*>(a.destroy),
+        reinterpret_cast<const void*>(a.set_stream), reinterpret_cast<const void*>(a.set_workspace),
+        reinterpret_cast<const void*>(a.get_math_mode),
+        reinterpret_cast<const void*>(a.set_math_mode), reinterpret_cast<const void*>(a.gemm_ex),
+        reinterpret_cast<const void*>(a.sgemm)}) {
+    EXPECT_NE(f, nullptr);
+  }
+  EXPECT_EQ(*engine::cuda::LoadCublas(), *api) << "loaded once";
+}
 
 TEST(BackendFactoryTest, NamesAndErrors) {
   EXPECT_TRUE(engine::MakeBackend("cpu").ok());
