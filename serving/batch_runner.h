@@ -61,8 +61,10 @@ class BatchRunner {
   virtual const engine::Model& model() const = 0;
   // An empty sequence with room for `rows` rows (a hint: prompt + max_tokens).
   virtual absl::StatusOr<std::unique_ptr<SeqKv>> NewSeq(int64_t rows) = 0;
-  // Runs every item in one iteration. An error fails the whole iteration: the loop then fails
-  // each request in it (their KV is in an unknown state).
+  // Runs every item in one iteration. RESOURCE_EXHAUSTED (the runner's own KV memory ran out)
+  // must change no sequence: the loop then preempts the newest request and retries. Any other
+  // error fails the whole iteration: the loop fails each request in it (their KV is in an
+  // unknown state).
   virtual absl::Status Forward(std::span<const Item> items) = 0;
   // A reuse hit as the sequence's whole prefill (the ReusePrefiller rule: exact reuse when the
   // prompt repeats the reference, else selective prefill and retention); `interrupt` may stop

@@ -167,6 +167,7 @@ void EngineLoop::Finish(std::unique_ptr<Seq> seq, absl::Status status) {
     }
   }
   seq->kv.reset();  // the rows are free from here on
+  runner_full_ = false;
   Release(*seq);
   seq->req->reference = nullptr;
   auto done = std::move(seq->req->done);
@@ -189,6 +190,7 @@ void EngineLoop::Admit(std::vector<std::unique_ptr<Seq>>& running) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (waiting_.empty() || static_cast<int32_t>(running.size()) >= options_.max_num_seqs) break;
+      if (runner_full_ && !running.empty()) break;
       const int64_t need = static_cast<int64_t>(waiting_.front()->tokens.size()) + 1;
       if (!running.empty() && held + need > budget_rows_) break;
       seq = std::move(waiting_.front());
@@ -206,6 +208,11 @@ void EngineLoop::Admit(std::vector<std::unique_ptr<Seq>>& running) {
     if (seq->stream != nullptr) rows += seq->req->options.max_tokens - seq->stream->steps();
     absl::StatusOr<std::unique_ptr<SeqKv>> kv = runner_->NewSeq(rows);
     if (!kv.ok()) {
+      if (absl::IsResourceExhausted(kv.status()) && !running.empty()) {
+        runner_full_ = true;  // it waits until a running request frees memory
+        Unadmit(std::move(seq));
+        break;
+      }
       Finish(std::move(seq), kv.status());
       continue;
     }
@@ -214,8 +221,16 @@ void EngineLoop::Admit(std::vector<std::unique_ptr<Seq>>& running) {
     seq->prefilled = 0;
     if (seq->req->reference != nullptr && seq->req->prefix_rows > 0) {
       // An exact prefix: its rows are copied now and the rest is prefilled in chunks. A
-      // backend that cannot copy computes the whole prompt (same result, full cost).
-      if (runner_->CopyPrefix(*seq->kv, seq->req->reference->kv, seq->req->prefix_rows).ok()) {
+      // backend that cannot copy computes the whole prompt (same result, full cost); one out
+      // of memory with others running waits for room, its plan kept.
+      const absl::Status copied =
+          runner_->CopyPrefix(*seq->kv, seq->req->reference->kv, seq->req->prefix_rows);
+      if (absl::IsResourceExhausted(copied) && !running.empty()) {
+        runner_full_ = true;
+        Unadmit(std::move(seq));
+        break;
+      }
+      if (copied.ok()) {
         seq->prefilled = seq->req->prefix_rows;
         seq->result.hit = true;
         seq->result.copied_rows = seq->req->prefix_rows;
@@ -262,6 +277,16 @@ void EngineLoop::Preempt(std::vector<std::unique_ptr<Seq>>& running, size_t inde
   if (observer_ != nullptr) observer_->OnPreemption();
 }
 
+void EngineLoop::Unadmit(std::unique_ptr<Seq> seq) {
+  seq->kv.reset();
+  seq->phase = Phase::kWaiting;
+  seq->prefilled = 0;
+  std::lock_guard<std::mutex> lock(mu_);
+  waiting_.push_front(std::move(seq));
+  --stats_.running;
+  stats_.waiting = static_cast<int64_t>(waiting_.size());
+}
+
 void EngineLoop::Iterate(std::vector<std::unique_ptr<Seq>>& running) {
   const int64_t vocab = runner_->model().config.vocab_size;
   auto remove = [&running](size_t i) {
@@ -303,6 +328,14 @@ void EngineLoop::Iterate(std::vector<std::unique_ptr<Seq>>& running) {
     absl::StatusOr<engine::PrefillStats> st =
         runner_->PrefillHit(*s.kv, s.tokens, ref.ids, ref.kv, s.req->match, s.logits.data(),
                             [&s] { return s.cancelled(); });
+    if (absl::IsResourceExhausted(st.status()) && running.size() > 1) {
+      // The runner's memory ran out (adopting the rows into the CUDA page pool): the request
+      // waits at the queue's front with its plan until a running one frees memory.
+      s.hit_pending = true;
+      runner_full_ = true;
+      Unadmit(remove(i));
+      break;
+    }
     s.req->reference = nullptr;  // unpinned
     if (!st.ok()) {
       Finish(remove(i), st.status());
@@ -371,6 +404,30 @@ void EngineLoop::Iterate(std::vector<std::unique_ptr<Seq>>& running) {
 
   // 6. Run it, then sample every request whose logits came out.
   const absl::Status st = runner_->Forward(items_);
+  if (absl::IsResourceExhausted(st) && running.size() > 1) {
+    // The runner's memory ran out before the loop's row budget did (the CUDA page pool); it
+    // changed nothing (BatchRunner::Forward). As in 4: preempt the newest, retry next
+    // iteration without it, and admit nothing new until a request finishes.
+    size_t newest = 0;
+    for (size_t i = 1; i < running.size(); ++i) {
+      if (running[i]->order > running[newest]->order) newest = i;
+    }
+    Preempt(running, newest);
+    runner_full_ = true;
+    Publish(running, 0);
+    return;
+  }
+  if (absl::IsResourceExhausted(st)) {
+    // Alone: it cannot fit, now or later.
+    const Seq& s = *running.front();
+    const absl::Status alone = absl::ResourceExhaustedError(
+        absl::StrCat("the request alone (a prompt of ", s.req->ids.size(),
+                     " tokens) needs more KV memory than the ", std::string(runner_->backend()),
+                     " backend holds: shorten the prompt or max_tokens (", st.message(), ")"));
+    Finish(remove(0), alone);
+    Publish(running, rows);
+    return;
+  }
   if (!st.ok()) {
     // The KV of every request in the batch is in an unknown state.
     for (size_t i = running.size(); i-- > 0;) {

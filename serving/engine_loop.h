@@ -16,6 +16,12 @@
 //      where it stopped);
 //   6. runs the batch through the BatchRunner and samples each request with its own
 //      parameters (engine::TokenStream); finished requests get their result.
+// When the runner's own memory runs out first (RESOURCE_EXHAUSTED from NewSeq, CopyPrefix,
+// PrefillHit or Forward: the CUDA page pool), the loop does as in 5: Forward's failure
+// preempts the newest running request and the iteration is retried without it; an admission
+// or hit that does not fit waits at the queue's front with its plan. Nothing new is admitted
+// until a request finishes. A request that does not fit even alone fails with
+// RESOURCE_EXHAUSTED.
 // Lookups, token matching and publishing stay off this thread (serving/pipeline.h).
 //
 // Thread-safety: Submit, Close, WaitIdle and Stats are thread-safe. A request's callbacks
@@ -141,6 +147,9 @@ class EngineLoop {
   void Finish(std::unique_ptr<Seq> seq, absl::Status status);
   void Admit(std::vector<std::unique_ptr<Seq>>& running);
   void Preempt(std::vector<std::unique_ptr<Seq>>& running, size_t index);
+  // A request whose admission or hit ran out of the runner's memory goes back to the queue's
+  // front, its plan kept (not a preemption: it has produced nothing yet).
+  void Unadmit(std::unique_ptr<Seq> seq);
   int64_t HeldRows(const std::vector<std::unique_ptr<Seq>>& running) const;
   // Stats and observer after an iteration of `rows` rows; mu_ not held.
   void Publish(const std::vector<std::unique_ptr<Seq>>& running, int64_t rows);
@@ -161,6 +170,9 @@ class EngineLoop {
   std::vector<BatchRunner::Item> items_;  // the loop thread's batch scratch
   std::vector<Seq*> item_seqs_;           // [items_.size()] whose item each is
   uint64_t next_order_ = 0;               // admission counter (loop thread)
+  // The runner ran out of its own memory (RESOURCE_EXHAUSTED: the CUDA page pool) with
+  // requests running: nothing new is admitted until one finishes (loop thread).
+  bool runner_full_ = false;
   std::thread thread_;
 };
 

@@ -6,6 +6,12 @@
 //    on one sequence), and the KV held returns to 0.
 //  - 64 requests against a KV budget of 4 sequences all finish with their tokens; some are
 //    preempted (counted) and recomputed; nothing is lost.
+//  - A runner whose own memory runs out before the loop's budget (as the CUDA page pool can):
+//    the real CPU runner behind a decorator that answers RESOURCE_EXHAUSTED when more than N
+//    sequences would hold KV. Every request finishes with its tokens alone (the loop preempts
+//    and retries); one that cannot fit even alone fails with RESOURCE_EXHAUSTED; a reuse hit
+//    and an exact prefix that find no room (PrefillHit, CopyPrefix refused) wait and still run
+//    their plans.
 // Tokens are compared exactly: batched and single-sequence logits differ by float summation
 // order (kGemmOrderRelBound; tests/forward_test.cc checks it per sequence) and, on quantized
 // weights, by the few-row kernels' activation quantization where a batch and a lone sequence
@@ -21,7 +27,9 @@
 #include <mutex>
 #include <numeric>
 #include <string>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "cache_store/prompt_features.h"
 #include "cache_store/record.h"
 #include "engine/cpu/cpu_backend.h"
@@ -124,6 +132,11 @@ class EngineLoopTest : public ::testing::Test {
         o, nullptr);
   }
 
+  std::unique_ptr<EngineLoop> NewLoop(const LoopOptions& o,
+                                      std::unique_ptr<BatchRunner> runner) const {
+    return std::make_unique<EngineLoop>(std::move(runner), o, nullptr);
+  }
+
   static const engine::Model* model_;
   static std::string error_;
 };
@@ -152,6 +165,92 @@ struct Results {
     std::unique_lock<std::mutex> lock(mu);
     return cv.wait_for(lock, std::chrono::minutes(10), [&] { return done == n; });
   }
+};
+
+// A BatchRunner with a small memory of its own, as the CUDA page pool is: the real runner
+// underneath, RESOURCE_EXHAUSTED (changing nothing) whenever a call would leave more than
+// `max_holding` sequences holding KV rows. Counts the refusals.
+class SeqLimitedRunner final : public BatchRunner {
+ public:
+  SeqLimitedRunner(std::unique_ptr<BatchRunner> inner, int max_holding, std::atomic<int>* refusals)
+      : inner_(std::move(inner)), max_holding_(max_holding), refusals_(refusals) {}
+
+  std::string_view backend() const override { return inner_->backend(); }
+  const engine::Model& model() const override { return inner_->model(); }
+  absl::StatusOr<std::unique_ptr<SeqKv>> NewSeq(int64_t rows) override {
+    absl::StatusOr<std::unique_ptr<SeqKv>> s = inner_->NewSeq(rows);
+    if (!s.ok()) return s.status();
+    return std::unique_ptr<SeqKv>(new Seq(this, *std::move(s)));
+  }
+  absl::Status Forward(std::span<const Item> items) override {
+    std::vector<const SeqKv*> gaining;
+    for (const Item& it : items) {
+      if (!it.ids.empty() && it.seq->rows() == 0) gaining.push_back(it.seq);
+    }
+    if (auto s = Admit(static_cast<int>(gaining.size())); !s.ok()) return s;
+    std::vector<Item> inner(items.begin(), items.end());
+    for (Item& it : inner) it.seq = static_cast<Seq*>(it.seq)->inner.get();
+    return inner_->Forward(inner);
+  }
+  absl::StatusOr<engine::PrefillStats> PrefillHit(SeqKv& seq, std::span<const int32_t> ids,
+                                                  std::span<const int32_t> ref_ids,
+                                                  const engine::KvCache& ref_kv,
+                                                  const engine::TokenMatch& match, float* logits,
+                                                  std::function<bool()> interrupt) override {
+    if (auto s = Admit(seq.rows() == 0 ? 1 : 0); !s.ok()) {
+      ++hit_refusals_;
+      return s;
+    }
+    return inner_->PrefillHit(*static_cast<Seq&>(seq).inner, ids, ref_ids, ref_kv, match, logits,
+                              std::move(interrupt));
+  }
+  absl::Status CopyPrefix(SeqKv& seq, const engine::KvCache& src, int64_t rows) override {
+    if (auto s = Admit(seq.rows() == 0 ? 1 : 0); !s.ok()) {
+      ++copy_refusals_;
+      return s;
+    }
+    return inner_->CopyPrefix(*static_cast<Seq&>(seq).inner, src, rows);
+  }
+  absl::StatusOr<engine::KvCache> TakeKv(SeqKv& seq) override {
+    return inner_->TakeKv(*static_cast<Seq&>(seq).inner);
+  }
+  int64_t max_chunk() const override { return inner_->max_chunk(); }
+  int64_t row_bytes() const override { return inner_->row_bytes(); }
+
+  int max_seen() const { return max_seen_; }
+  int hit_refusals() const { return hit_refusals_; }
+  int copy_refusals() const { return copy_refusals_; }
+
+ private:
+  struct Seq final : SeqKv {
+    Seq(SeqLimitedRunner* r, std::unique_ptr<SeqKv> s) : runner(r), inner(std::move(s)) {
+      runner->seqs_.push_back(this);
+    }
+    ~Seq() override { std::erase(runner->seqs_, this); }
+    int64_t rows() const override { return inner->rows(); }
+    int64_t bytes() const override { return inner->bytes(); }
+    int32_t next_position() const override { return inner->next_position(); }
+    SeqLimitedRunner* runner;
+    std::unique_ptr<SeqKv> inner;
+  };
+
+  absl::Status Admit(int gaining) {
+    int holding = 0;
+    for (const Seq* s : seqs_) holding += s->rows() > 0 ? 1 : 0;
+    if (holding + gaining > max_holding_) {
+      if (refusals_ != nullptr) ++*refusals_;
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "test pool: ", holding + gaining, " sequences would hold KV, room for ", max_holding_));
+    }
+    max_seen_ = std::max(max_seen_.load(), holding + gaining);
+    return absl::OkStatus();
+  }
+
+  std::unique_ptr<BatchRunner> inner_;
+  const int max_holding_;
+  std::atomic<int>* refusals_;
+  std::vector<Seq*> seqs_;  // live sequences (the loop's thread only)
+  std::atomic<int> max_seen_{0}, hit_refusals_{0}, copy_refusals_{0};
 };
 
 TEST_F(EngineLoopTest, BatchedRequestsGenerateWhatEachGeneratesAlone) {
@@ -282,6 +381,155 @@ TEST_F(EngineLoopTest, SixtyFourStreamsOnABudgetOfFourSequencesAllFinish) {
   const absl::Status s = loop->Submit(std::move(big));
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(s.message().find("--kv-cache-bytes"), std::string_view::npos) << s;
+}
+
+TEST_F(EngineLoopTest, RunnerOutOfMemoryPreemptsAndRetries) {
+  constexpr int kRequests = 12, kMaxTokens = 8, kRoom = 3;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 6; ++i) prompts.push_back(Prompt(i, 1 + i % 3));
+  LoopOptions lo;
+  lo.max_batch_tokens = 64;  // prompts in chunks: sequences gain KV over several iterations
+  lo.max_num_seqs = kRequests;
+  lo.max_waiting = kRequests;
+  lo.kv_cache_bytes = int64_t{1} << 30;  // the loop's own budget never binds
+  std::atomic<int> refusals{0};
+  auto limited = std::make_unique<SeqLimitedRunner>(
+      NewCpuBatchRunner(*model_, std::make_unique<engine::CpuBackend>(), engine::ReuseConfig{}),
+      kRoom, &refusals);
+  SeqLimitedRunner* runner = limited.get();
+  std::unique_ptr<EngineLoop> loop = NewLoop(lo, std::move(limited));
+  // Misses, and in the middle a reuse hit (an exact repeat of a reference: its plan is kept
+  // when the runner has no room for it).
+  const std::vector<int32_t> hit_ids = Prompt(3, 6);
+  store::RecordHandle ref = Reference(hit_ids);
+  const engine::TokenMatch match = Match(hit_ids, *ref);
+  Results results(kRequests + 1);
+  for (int i = 0; i <= kRequests; ++i) {
+    auto r = std::make_unique<LoopRequest>();
+    r->options = Greedy(kMaxTokens);
+    if (i == kRequests / 2) {
+      r->ids = hit_ids;
+      r->reference = ref;
+      r->match = match;
+      r->done = results.Slot(kRequests);
+    } else {
+      r->ids = prompts[(i - (i > kRequests / 2 ? 1 : 0)) % prompts.size()];
+      r->done = results.Slot(i - (i > kRequests / 2 ? 1 : 0));
+    }
+    ASSERT_TRUE(loop->Submit(std::move(r)).ok());
+  }
+  ASSERT_TRUE(results.Wait(kRequests + 1));
+  ASSERT_TRUE(loop->WaitIdle(60000));
+  const LoopStats stats = loop->Stats();
+  ASSERT_TRUE(results.out[kRequests].ok()) << results.out[kRequests].status();
+  EXPECT_TRUE(results.out[kRequests]->hit);
+  EXPECT_EQ(results.out[kRequests]->gen.tokens,
+            Alone(hit_ids, Greedy(kMaxTokens), ref.get(), &match));
+  EXPECT_GT(refusals.load(), 0);    // the runner did run out
+  EXPECT_GT(stats.preemptions, 0);  // and the loop preempted rather than failing
+  EXPECT_LE(runner->max_seen(), kRoom);
+  EXPECT_EQ(stats.kv_bytes, 0);
+  EXPECT_EQ(stats.running, 0);
+  std::vector<std::vector<int32_t>> alone;
+  for (const auto& p : prompts) alone.push_back(Alone(p, Greedy(kMaxTokens)));
+  for (int i = 0; i < kRequests; ++i) {
+    ASSERT_TRUE(results.out[i].ok()) << i << ": " << results.out[i].status();
+    EXPECT_EQ(results.out[i]->gen.tokens, alone[i % prompts.size()]) << "request " << i;
+  }
+
+  // A runner with room for no sequence: the request fails alone, clearly, and the loop goes on
+  // idle (nothing retried forever).
+  std::atomic<int> none_refusals{0};
+  std::unique_ptr<EngineLoop> full = NewLoop(
+      lo,
+      std::make_unique<SeqLimitedRunner>(
+          NewCpuBatchRunner(*model_, std::make_unique<engine::CpuBackend>(), engine::ReuseConfig{}),
+          0, &none_refusals));
+  Results one(1);
+  auto r = std::make_unique<LoopRequest>();
+  r->ids = prompts[0];
+  r->options = Greedy(kMaxTokens);
+  r->done = one.Slot(0);
+  ASSERT_TRUE(full->Submit(std::move(r)).ok());
+  ASSERT_TRUE(one.Wait(1));
+  ASSERT_FALSE(one.out[0].ok());
+  EXPECT_EQ(one.out[0].status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(one.out[0].status().message().find("alone"), std::string_view::npos)
+      << one.out[0].status();
+  ASSERT_TRUE(full->WaitIdle(60000));
+  EXPECT_EQ(full->Stats().kv_bytes, 0);
+}
+
+TEST_F(EngineLoopTest, RunnerOutOfMemoryKeepsAHitsPlan) {
+  // Room for one sequence: while a long miss decodes, a reuse hit (an exact repeat) and an
+  // exact-prefix request (the reference's prompt + a question) find no room for their rows
+  // (PrefillHit, CopyPrefix refused); they wait with their plans and run after it.
+  LoopOptions lo;
+  lo.kv_cache_bytes = int64_t{1} << 30;  // the loop's own budget never binds
+  auto limited = std::make_unique<SeqLimitedRunner>(
+      NewCpuBatchRunner(*model_, std::make_unique<engine::CpuBackend>(), engine::ReuseConfig{}), 1,
+      nullptr);
+  SeqLimitedRunner* runner = limited.get();
+  std::unique_ptr<EngineLoop> loop = NewLoop(lo, std::move(limited));
+
+  const std::vector<int32_t> miss_ids = Prompt(0, 2);
+  const std::vector<int32_t> ref_ids = Prompt(3, 6);
+  store::RecordHandle ref = Reference(ref_ids);
+  const engine::TokenMatch match = Match(ref_ids, *ref);
+  std::vector<int32_t> extended = ref_ids;
+  const std::vector<int32_t> question = Prompt(7, 1);
+  extended.insert(extended.end(), question.begin() + 1, question.end());  // no second BOS
+  const engine::GenerateOptions long_run = Greedy(64), short_run = Greedy(8);
+
+  Results results(3);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool streaming = false;
+  auto miss = std::make_unique<LoopRequest>();
+  miss->ids = miss_ids;
+  miss->options = long_run;
+  miss->on_text = [&](std::string_view) {
+    std::lock_guard<std::mutex> lock(mu);
+    streaming = true;
+    cv.notify_all();
+    return true;
+  };
+  miss->done = results.Slot(0);
+  ASSERT_TRUE(loop->Submit(std::move(miss)).ok());
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::minutes(5), [&] { return streaming; }));
+  }
+  auto hit = std::make_unique<LoopRequest>();
+  hit->ids = ref_ids;
+  hit->options = short_run;
+  hit->reference = ref;
+  hit->match = match;
+  hit->done = results.Slot(1);
+  ASSERT_TRUE(loop->Submit(std::move(hit)).ok());
+  auto prefix = std::make_unique<LoopRequest>();
+  prefix->ids = extended;
+  prefix->options = short_run;
+  prefix->reference = ref;
+  prefix->prefix_rows = static_cast<int64_t>(ref_ids.size());
+  prefix->done = results.Slot(2);
+  ASSERT_TRUE(loop->Submit(std::move(prefix)).ok());
+  ASSERT_TRUE(results.Wait(3));
+  ASSERT_TRUE(loop->WaitIdle(60000));
+
+  EXPECT_GT(runner->hit_refusals(), 0);
+  EXPECT_GT(runner->copy_refusals(), 0);
+  EXPECT_EQ(runner->max_seen(), 1);
+  for (int i = 0; i < 3; ++i)
+    ASSERT_TRUE(results.out[i].ok()) << i << ": " << results.out[i].status();
+  EXPECT_EQ(results.out[0]->gen.tokens, Alone(miss_ids, long_run));
+  EXPECT_TRUE(results.out[1]->hit);
+  EXPECT_EQ(results.out[1]->prefill.recomputed_tokens, engine::ReuseConfig{}.window);  // exact
+  EXPECT_EQ(results.out[1]->gen.tokens, Alone(ref_ids, short_run, ref.get(), &match));
+  EXPECT_TRUE(results.out[2]->hit);
+  EXPECT_EQ(results.out[2]->copied_rows, static_cast<int64_t>(ref_ids.size()));
+  EXPECT_EQ(results.out[2]->gen.tokens, Alone(extended, short_run));
+  EXPECT_EQ(loop->Stats().kv_bytes, 0);
 }
 
 }  // namespace
