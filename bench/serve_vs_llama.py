@@ -21,6 +21,7 @@ usage: bench/serve_vs_llama.py --semshare build/semshare-server \\
 """
 
 import argparse
+import concurrent.futures
 import http.client
 import json
 import os
@@ -196,6 +197,10 @@ def main():
     ap.add_argument("--duration-s", type=float, default=40)
     ap.add_argument("--warmup-s", type=float, default=5)
     ap.add_argument("--parallel", type=int, default=16, help="llama-server --parallel")
+    ap.add_argument("--prewarm", action="store_true",
+                    help="with the cache on, send every prompt once (4 at a time) before the first "
+                         "level, so every level measures exact repeats (prefill is not the "
+                         "bottleneck)")
     ap.add_argument("--semshare-args", default="", help="extra semshare-server flags")
     ap.add_argument("--json")
     ap.add_argument("--logs", default="/tmp")
@@ -229,6 +234,12 @@ def main():
     for cache in caches:
         servers = [start() for _, start, _ in systems]
         try:
+            if cache and a.prewarm:
+                for name, _, send in systems:
+                    pool = concurrent.futures.ThreadPoolExecutor(4)
+                    list(pool.map(lambda p: send(p, True), prompts))
+                    pool.shutdown()
+                    print(f"{name:9} prewarmed with {len(prompts)} prompts", flush=True)
             for c in levels if cache else [lv for lv in levels if lv in off_levels]:
                 for name, _, send in systems:
                     r = run_load(lambda p: send(p, cache), prompts, c, a.duration_s, a.warmup_s)
@@ -244,7 +255,7 @@ def main():
     if a.json:
         meta = {"command": " ".join(sys.argv), "model": a.model, "threads": a.threads,
                 "prompts": a.prompts, "max_tokens": a.max_tokens, "duration_s": a.duration_s,
-                "warmup_s": a.warmup_s, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+                "warmup_s": a.warmup_s, "prewarm": a.prewarm, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
         pathlib.Path(a.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
 
 
