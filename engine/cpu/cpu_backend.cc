@@ -168,18 +168,17 @@ void CpuBackend::DirectAttention(const float* q, const int32_t* q_pos, int64_t n
                                  const AttentionParams& p, float* out) {
   const int64_t hd = p.head_dim, q_stride = p.n_heads * hd, kv_stride = p.n_kv_heads * hd;
   const int64_t group = p.n_heads / p.n_kv_heads;
-  // One task per (query row, kv head): the `group` query heads that share a kv head read each
-  // K and V row once between them. Per head, the arithmetic and its order are those of one
-  // head alone (a dot per visible row, exp against the head's max, P V summed over rows in
-  // order), so grouping changes no result.
-  ThreadPool::Default().ParallelFor(n * p.n_kv_heads, 1, [&](int64_t t0, int64_t t1) {
-    thread_local std::vector<float> scores, mx, sum;  // [group, m], [group], [group]
-    scores.resize(static_cast<size_t>(group * std::max<int64_t>(m, 1)));
-    mx.resize(static_cast<size_t>(group));
-    sum.resize(static_cast<size_t>(group));
+  // One task per (query row, head), so even one decode row spreads over the pool. Per task,
+  // three vectorised passes over the visible rows [lo, hi): scores = K q (gemv, reading K's rows
+  // in place), exp against their max, then o = V^T e / sum (gemv); the head's K and V rows stay
+  // in cache between the heads of a GQA group.
+  ThreadPool::Default().ParallelFor(n * p.n_heads, 1, [&](int64_t t0, int64_t t1) {
+    thread_local std::vector<float> scores;
+    scores.resize(static_cast<size_t>(std::max<int64_t>(m, 1)));
+    float* s = scores.data();
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t i = t / p.n_kv_heads, g = t % p.n_kv_heads;
-      float* o = out + i * q_stride + g * group * hd;  // the group's heads are adjacent
+      const int64_t i = t / p.n_heads, h = t % p.n_heads, g = h / group;
+      float* o = out + i * q_stride + h * hd;
       // Visible rows [lo, hi): k_pos ascends, so k_pos <= q_pos is a prefix and the window
       // cuts a prefix of that.
       const int32_t qp = q_pos[i];
@@ -188,33 +187,19 @@ void CpuBackend::DirectAttention(const float* q, const int32_t* q_pos, int64_t n
           p.window > 0
               ? std::lower_bound(k_pos, k_pos + hi, static_cast<int64_t>(qp) - p.window + 1) - k_pos
               : 0;
-      std::fill(o, o + group * hd, 0.0f);
-      if (hi <= lo) continue;
-      const float* qg = q + i * q_stride + g * group * hd;
-      std::fill(mx.begin(), mx.end(), -std::numeric_limits<float>::infinity());
-      std::fill(sum.begin(), sum.end(), 0.0f);
-      for (int64_t j = lo; j < hi; ++j) {
-        const float* kj = k + j * kv_stride + g * hd;
-        for (int64_t h = 0; h < group; ++h) {
-          const float s = DotF(qg + h * hd, kj, hd) * p.scale;
-          scores[h * m + j] = s;
-          mx[h] = std::max(mx[h], s);
-        }
+      if (hi <= lo) {
+        std::fill(o, o + hd, 0.0f);
+        continue;
       }
-      for (int64_t j = lo; j < hi; ++j) {
-        const float* vj = v + j * kv_stride + g * hd;
-        for (int64_t h = 0; h < group; ++h) {
-          const float e = FastExp(scores[h * m + j] - mx[h]);
-          sum[h] += e;
-          float* oh = o + h * hd;
-          for (int64_t e2 = 0; e2 < hd; ++e2) oh[e2] += e * vj[e2];
-        }
-      }
-      for (int64_t h = 0; h < group; ++h) {
-        const float inv = 1.0f / sum[h];
-        float* oh = o + h * hd;
-        for (int64_t e2 = 0; e2 < hd; ++e2) oh[e2] *= inv;
-      }
+      const int64_t mm = hi - lo;
+      GemmOnThisThread(GemmB::kTransposed, 1, mm, hd, p.scale, q + i * q_stride + h * hd, hd,
+                       k + lo * kv_stride + g * hd, kv_stride, 0.0f, s, mm);
+      float mx = s[0];
+      for (int64_t j = 1; j < mm; ++j) mx = std::max(mx, s[j]);
+      for (int64_t j = 0; j < mm; ++j) s[j] = FastExp(s[j] - mx);
+      const float inv = 1.0f / SumF(s, mm);
+      GemmOnThisThread(GemmB::kPlain, 1, hd, mm, inv, s, mm, v + lo * kv_stride + g * hd, kv_stride,
+                       0.0f, o, hd);
     }
   });
 }

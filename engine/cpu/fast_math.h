@@ -1,4 +1,4 @@
-// Vectorisable float math for the CPU kernels' inner loops: DotF, and exp for the softmax and
+// Vectorisable float math for the CPU kernels' inner loops: DotF, SumF, and exp for the softmax and
 // SiLU inner loops. std::exp is a library call the
 // compiler cannot vectorise without -ffast-math, and at 2k-token prompts the attention softmax
 // evaluates ~0.6 billion exponentials, more time than its GEMMs. This is the usual Cody-Waite
@@ -45,6 +45,19 @@ inline float DotF(const float* a, const float* b, int64_t n) {
   }
   float s = 0.0f;
   for (; i < n; ++i) s += a[i] * b[i];
+  for (int j = 0; j < 16; ++j) s += acc[j];
+  return s;
+}
+
+// Sum of a[0..n), 16 partial sums (vectorised like DotF).
+inline float SumF(const float* a, int64_t n) {
+  float acc[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int j = 0; j < 16; ++j) acc[j] += a[i + j];
+  }
+  float s = 0.0f;
+  for (; i < n; ++i) s += a[i];
   for (int j = 0; j < 16; ++j) s += acc[j];
   return s;
 }

@@ -32,6 +32,12 @@ void GemmOnThisThread(GemmB b_layout, int64_t m, int64_t n, int64_t k, float alp
                 static_cast<int>(ldb), a, 1, beta, c, 1);
     return;
   }
+  if (m == 1) {
+    // One row times a plain [k, n] matrix: y[n] = B^T a, gemv on B's rows (nothing packed).
+    cblas_sgemv(CblasRowMajor, CblasTrans, static_cast<int>(k), static_cast<int>(n), alpha, b,
+                static_cast<int>(ldb), a, 1, beta, c, 1);
+    return;
+  }
   cblas_sgemm(CblasRowMajor, CblasNoTrans,
               b_layout == GemmB::kTransposed ? CblasTrans : CblasNoTrans, static_cast<int>(m),
               static_cast<int>(n), static_cast<int>(k), alpha, a, static_cast<int>(lda), b,
