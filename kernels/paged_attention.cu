@@ -153,27 +153,6 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-template <typename Tout>
-__global__ void CombineKernel(const float* __restrict__ part, PagedAttnShape s, int splits,
-                              Tout* __restrict__ out) {
-  const int64_t i = blockIdx.x / s.n_heads, h = blockIdx.x % s.n_heads;
-  const int D = static_cast<int>(s.head_dim);
-  const float* rec = part + (i * s.n_heads + h) * splits * (2 + D);
-  float mm = -INFINITY;
-  for (int sp = 0; sp < splits; ++sp) mm = fmaxf(mm, rec[sp * (2 + D)]);
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float ll = 0.0f, o = 0.0f;
-    if (mm != -INFINITY) {
-      for (int sp = 0; sp < splits; ++sp) {
-        const float f = __expf(rec[sp * (2 + D)] - mm);
-        ll += rec[sp * (2 + D) + 1] * f;
-        o += rec[sp * (2 + D) + 2 + d] * f;
-      }
-    }
-    out[i * s.out_stride + h * D + d] = FromF<Tout>(ll > 0.0f ? o / ll : 0.0f);
-  }
-}
-
 __global__ void ScatterInt32Kernel(const int32_t* __restrict__ src, const int32_t* __restrict__ idx,
                                    int64_t n, int32_t* __restrict__ dst) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -310,7 +289,7 @@ cudaError_t PagedAttention(const void* q, const int32_t* q_pos, const int32_t* q
       break;
   }
   if (e != cudaSuccess || splits == 1) return e;
-  CombineKernel<Tout>
+  CombineSplits<Tout>
       <<<static_cast<unsigned>(s.n * s.n_heads), 128, 0, stream>>>(part, s, splits, out);
   return cudaGetLastError();
 }
