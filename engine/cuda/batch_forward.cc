@@ -22,17 +22,6 @@ namespace {
 using bf16 = __nv_bfloat16;
 namespace k = ::semshare::kernels;
 
-k::RopeArgs Args(const DeviceModel& m, int64_t heads, bool rotate) {
-  k::RopeArgs a;
-  a.kind = m.config.rope_style == RopeStyle::kAdjacent ? k::RopeKind::kAdjacent
-                                                       : k::RopeKind::kHalfSplit;
-  a.heads = heads;
-  a.head_dim = m.config.head_dim;
-  a.rope_dim = rotate ? m.config.rope_dim : 0;  // 0: a strided convert-and-copy (V rows)
-  a.inv_freq = m.inv_freq.as<float>();
-  return a;
-}
-
 // Slots of a sequence's rows [0, rows) in a layer's page arrays.
 std::vector<int32_t> Slots(const PagedSeq& seq, int64_t rows) {
   std::vector<int32_t> s(rows);
@@ -233,14 +222,14 @@ absl::Status BatchForward::Layer(int64_t l, int64_t r, int64_t n) {
     SEMSHARE_CUDA_RETURN(k::AddBias(qkv_.as<float>(), lw.bqkv.as<float>(), r, qkvd_, st));
   }
   SEMSHARE_CUDA_RETURN(
-      (k::Rope<float, bf16>(qkv_.as<float>(), qkvd_, pos_d, r, Args(model_, c.n_heads, true),
+      (k::Rope<float, bf16>(qkv_.as<float>(), qkvd_, pos_d, r, RopeArgsFor(model_, c.n_heads, true),
                             q_.as<bf16>(), qd_, nullptr, st)));
   // K and V of every row straight into its page slot, and the slot's position.
   SEMSHARE_CUDA_RETURN((k::Rope<float, bf16>(qkv_.as<float>() + qd_, qkvd_, pos_d, r,
-                                             Args(model_, c.n_kv_heads, true),
+                                             RopeArgsFor(model_, c.n_kv_heads, true),
                                              static_cast<bf16*>(pool_.k(l)), kvd_, slot_d, st)));
   SEMSHARE_CUDA_RETURN((k::Rope<float, bf16>(qkv_.as<float>() + qd_ + kvd_, qkvd_, pos_d, r,
-                                             Args(model_, c.n_kv_heads, false),
+                                             RopeArgsFor(model_, c.n_kv_heads, false),
                                              static_cast<bf16*>(pool_.v(l)), kvd_, slot_d, st)));
   SEMSHARE_CUDA_RETURN(k::ScatterInt32(pos_d, slot_d, r, pool_.pos(l), st));
 

@@ -25,18 +25,6 @@ namespace {
 using bf16 = __nv_bfloat16;
 namespace k = ::semshare::kernels;
 
-kernels::RopeArgs Args(const DeviceModel& m, int64_t heads, bool rotate) {
-  kernels::RopeArgs a;
-  a.kind = m.config.rope_style == RopeStyle::kAdjacent ? k::RopeKind::kAdjacent
-                                                       : k::RopeKind::kHalfSplit;
-  a.heads = heads;
-  a.head_dim = m.config.head_dim;
-  // rope_dim 0 turns the kernel into a strided convert-and-copy (V rows).
-  a.rope_dim = rotate ? m.config.rope_dim : 0;
-  a.inv_freq = m.inv_freq.as<float>();
-  return a;
-}
-
 template <typename T>
 T* At(const DeviceBuffer& b, int64_t offset) {
   return b.as<T>() + offset;
@@ -118,7 +106,7 @@ absl::Status CudaForward::Qkv(int64_t l, const float* x, const int32_t* pos_d, i
     SEMSHARE_CUDA_RETURN(k::AddBias(qkv_.as<float>(), lw.bqkv.as<float>(), s, qkvd_, st));
   }
   SEMSHARE_CUDA_RETURN((k::Rope<float, bf16>(qkv_.as<float>(), qkvd_, pos_d, s,
-                                             Args(model_, model_.config.n_heads, true),
+                                             RopeArgsFor(model_, model_.config.n_heads, true),
                                              q_.as<bf16>(), qd_, nullptr, st)));
   return absl::OkStatus();
 }
@@ -129,10 +117,12 @@ absl::Status CudaForward::StoreKv(const int32_t* pos_d, int64_t s, DeviceLayerKv
   bf16* kd = kv != nullptr ? At<bf16>(kv->k, row0 * kvd_) : kcur_.as<bf16>();
   bf16* vd = kv != nullptr ? At<bf16>(kv->v, row0 * kvd_) : vcur_.as<bf16>();
   const int64_t kvh = model_.config.n_kv_heads;
-  SEMSHARE_CUDA_RETURN((k::Rope<float, bf16>(At<float>(qkv_, qd_), qkvd_, pos_d, s,
-                                             Args(model_, kvh, true), kd, kvd_, nullptr, st)));
-  SEMSHARE_CUDA_RETURN((k::Rope<float, bf16>(At<float>(qkv_, qd_ + kvd_), qkvd_, pos_d, s,
-                                             Args(model_, kvh, false), vd, kvd_, nullptr, st)));
+  SEMSHARE_CUDA_RETURN(
+      (k::Rope<float, bf16>(At<float>(qkv_, qd_), qkvd_, pos_d, s, RopeArgsFor(model_, kvh, true),
+                            kd, kvd_, nullptr, st)));
+  SEMSHARE_CUDA_RETURN(
+      (k::Rope<float, bf16>(At<float>(qkv_, qd_ + kvd_), qkvd_, pos_d, s,
+                            RopeArgsFor(model_, kvh, false), vd, kvd_, nullptr, st)));
   if (kv != nullptr) {
     SEMSHARE_CUDA_RETURN(
         cudaMemcpyAsync(At<int32_t>(kv->pos, row0), pos_d, s * 4, cudaMemcpyDeviceToDevice, st));
@@ -447,7 +437,7 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
       const DeviceLayerKv& ref = reference->layer(l);
       SEMSHARE_CUDA_RETURN(
           k::GatherRerotate<bf16>(ref.k.as<bf16>(), src_.as<int32_t>(), delta_.as<int32_t>(), n,
-                                  Args(model_, c.n_kv_heads, true), kv.k.as<bf16>(), sm));
+                                  RopeArgsFor(model_, c.n_kv_heads, true), kv.k.as<bf16>(), sm));
       SEMSHARE_CUDA_RETURN(
           k::GatherRows<bf16>(ref.v.as<bf16>(), kvd_, src_.as<int32_t>(), n, kv.v.as<bf16>(), sm));
       SEMSHARE_CUDA_RETURN(

@@ -47,6 +47,17 @@ absl::StatusOr<DeviceBuffer> RandomBuffer(CudaContext& ctx, int64_t count, uint6
 
 }  // namespace
 
+kernels::RopeArgs RopeArgsFor(const DeviceModel& m, int64_t heads, bool rotate) {
+  kernels::RopeArgs a;
+  a.kind = m.config.rope_style == RopeStyle::kAdjacent ? kernels::RopeKind::kAdjacent
+                                                       : kernels::RopeKind::kHalfSplit;
+  a.heads = heads;
+  a.head_dim = m.config.head_dim;
+  a.rope_dim = rotate ? m.config.rope_dim : 0;
+  a.inv_freq = m.inv_freq.as<float>();
+  return a;
+}
+
 absl::StatusOr<DeviceBuffer> UploadBf16(CudaContext& ctx, std::initializer_list<const Matrix*> ms) {
   int64_t count = 0;
   for (const Matrix* m : ms) count += m->rows * m->cols;

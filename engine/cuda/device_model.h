@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "engine/cuda/cuda_context.h"
 #include "engine/model/model.h"
+#include "kernels/rope.cuh"
 
 namespace semshare::engine::cuda {
 
@@ -50,6 +51,10 @@ struct DeviceModel {
                                                              const ModelConfig& config,
                                                              uint64_t seed);
 };
+
+// The RoPE launch arguments for `heads` heads of this model: rotate = false turns the kernel into
+// a strided convert-and-copy (V rows, rope_dim 0).
+kernels::RopeArgs RopeArgsFor(const DeviceModel& m, int64_t heads, bool rotate);
 
 }  // namespace semshare::engine::cuda
 

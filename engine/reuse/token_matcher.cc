@@ -26,25 +26,13 @@
 #include <cmath>
 #include <random>
 
+#include "engine/cpu/fast_math.h"
+
 namespace semshare::engine {
 namespace {
 
 constexpr int64_t kResync = 512;       // positions between exact sincos re-seeds
 constexpr int kDirectBucketBits = 16;  // up to 2^16 buckets: counting sort; above: sorted keys
-
-// Dot product written so that GCC vectorises it without -ffast-math: 16 independent
-// accumulators are an element-wise update, not a reduction across loop iterations.
-float Dot(const float* a, const float* b, int64_t n) {
-  float acc[16] = {};
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
-  }
-  float s = 0.0f;
-  for (; i < n; ++i) s += a[i] * b[i];
-  for (int j = 0; j < 16; ++j) s += acc[j];
-  return s;
-}
 
 // Bucket table of one band: reference indices grouped by key.
 struct BandTable {
@@ -114,7 +102,7 @@ TokenSketch TokenMatcher::Sketch(std::span<const int32_t> ids) const {
         c[k] = nc;
       }
     }
-    const float norm = std::sqrt(Dot(e, e, dim));
+    const float norm = std::sqrt(DotF(e, e, dim));
     if (norm > 0.0f) {
       const float inv = 1.0f / norm;
       for (int64_t j = 0; j < dim; ++j) e[j] *= inv;
@@ -216,7 +204,7 @@ TokenMatch TokenMatcher::Match(const TokenSketch& target, const TokenSketch& ref
     int32_t best_r = -1;
     for (int32_t r : cand) {
       hits[r] = 0;
-      const float cs = Dot(e, reference.ecache.data() + r * dim, dim);
+      const float cs = DotF(e, reference.ecache.data() + r * dim, dim);
       if (cs > best || (cs == best && best_r >= 0 && r < best_r)) {
         best = cs;
         best_r = r;
