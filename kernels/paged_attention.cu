@@ -161,53 +161,6 @@ __global__ void ScatterInt32Kernel(const int32_t* __restrict__ src, const int32_
   }
 }
 
-// One block per row; (value, index) reduced with the lowest index winning ties (and NaN never
-// winning), as kernels/sampling.cuh's Argmax.
-__global__ void ArgmaxRowsKernel(const float* __restrict__ logits, int64_t vocab,
-                                 int32_t* __restrict__ out) {
-  __shared__ float sv[32];
-  __shared__ int32_t si[32];
-  const float* row = logits + blockIdx.x * vocab;
-  float best = -INFINITY;
-  int32_t bi = INT_MAX;
-  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
-    const float v = row[j];
-    if (v > best || (v == best && j < bi)) {
-      best = v;
-      bi = static_cast<int32_t>(j);
-    }
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-    const int32_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (ov > best || (ov == best && oi < bi)) {
-      best = ov;
-      bi = oi;
-    }
-  }
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) {
-    sv[warp] = best;
-    si[warp] = bi;
-  }
-  __syncthreads();
-  if (warp != 0) return;
-  const int warps = blockDim.x >> 5;
-  best = lane < warps ? sv[lane] : -INFINITY;
-  bi = lane < warps ? si[lane] : INT_MAX;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-    const int32_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (ov > best || (ov == best && oi < bi)) {
-      best = ov;
-      bi = oi;
-    }
-  }
-  if (lane == 0) out[blockIdx.x] = bi == INT_MAX ? 0 : bi;  // all NaN: token 0
-}
-
 bool ShapeOk(const PagedAttnShape& s) {
   return s.n_heads > 0 && s.n_kv_heads > 0 && s.n_heads % s.n_kv_heads == 0 && s.head_dim > 0 &&
          s.head_dim <= 256 && s.block_size > 0 && s.q_stride >= s.n_heads * s.head_dim &&
@@ -299,14 +252,6 @@ cudaError_t ScatterInt32(const int32_t* src, const int32_t* idx, int64_t n, int3
   if (n <= 0) return cudaSuccess;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(CeilDiv(n, 256), 4096));
   ScatterInt32Kernel<<<blocks, 256, 0, stream>>>(src, idx, n, dst);
-  return cudaGetLastError();
-}
-
-cudaError_t ArgmaxRows(const float* logits, int64_t n, int64_t vocab, int32_t* out,
-                       cudaStream_t stream) {
-  if (n <= 0) return cudaSuccess;
-  if (vocab <= 0 || vocab > INT_MAX) return cudaErrorInvalidValue;
-  ArgmaxRowsKernel<<<static_cast<unsigned>(n), 1024, 0, stream>>>(logits, vocab, out);
   return cudaGetLastError();
 }
 

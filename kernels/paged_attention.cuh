@@ -70,10 +70,6 @@ cudaError_t PagedAttention(const void* q, const int32_t* q_pos, const int32_t* q
 cudaError_t ScatterInt32(const int32_t* src, const int32_t* idx, int64_t n, int32_t* dst,
                          cudaStream_t stream);
 
-// out[i] = argmax of logits row i ([n, vocab] float, lowest index on ties): batched greedy.
-cudaError_t ArgmaxRows(const float* logits, int64_t n, int64_t vocab, int32_t* out,
-                       cudaStream_t stream);
-
 }  // namespace semshare::kernels
 
 #endif  // SEMSHARE_KERNELS_PAGED_ATTENTION_CUH_

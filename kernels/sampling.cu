@@ -1,4 +1,6 @@
 // Argmax and top-k / top-p sampling (algorithm note in sampling.cuh).
+#include <climits>
+
 #include "kernels/common.cuh"
 #include "kernels/sampling.cuh"
 #include "kernels/select_impl.cuh"
@@ -6,42 +8,51 @@
 namespace semshare::kernels {
 namespace {
 
+// One block per row; (value, index) reduced with the lowest index winning ties (and NaN never
+// winning), the rule of engine/sampling.h.
 __global__ void __launch_bounds__(kSelThreads)
-    ArgmaxKernel(const float* __restrict__ logits, int64_t vocab, int32_t* out) {
-  __shared__ float best_v[32];
-  __shared__ int64_t best_i[32];
-  float bv = -INFINITY;
-  int64_t bi = vocab;  // sentinel above every index
-  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
-    const float x = logits[i];
-    if (x > bv || (x == bv && i < bi)) {
-      bv = x;
-      bi = i;
+    ArgmaxRowsKernel(const float* __restrict__ logits, int64_t vocab, int32_t* __restrict__ out) {
+  __shared__ float sv[32];
+  __shared__ int32_t si[32];
+  const float* row = logits + blockIdx.x * vocab;
+  float best = -INFINITY;
+  int32_t bi = INT_MAX;
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+    const float v = row[j];
+    if (v > best || (v == best && j < bi)) {
+      best = v;
+      bi = static_cast<int32_t>(j);
     }
   }
+#pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-    const int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (ov > bv || (ov == bv && oi < bi)) {
-      bv = ov;
+    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+    const int32_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ov > best || (ov == best && oi < bi)) {
+      best = ov;
       bi = oi;
     }
   }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) {
-    best_v[warp] = bv;
-    best_i[warp] = bi;
+    sv[warp] = best;
+    si[warp] = bi;
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w) {
-      if (best_v[w] > bv || (best_v[w] == bv && best_i[w] < bi)) {
-        bv = best_v[w];
-        bi = best_i[w];
-      }
+  if (warp != 0) return;
+  const int warps = blockDim.x >> 5;
+  best = lane < warps ? sv[lane] : -INFINITY;
+  bi = lane < warps ? si[lane] : INT_MAX;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+    const int32_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ov > best || (ov == best && oi < bi)) {
+      best = ov;
+      bi = oi;
     }
-    *out = static_cast<int32_t>(bi < vocab ? bi : 0);
   }
+  if (lane == 0) out[blockIdx.x] = bi == INT_MAX ? 0 : bi;  // all NaN: token 0
 }
 
 __global__ void __launch_bounds__(kSelThreads)
@@ -130,10 +141,17 @@ __global__ void __launch_bounds__(kSelThreads)
 
 }  // namespace
 
+cudaError_t ArgmaxRows(const float* logits, int64_t n, int64_t vocab, int32_t* out,
+                       cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (vocab <= 0 || vocab > INT_MAX) return cudaErrorInvalidValue;
+  ArgmaxRowsKernel<<<static_cast<unsigned>(n), kSelThreads, 0, stream>>>(logits, vocab, out);
+  return cudaGetLastError();
+}
+
 cudaError_t Argmax(const float* logits, int64_t vocab, int32_t* out, cudaStream_t stream) {
   if (vocab <= 0) return cudaErrorInvalidValue;
-  ArgmaxKernel<<<1, kSelThreads, 0, stream>>>(logits, vocab, out);
-  return cudaGetLastError();
+  return ArgmaxRows(logits, 1, vocab, out, stream);
 }
 
 cudaError_t SampleTopKTopP(const float* logits, int64_t vocab, float temperature, int top_k,

@@ -19,8 +19,12 @@ namespace semshare::kernels {
 
 constexpr int kMaxSampleCandidates = 1024;
 
-// logits [vocab] float; *out (device int32) = argmax.
+// logits [vocab] float; *out (device int32) = argmax (ArgmaxRows of one row).
 cudaError_t Argmax(const float* logits, int64_t vocab, int32_t* out, cudaStream_t stream);
+
+// out[i] = argmax of logits row i ([n, vocab] float): batched greedy, one block per row.
+cudaError_t ArgmaxRows(const float* logits, int64_t n, int64_t vocab, int32_t* out,
+                       cudaStream_t stream);
 
 // temperature > 0, top_p in (0, 1], u in [0, 1). *out (device int32) = sampled token.
 cudaError_t SampleTopKTopP(const float* logits, int64_t vocab, float temperature, int top_k,

@@ -14,6 +14,7 @@
 #include "kernels/paged_attention.cuh"
 #include "kernels/rmsnorm.cuh"
 #include "kernels/rope.cuh"
+#include "kernels/sampling.cuh"
 #include "kernels/swiglu.cuh"
 
 namespace semshare::engine::cuda {
