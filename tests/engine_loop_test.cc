@@ -36,6 +36,7 @@
 #include "engine/generator.h"
 #include "engine/reuse/reuse_prefill.h"
 #include "serving/batch_runner.h"
+#include "tests/loop_results.h"
 #include "tests/test_util.h"
 
 namespace semshare::serving {
@@ -143,29 +144,7 @@ class EngineLoopTest : public ::testing::Test {
 const engine::Model* EngineLoopTest::model_ = nullptr;
 std::string EngineLoopTest::error_;
 
-// Collects the results of submitted requests; Wait bounds a hang only.
-struct Results {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::vector<absl::StatusOr<LoopResult>> out;
-  int done = 0;
-
-  explicit Results(size_t n) {
-    for (size_t i = 0; i < n; ++i) out.emplace_back(absl::UnknownError("not finished"));
-  }
-  std::function<void(absl::StatusOr<LoopResult>)> Slot(size_t i) {
-    return [this, i](absl::StatusOr<LoopResult> r) {
-      std::lock_guard<std::mutex> lock(mu);
-      out[i] = std::move(r);
-      ++done;
-      cv.notify_all();
-    };
-  }
-  bool Wait(int n) {
-    std::unique_lock<std::mutex> lock(mu);
-    return cv.wait_for(lock, std::chrono::minutes(10), [&] { return done == n; });
-  }
-};
+using Results = testing::LoopResults;
 
 // A BatchRunner with a small memory of its own, as the CUDA page pool is: the real runner
 // underneath, RESOURCE_EXHAUSTED (changing nothing) whenever a call would leave more than

@@ -31,6 +31,7 @@
 #include "serving/engine_loop.h"
 #include "tests/cuda/cuda_model_util.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/loop_results.h"
 
 namespace semshare::testing {
 namespace {
@@ -71,29 +72,7 @@ engine::GenerateOptions Greedy(int32_t max_tokens) {
   return o;
 }
 
-// Collects the results of submitted requests; Wait bounds a hang only.
-struct Results {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::vector<absl::StatusOr<LoopResult>> out;
-  int done = 0;
-
-  explicit Results(size_t n) {
-    for (size_t i = 0; i < n; ++i) out.emplace_back(absl::UnknownError("not finished"));
-  }
-  std::function<void(absl::StatusOr<LoopResult>)> Slot(size_t i) {
-    return [this, i](absl::StatusOr<LoopResult> r) {
-      std::lock_guard<std::mutex> lock(mu);
-      out[i] = std::move(r);
-      ++done;
-      cv.notify_all();
-    };
-  }
-  bool Wait(int n) {
-    std::unique_lock<std::mutex> lock(mu);
-    return cv.wait_for(lock, std::chrono::minutes(5), [&] { return done == n; });
-  }
-};
+using Results = LoopResults;
 
 // The fixture's model (host only: runs without a device): its tokenizer maps token b to byte b.
 TEST(CudaLoopModel, ByteTokenizerCoversTheVocabulary) {
