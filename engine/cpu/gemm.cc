@@ -53,8 +53,8 @@ void Gemm(GemmB b_layout, int64_t m, int64_t n, int64_t k, float alpha, const fl
     return;
   }
   if (n >= m) {
-    // Column blocks of C: block [n0, n1) reads B's rows n0.. (transposed) or columns n0.. (plain).
-    // Multiples of 16 columns keep the kernel's vector width whole.
+    // Column blocks of C, one per thread: block [n0, n1) reads B's rows n0.. (transposed) or
+    // columns n0.. (plain). `chunk` only keeps a block from being too small to pay for its thread.
     const int64_t chunk = std::max<int64_t>(16, kMinParallelMacs / std::max<int64_t>(m * k, 1));
     pool.ParallelFor(n, chunk, [&](int64_t n0, int64_t n1) {
       const float* bb = b_layout == GemmB::kTransposed ? b + n0 * ldb : b + n0;
