@@ -66,16 +66,18 @@ class BatchRunner {
   // error fails the whole iteration: the loop fails each request in it (their KV is in an
   // unknown state).
   virtual absl::Status Forward(std::span<const Item> items) = 0;
-  // A reuse hit as the sequence's whole prefill (the ReusePrefiller rule: exact reuse when the
-  // prompt repeats the reference, else selective prefill and retention); `interrupt` may stop
-  // it between layers (CANCELLED).
+  // A reuse hit as the sequence's whole prefill: the engine::ReusePlan that PlanReuse makes of
+  // (ids, ref_ids, match, the runner's ReuseConfig) executed (engine/reuse/reuse_plan.h: an
+  // exact repeat's prefix copy, the selective path, or the hybrid: an exact prefix copied and
+  // the selective path on the remainder); `interrupt` may stop it between layers (CANCELLED).
   virtual absl::StatusOr<engine::PrefillStats> PrefillHit(SeqKv& seq, std::span<const int32_t> ids,
                                                           std::span<const int32_t> ref_ids,
                                                           const engine::KvCache& ref_kv,
                                                           const engine::TokenMatch& match,
                                                           float* logits,
                                                           std::function<bool()> interrupt) = 0;
-  // An exact prefix: the empty sequence takes rows [0, rows) of `src` (a full reference: every
+  // An exact prefix (an engine::ReusePlan kCopyPrefix's copy; the loop then computes the rest
+  // in chunks): the empty sequence takes rows [0, rows) of `src` (a full reference: every
   // layer holds one row per token) as its own. Unimplemented where the backend cannot (the
   // loop then prefills the whole prompt).
   virtual absl::Status CopyPrefix(SeqKv& seq, const engine::KvCache& src, int64_t rows) = 0;

@@ -80,9 +80,11 @@ struct LoopRequest {
   // Hand the request's KV back in the result (to publish it).
   bool keep_kv = false;
   // A reuse hit: the reference (pinned until the prefill is done) and either an exact prefix
-  // (prefix_rows > 0: rows [0, prefix_rows) of its KV are copied, the rest of the prompt is
-  // prefilled in chunks like a miss; prefix_rows < ids.size()) or a semantic token match
-  // (prefix_rows == 0: SemShareKV's selective prefill, BatchRunner::PrefillHit).
+  // (prefix_rows > 0: the engine::ReusePlan kCopyPrefix of serving::HitRule; rows
+  // [0, prefix_rows) of its KV are copied, the rest of the prompt is prefilled in chunks like a
+  // miss; prefix_rows < ids.size()) or a token match (prefix_rows == 0: BatchRunner::PrefillHit
+  // executes the plan engine::PlanReuse makes of it: SemShareKV's selective prefill, or the
+  // hybrid with the selective path on the remainder after an exact prefix).
   store::RecordHandle reference;
   int64_t prefix_rows = 0;
   engine::TokenMatch match;

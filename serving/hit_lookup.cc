@@ -2,6 +2,8 @@
 
 #include <utility>
 
+#include "engine/reuse/reuse_plan.h"
+
 namespace semshare::serving {
 
 bool UsableRecord(const store::Record& r, const engine::ModelConfig& c) {
@@ -45,6 +47,25 @@ absl::StatusOr<BestCandidate> FindBestCandidate(
     }
   }
   return best;
+}
+
+std::optional<engine::TokenMatch> MatchHybridRemainder(engine::ServingSession& session,
+                                                       const engine::ReuseConfig& reuse,
+                                                       std::span<const int32_t> ids,
+                                                       const store::Record& record,
+                                                       int64_t exact_rows) {
+  const int64_t n = static_cast<int64_t>(ids.size());
+  if (reuse.hybrid_selective_min_tokens <= 0 || exact_rows <= 0 ||
+      n - exact_rows < reuse.hybrid_selective_min_tokens) {
+    return std::nullopt;
+  }
+  if (!session.SetTarget(ids).ok()) return std::nullopt;
+  absl::StatusOr<engine::TokenMatch> match = session.MatchReference(record.ids);
+  if (!match.ok() || engine::PlanReuse(ids, record.ids, *match, reuse).kind !=
+                         engine::ReuseKind::kHybridSelective) {
+    return std::nullopt;
+  }
+  return *std::move(match);
 }
 
 }  // namespace semshare::serving

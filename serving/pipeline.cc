@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <future>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -134,16 +135,24 @@ void FrontWorker::Generate(std::shared_ptr<ServeRequest> request,
   }
   if (res->looked_up) res->lookup_ms = MsBetween(tl, Clock::now());
   if (cancelled()) return done(absl::CancelledError("cancelled before prefill"));
-  const HitDecision hit = HitRule::Decide(
+  HitDecision hit = HitRule::Decide(
       n, prefix.record != nullptr ? prefix.tokens : 0,
       best.record != nullptr && HitRule::Hits(best.match.similarity, request->threshold));
+  std::optional<engine::TokenMatch> remainder;
+  if (hit.kind == HitKind::kHybrid) {
+    // A long remainder that matches the stored turn takes the selective path after the copy.
+    const auto tr = Clock::now();
+    remainder = MatchHybridRemainder(*session_, opt.reuse, ids, *prefix.record, hit.exact_rows);
+    hit.selective_remainder = remainder.has_value();
+    res->lookup_ms += MsBetween(tr, Clock::now());
+  }
   res->cache_result = hit.kind != HitKind::kMiss ? CacheResult::kHit
                       : res->looked_up           ? CacheResult::kMiss
                                                  : CacheResult::kBypass;
   // Every turn with its full KV (a miss or an exact prefix: nothing was evicted) is published
   // with its answer, so that the next turn of a conversation extends it.
-  const bool publish =
-      store != nullptr && request->policy == CachePolicy::kAuto && hit.kind != HitKind::kSemantic;
+  const bool publish = store != nullptr && request->policy == CachePolicy::kAuto &&
+                       hit.kind != HitKind::kSemantic && !hit.selective_remainder;
 
   auto lr = std::make_unique<LoopRequest>();
   lr->ids = ids;
@@ -153,6 +162,12 @@ void FrontWorker::Generate(std::shared_ptr<ServeRequest> request,
     res->hit_kind = "semantic";
     lr->reference = std::move(best.record);
     lr->match = std::move(best.match);
+  } else if (hit.selective_remainder) {
+    // The runner's PrefillHit builds the kHybridSelective plan from the same inputs.
+    res->hit_kind = "hybrid";
+    res->reference_id = prefix.id;
+    lr->reference = std::move(prefix.record);
+    lr->match = *std::move(remainder);
   } else if (hit.kind != HitKind::kMiss) {
     res->hit_kind = "exact";  // kExact and kHybrid: an exact prefix copied
     res->reference_id = prefix.id;
@@ -174,6 +189,7 @@ void FrontWorker::Generate(std::shared_ptr<ServeRequest> request,
     r.gen = std::move(lres->gen);
     const int64_t n = static_cast<int64_t>(ids.size());
     if (lres->prefill.hit) {
+      r.exact_tokens = lres->prefill.copied_rows;
       r.reused_tokens = lres->prefill.reused_tokens;
       r.recomputed_tokens = lres->prefill.recomputed_tokens;
     } else {

@@ -33,6 +33,7 @@
 #include "engine/backend_factory.h"
 #include "engine/generator.h"
 #include "engine/model/model.h"
+#include "engine/reuse/reuse_plan.h"
 #include "engine/reuse/reuse_prefill.h"
 #include "engine/reuse/serving_session.h"
 #include "engine/reuse/token_matcher.h"
@@ -80,8 +81,10 @@ struct ServeResult {
   int64_t kv_bytes = 0;
   bool published = false;
   int64_t reused_tokens = 0, recomputed_tokens = 0;
-  // A hit's kind: "exact" (an exact prefix of a stored turn, copied) or "semantic"; a miss's
-  // "fallback" when a semantic hit's match was judged poor and prefilled in full; "" else.
+  // A hit's kind: "exact" (an exact prefix of a stored turn, copied), "hybrid" (an exact
+  // prefix copied and the rest on the selective path: HitDecision::selective_remainder; lossy,
+  // so counted with the semantic hits in the metrics) or "semantic"; a miss's "fallback" when a
+  // semantic hit's match was judged poor and prefilled in full; "" else.
   const char* hit_kind = "";
   int64_t exact_tokens = 0;  // prompt tokens whose KV was copied exactly
   int32_t preemptions = 0;
@@ -122,6 +125,10 @@ inline const char* HitKindName(HitKind k) {
 struct HitDecision {
   HitKind kind = HitKind::kMiss;
   int64_t exact_rows = 0;  // kExact, kHybrid: prompt rows copied from the stored turn
+  // kHybrid whose long remainder matches the stored turn (MatchHybridRemainder): the engine
+  // runs the engine::ReusePlan kHybridSelective (rows [0, exact_rows) copied, the remainder on
+  // the selective path) through BatchRunner::PrefillHit instead of computing it in full.
+  bool selective_remainder = false;
 };
 
 // The hit rule, one place for the server and `semshare bench`, exact first (DESIGN.md 3.3):
@@ -145,7 +152,7 @@ struct HitRule {
   // Rows an exact prefix of `prefix_tokens` copies into a prompt of n tokens: the last token is
   // always computed (its logits).
   static int64_t ExactRows(int64_t prefix_tokens, int64_t n) {
-    return std::min(prefix_tokens, n - 1);
+    return engine::PlanPrefixCopy(n, prefix_tokens, engine::ReuseConfig{}).copy_rows;
   }
   // The path a prompt of n tokens takes, given its exact prefix (0: none found) and whether
   // its best semantic candidate hits: the semantic hit, else any exact prefix, else a miss.

@@ -393,6 +393,10 @@ absl::StatusOr<Json> RunServed(PairRunner& runner, ServedPath& served, const Opt
   const bool semantic = d.hit.kind == serving::HitKind::kSemantic;
   return Json{{"mode", "served"},
               {"hit_kind", serving::HitKindName(d.hit.kind)},
+              // The engine::ReusePlan that ran (a hybrid's "copy-prefix" or "hybrid-selective").
+              {"plan", engine::ReuseKindName(pre.stats.plan)},
+              {"copied_rows", pre.stats.copied_rows},
+              {"remainder_fallback", pre.stats.fallback},
               {"target_tokens", n},
               {"reference_tokens", static_cast<int64_t>(ref.ids.size())},
               {"prefix_tokens", d.prefix_tokens},
@@ -588,6 +592,9 @@ int BenchReuseCommand(int argc, char** argv) {
        "the served path's semantic gate (serving::HitRule; the server's --min-reuse-tokens "
        "default)",
        false, false, "2048"},
+      {"hybrid-selective-min-tokens",
+       "ReuseConfig.hybrid_selective_min_tokens: a remainder after an exact prefix at least this "
+       "long that matches the reference takes the selective path (0: never)"},
       {"retention", "ReuseConfig.retention: none|exponential|constant|increasing"},
       {"rho", "ReuseConfig.retention_rho"},
       {"gamma", "ReuseConfig.retention_gamma"},
@@ -684,6 +691,12 @@ int BenchReuseCommand(int argc, char** argv) {
     if (!v.ok() || *v < 0 || *v > (int64_t{1} << 30))
       return fail("--min-reuse-tokens must be an integer >= 0", 2);
     o.served_min_reuse_tokens = static_cast<int32_t>(*v);
+  }
+  if (args->Has("hybrid-selective-min-tokens")) {
+    auto v = args->Int("hybrid-selective-min-tokens");
+    if (!v.ok() || *v < 0 || *v > (int64_t{1} << 30))
+      return fail("--hybrid-selective-min-tokens must be an integer >= 0", 2);
+    b.hybrid_selective_min_tokens = static_cast<int32_t>(*v);
   }
   if (args->Has("window")) {
     auto v = args->Int("window");

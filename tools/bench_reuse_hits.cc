@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <numeric>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -97,6 +98,15 @@ absl::StatusOr<ServedDecision> ServedPath::Decide(std::span<const int32_t> ids) 
     d.record = std::move(best.record);
     d.match = std::move(best.match);
   } else if (d.hit.kind != serving::HitKind::kMiss) {
+    // A hybrid's long remainder that matches the stored turn: the selective path after the copy.
+    if (d.hit.kind == serving::HitKind::kHybrid) {
+      std::optional<engine::TokenMatch> m = serving::MatchHybridRemainder(
+          session_, options_.serving.reuse, ids, *prefix.record, d.hit.exact_rows);
+      if (m.has_value()) {
+        d.hit.selective_remainder = true;
+        d.match = *std::move(m);
+      }
+    }
     d.record = std::move(prefix.record);
   }
   d.lookup_ms = MsSince(t0);
@@ -115,7 +125,8 @@ absl::StatusOr<ServedPrefill> ServedPath::Prefill(const ServedDecision& d,
   ServedPrefill out;
   const int64_t n_layers = model_.config.n_layers;
   const auto t0 = Clock::now();
-  if (d.hit.kind == serving::HitKind::kSemantic) {
+  const bool selective = d.hit.kind == serving::HitKind::kSemantic || d.hit.selective_remainder;
+  if (selective) {
     absl::StatusOr<engine::PrefillStats> st =
         runner_->PrefillHit(**seq, ids, d.record->ids, d.record->kv, d.match, logits, nullptr);
     if (!st.ok()) return st.status();
@@ -141,6 +152,8 @@ absl::StatusOr<ServedPrefill> ServedPath::Prefill(const ServedDecision& d,
     out.stats.mode = engine::PrefillMode::kFull;
     out.stats.hit = d.hit.exact_rows > 0;
     out.stats.prompt_tokens = n;
+    out.stats.plan =
+        d.hit.exact_rows > 0 ? engine::ReuseKind::kCopyPrefix : engine::ReuseKind::kNone;
     engine::SetPrefixCopyStats(n, d.hit.exact_rows, n_layers, &out.stats);
   }
   out.prefill_ms = MsSince(t0);
@@ -148,7 +161,7 @@ absl::StatusOr<ServedPrefill> ServedPath::Prefill(const ServedDecision& d,
   if (!kv.ok()) return kv.status();
   out.kv = *std::move(kv);
   out.stats.kv_bytes = out.kv.ByteSize();
-  if (d.hit.kind != serving::HitKind::kSemantic) out.stats.kv_bytes_peak = out.stats.kv_bytes;
+  if (!selective) out.stats.kv_bytes_peak = out.stats.kv_bytes;
   return out;
 }
 

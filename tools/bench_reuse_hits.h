@@ -12,8 +12,9 @@
 //   ServedPath::Prefill runs the decision through a serving::CpuBatchRunner as the engine loop
 //   does for a request alone: an exact prefix is copied (BatchRunner::CopyPrefix) and the rest
 //   prefilled in chunks of the loop's default batch budget (LoopOptions::max_batch_tokens), a
-//   semantic hit goes through BatchRunner::PrefillHit (ReusePrefiller's selective path), a miss
-//   is prefilled in chunks.
+//   semantic hit, or a hybrid whose long remainder matches (HitDecision::selective_remainder),
+//   goes through BatchRunner::PrefillHit (the engine::ReusePlan the runner builds: selective or
+//   hybrid-selective), a miss is prefilled in chunks.
 //
 // Not thread-safe (one bench thread). Borrows the model.
 #ifndef SEMSHARE_TOOLS_BENCH_REUSE_HITS_H_
@@ -56,7 +57,7 @@ struct ServedDecision {
   float similarity = -1;         // the best semantic candidate's (< 0: none scored)
   double lookup_ms = 0;          // exact + semantic lookup, matching included
   store::RecordHandle record;    // what the chosen path reads (null on a miss)
-  engine::TokenMatch match;      // kSemantic: the target's match against `record`
+  engine::TokenMatch match;      // kSemantic, selective_remainder: the match against `record`
 };
 
 struct ServedPrefill {

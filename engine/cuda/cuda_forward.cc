@@ -293,7 +293,19 @@ absl::Status CudaForward::Retain(const void* q_window, const int32_t* qpos_d, in
 absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceKvCache* reference,
                                            const TokenMatch* match, const ReuseConfig& config,
                                            DeviceKvCache& cache, float* logits, PrefillStats* st) {
+  const bool hit = reference != nullptr && match != nullptr;
+  const ReusePlan plan = hit ? PlanSelective(*match, config, 0)
+                             : PlanNoReuse(static_cast<int64_t>(ids.size()), config);
+  SEMSHARE_STATUS_RETURN(SelectivePrefill(ids, plan, hit ? reference : nullptr, cache, logits, st));
+  if (st->hit) st->ref_index = match->ref_index;
+  return absl::OkStatus();
+}
+
+absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, const ReusePlan& plan,
+                                           DeviceKvCache* reference, DeviceKvCache& cache,
+                                           float* logits, PrefillStats* st) {
   const ModelConfig& c = model_.config;
+  const ReuseConfig& config = plan.config;
   const int64_t n = static_cast<int64_t>(ids.size());
   const ScopedDevice on = ctx_.Activate();
   // On every return, errors included, the reference's copies are over: the caller may have
@@ -322,7 +334,18 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
     }
   }
   SEMSHARE_STATUS_RETURN(config.Validate());
-  const bool hit = reference != nullptr && match != nullptr;
+  if (plan.n != n || static_cast<int64_t>(plan.forced.size()) != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prefill: the plan covers ", plan.n, " tokens, the prompt ", n));
+  }
+  if (plan.copy_rows != 0 || plan.kind == ReuseKind::kCopyPrefix) {
+    // The session copies exact prefixes itself (CudaServingSession::PrefillHit); the selective
+    // path on a remainder after copied rows is the CPU's only.
+    return absl::UnimplementedError(absl::StrCat("CUDA selective prefill: a ",
+                                                 ReuseKindName(plan.kind),
+                                                 " plan (copied rows) is not supported"));
+  }
+  const bool hit = reference != nullptr && plan.rearranges();
   bool reuse = hit;  // false from layer 0 on when the fallback guard judges the match poor
   if (hit) {
     if (reference->n_layers() != c.n_layers || reference->kv_dim() != kvd_) {
@@ -333,10 +356,14 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
         return absl::InvalidArgumentError("prefill: reference layers differ in rows (trimmed?)");
       }
     }
-    SEMSHARE_STATUS_RETURN(CheckMatch(*match, n, reference->rows()));
+    if (static_cast<int64_t>(plan.src.size()) != n ||
+        std::any_of(plan.src.begin(), plan.src.end(),
+                    [&](int32_t r) { return r < 0 || r >= reference->rows(); })) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "prefill: the plan names reference rows past its ", reference->rows(), " rows"));
+    }
   }
   const int64_t window = std::min<int64_t>(config.window, n);
-  const int64_t sink = std::min<int64_t>(config.sink, n);
   const int64_t row_bytes = 2 * kvd_ * 2;
   cudaStream_t sm = ctx_.stream();
   DevicePool& p = ctx_.pool();
@@ -376,19 +403,13 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
     }
   } clear_on_error{cache};
 
-  std::vector<uint8_t> forced(n, 0);
-  for (int64_t i = 0; i < sink; ++i) forced[i] = 1;
-  for (int64_t i = n - window; i < n; ++i) forced[i] = 1;
+  // The plan's rows (copy_rows is 0 here: every row is computed at layer 0).
+  const std::vector<uint8_t>& forced = plan.forced;
   if (hit) {
-    for (int64_t i = 0; i < n; ++i) {
-      const int32_t r = match->ref_index[i];
-      if (r < 0) forced[i] = 1;
-      src_h[i] = std::max(r, 0);
-      delta_h[i] = static_cast<int32_t>(i) - (r < 0 ? static_cast<int32_t>(i) : r);
-    }
+    std::copy(plan.src.begin(), plan.src.end(), src_h);
+    std::copy(plan.delta.begin(), plan.delta.end(), delta_h);
   }
-  std::vector<int32_t> set(n);
-  std::iota(set.begin(), set.end(), 0);
+  std::vector<int32_t> set = plan.FirstSet();
   std::copy(ids.begin(), ids.end(), ids_h);
   std::copy(set.begin(), set.end(), iota_h);
   std::copy(set.begin(), set.end(), set_h);
@@ -463,7 +484,7 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
           // fallback the fresh rows scattered below replace every rearranged one and every
           // later layer computes every token without retention: a full prefill.
           SEMSHARE_STATUS_RETURN(ctx_.Sync());
-          if (GuardFallsBack(config, {dev0_h, static_cast<size_t>(n)}, &st->guard_deviation)) {
+          if (plan.FallsBack({dev0_h, static_cast<size_t>(n)}, &st->guard_deviation)) {
             reuse = false;
             st->fallback = true;
           }
@@ -480,21 +501,17 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
     }
     st->kv_bytes_peak = std::max(st->kv_bytes_peak, (held_rows + n) * row_bytes);
     SEMSHARE_STATUS_RETURN(Attend(l, x_.as<float>(), set_d, s, kv));
-    if (config.retention != RetentionSchedule::kNone && window > 0 && !st->fallback) {
-      const int64_t budget = RetentionBudget(config, n, l, c.n_layers);
-      std::vector<uint8_t> protect = forced;
-      if (reuse) {
-        for (int32_t i : set) protect[i] = 1;
-      }
+    if (plan.Retains() && !st->fallback) {
       SEMSHARE_STATUS_RETURN(Retain(At<bf16>(q_, (s - window) * qd_), set_d + (s - window), window,
-                                    budget, protect, kv, prot_at(l), idx_at(l), &retained[l]));
+                                    plan.Budget(l, c.n_layers), plan.Protected(set, reuse), kv,
+                                    prot_at(l), idx_at(l), &retained[l]));
     }
     held_rows += kv.rows;
     st->layer_rows[l] = kv.rows;
     SEMSHARE_STATUS_RETURN(Mlp(l, x_.as<float>(), s));
 
     if (reuse && l + 1 < c.n_layers) {
-      const int64_t keep = RecomputeKeep(config, n, s, l);  // the CPU path's schedule
+      const int64_t keep = plan.Keep(s, l);  // the plan's schedule, as the CPU path's
       // flags_h: its previous upload finished at the previous selecting layer's sync.
       int64_t nf = 0;
       for (int64_t i = 0; i < s; ++i) nf += flags_h[i] = forced[set[i]];
@@ -524,11 +541,11 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
     st->hit = true;
     st->recomputed_tokens = st->layer_computed.size() > 1 ? st->layer_computed[1] : n;
     st->reused_tokens = n - st->recomputed_tokens;
-    st->ref_index = match->ref_index;
   } else {
     st->recomputed_tokens = n;
   }
   st->prompt_tokens = n;
+  st->plan = plan.kind;
   st->kv_bytes = cache.ByteSize();
   st->kv_bytes_peak = std::max(st->kv_bytes_peak, st->kv_bytes);
   // Logits synchronises after its download; without logits, synchronise here.
@@ -537,7 +554,7 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceK
                         : ctx_.Sync());
   if (hit) {  // layer 0 computed all n tokens
     st->layer0_deviation.assign(dev0_h, dev0_h + n);
-    GuardFallsBack(config, st->layer0_deviation, &st->guard_deviation);  // the mean, as the CPU's
+    plan.FallsBack(st->layer0_deviation, &st->guard_deviation);  // the mean, as the CPU's
   }
   std::vector<int32_t> kept_pos;
   for (int64_t l = 0; l < layers; ++l) {

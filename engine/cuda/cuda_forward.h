@@ -23,6 +23,7 @@
 #include "engine/cuda/device_kv.h"
 #include "engine/cuda/device_model.h"
 #include "engine/reuse/reuse_config.h"
+#include "engine/reuse/reuse_plan.h"
 #include "engine/reuse/reuse_prefill.h"
 #include "engine/reuse/token_matcher.h"
 #include "kernels/attention.cuh"
@@ -57,9 +58,17 @@ class CudaForward {
   // every layer. Retention per config. Fills st like ReusePrefiller (timings excluded).
   // InvalidArgument when the match does not cover the prompt or names a row past the reference.
   // With a reference uploaded by StartUpload, waits for each of its layers before reading it.
+  // (The selective plan of `match`, PlanSelective, or PlanNoReuse without one, executed.)
   absl::Status SelectivePrefill(std::span<const int32_t> ids, DeviceKvCache* reference,
                                 const TokenMatch* match, const ReuseConfig& config,
                                 DeviceKvCache& cache, float* logits, PrefillStats* st);
+  // Executes `plan` (engine/reuse/reuse_plan.h: its rows, schedule, guard and retention; its
+  // config) for ids[plan.n]: kSelective with `reference`, kNone without. Plans that copy rows
+  // (kCopyPrefix, kHybridSelective) are Unimplemented here: the session copies exact prefixes
+  // itself, and the selective path on a remainder runs on the CPU only.
+  absl::Status SelectivePrefill(std::span<const int32_t> ids, const ReusePlan& plan,
+                                DeviceKvCache* reference, DeviceKvCache& cache, float* logits,
+                                PrefillStats* st);
 
   DeviceKvCache NewCache() const;
 

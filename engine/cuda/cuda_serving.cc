@@ -116,11 +116,14 @@ absl::StatusOr<PrefillStats> CudaServingSession::PrefillHit(std::span<const int3
     (void)cudaStreamSynchronize(ctx_->copy_stream());  // a failed upload may still read pinned_
     return ref.status();
   }
-  if (const int64_t exact = reuse_.exact_reuse ? ExactReuseRows(ids, ref_ids, reuse_.window) : -1;
-      exact >= 0) {
-    // A repeat (or a short extension) of the reference: its prefix rows as they are, copied on
-    // the device into the request's cache, the rest computed after them, no retention
-    // (ReuseConfig::exact_reuse).
+  // The hit's plan (engine/reuse/reuse_plan.h), as the CPU path builds and executes it.
+  const ReusePlan plan = PlanReuse(ids, ref_ids, match, reuse_);
+  if (plan.kind == ReuseKind::kCopyPrefix || plan.kind == ReuseKind::kHybridSelective) {
+    // Its prefix rows as they are, copied on the device into the request's cache, the rest
+    // computed after them, no retention. A kHybridSelective plan's remainder is computed in
+    // full here too (the selective path after copied rows is the CPU's only; exact, and
+    // counted: PrefillStats::remainder_in_full).
+    const int64_t exact = plan.copy_rows;
     std::vector<int32_t> pos(n - exact);
     std::iota(pos.begin(), pos.end(), static_cast<int32_t>(exact));
     absl::Status s = cache_.CopyPrefixFrom(**ref, exact);
@@ -131,6 +134,8 @@ absl::StatusOr<PrefillStats> CudaServingSession::PrefillHit(std::span<const int3
     }
     PrefillStats st;
     st.mode = PrefillMode::kSemShare;
+    st.plan = plan.kind;
+    st.remainder_in_full = plan.kind == ReuseKind::kHybridSelective;
     st.hit = true;
     st.similarity = match.similarity;
     st.prompt_tokens = n;
@@ -141,12 +146,13 @@ absl::StatusOr<PrefillStats> CudaServingSession::PrefillHit(std::span<const int3
     return st;
   }
   PrefillStats st;
-  const absl::Status s = fwd_.SelectivePrefill(ids, *ref, &match, reuse_, cache_, logits, &st);
+  const absl::Status s = fwd_.SelectivePrefill(ids, plan, *ref, cache_, logits, &st);
   if (!s.ok()) {
     // The copy stream may still read pinned_: wait for it before anything reuses the buffer.
     (void)cudaStreamSynchronize(ctx_->copy_stream());
     return s;
   }
+  if (st.hit) st.ref_index = match.ref_index;
   st.similarity = match.similarity;
   return st;
 }

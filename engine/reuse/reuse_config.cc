@@ -97,6 +97,10 @@ absl::Status ReuseConfig::Validate() const {
     return OutOfRange("hit_threshold", hit_threshold, "in [0, 1]");
   }
   if (min_reuse_tokens < 0) return OutOfRange("min_reuse_tokens", min_reuse_tokens, ">= 0");
+  if (hybrid_selective_min_tokens < 0) {
+    return OutOfRange("hybrid_selective_min_tokens", hybrid_selective_min_tokens,
+                      ">= 0 (0 = never)");
+  }
   if (!(recompute_ratio >= 0.0f && recompute_ratio <= 1.0f)) {
     return OutOfRange("recompute_ratio", recompute_ratio, "in [0, 1]");
   }

@@ -66,6 +66,16 @@ struct ReuseConfig {
   // at layer 0). Off = the ablation that sends repeats through the selective path.
   bool exact_reuse = true;
 
+  // Hybrid with the selective path on the remainder (ReusePlan kHybridSelective,
+  // engine/reuse/reuse_plan.h): a hit whose prompt shares an exact prefix [0, lcp) with the
+  // reference and whose remainder [lcp, n) is at least this many tokens and matches the
+  // reference (mean matched cosine over the remainder >= hit_threshold) copies the prefix rows
+  // (never recomputed nor evicted) and runs the selective path on the remainder only, attending
+  // over the copied rows. A shorter remainder is computed in full after the copied rows (the
+  // hit rule's hybrid) or, on a semantic hit, the whole prompt takes the selective path.
+  // 0 = never.
+  int32_t hybrid_selective_min_tokens = 0;
+
   // Selective prefill: layer 0 computes all tokens; layer 1 recomputes the top
   // `recompute_ratio` by KV deviation plus forced tokens; each deeper layer keeps the top
   // ceil(alpha * |S|) of the previous set (forced tokens always kept).

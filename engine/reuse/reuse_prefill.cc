@@ -21,33 +21,6 @@ std::vector<int32_t> Iota(int64_t n, int32_t start = 0) {
   return v;
 }
 
-// The next recompute set: every forced token of `set` plus the highest-deviation others, up to
-// max(keep, |forced|) tokens, returned in ascending order (dev is indexed like `set`).
-std::vector<int32_t> ShrinkSet(const std::vector<int32_t>& set, const std::vector<float>& dev,
-                               const std::vector<uint8_t>& forced, int64_t keep) {
-  std::vector<int32_t> next, others;
-  for (size_t i = 0; i < set.size(); ++i) {
-    (forced[set[i]] ? next : others).push_back(static_cast<int32_t>(i));
-  }
-  for (int32_t& i : next) i = set[i];
-  const int64_t room = std::max<int64_t>(0, keep - static_cast<int64_t>(next.size()));
-  if (room < static_cast<int64_t>(others.size())) {
-    std::nth_element(others.begin(), others.begin() + room, others.end(),
-                     [&](int32_t a, int32_t b) { return dev[a] > dev[b]; });
-    others.resize(room);
-  }
-  for (int32_t i : others) next.push_back(set[i]);
-  std::sort(next.begin(), next.end());
-  return next;
-}
-
-int64_t CommonPrefix(std::span<const int32_t> a, std::span<const int32_t> b, int64_t limit) {
-  limit = std::min({limit, static_cast<int64_t>(a.size()), static_cast<int64_t>(b.size())});
-  int64_t i = 0;
-  while (i < limit && a[i] == b[i]) ++i;
-  return i;
-}
-
 }  // namespace
 
 absl::Status CheckMatch(const TokenMatch& match, int64_t n, int64_t m) {
@@ -80,33 +53,12 @@ absl::Status CheckReference(std::span<const int32_t> ref_ids, const KvCache& ref
   return absl::OkStatus();
 }
 
-int64_t ExactReuseRows(std::span<const int32_t> ids, std::span<const int32_t> ref_ids,
-                       int64_t window) {
-  const int64_t n = static_cast<int64_t>(ids.size());
-  const int64_t lcp = CommonPrefix(ids, ref_ids, n);
-  if (n - lcp > window) return -1;
-  return std::max<int64_t>(0, std::min(lcp, n - std::max<int64_t>(window, 1)));
-}
-
-int64_t RecomputeKeep(const ReuseConfig& config, int64_t n, int64_t s, int64_t layer) {
-  const double ratio = layer == 0 ? config.recompute_ratio : config.alpha;
-  const int64_t base = layer == 0 ? n : s;
-  const int64_t keep = static_cast<int64_t>(std::ceil(ratio * static_cast<double>(base)));
-  return std::min(s, std::max<int64_t>(keep, std::min<int64_t>(n, config.recompute_min_tokens)));
-}
-
-bool GuardFallsBack(const ReuseConfig& config, std::span<const float> dev, float* mean) {
-  double sum = 0;
-  for (float v : dev) sum += v;
-  *mean = dev.empty() ? 0.0f : static_cast<float>(sum / static_cast<double>(dev.size()));
-  return config.fallback_deviation > 0.0f && *mean > config.fallback_deviation;
-}
-
 void SetPrefixCopyStats(int64_t n, int64_t rows, int64_t n_layers, PrefillStats* st) {
   st->reused_tokens = rows;
   st->recomputed_tokens = n - rows;
   st->layer_computed.assign(n_layers, n - rows);
   st->layer_rows.assign(n_layers, n);
+  st->copied_rows = rows;
 }
 
 ReusePrefiller::ReusePrefiller(const Model& model, Backend& backend, const ReuseConfig& config)
@@ -152,8 +104,10 @@ absl::StatusOr<PrefillStats> ReusePrefiller::Prefill(std::span<const int32_t> id
     st.layer_computed.assign(c.n_layers, n);
   } else if (config_.mode == PrefillMode::kPrefix) {
     // Longest common token prefix; at least the last token is computed for its logits.
-    const int64_t lcp = CommonPrefix(ids, reference->ids, n - 1);
+    const ReusePlan plan = PlanPrefixCopy(n, CommonPrefix(ids, reference->ids, n), config_);
+    const int64_t lcp = plan.copy_rows;
     if (auto s = PrefixPrefill(ids, reference->kv, lcp, cache, logits, &st); !s.ok()) return s;
+    st.plan = plan.kind;
     st.hit = lcp > 0;
     st.similarity = static_cast<float>(lcp) / static_cast<float>(n);
   } else {
@@ -168,9 +122,9 @@ absl::StatusOr<PrefillStats> ReusePrefiller::Prefill(std::span<const int32_t> id
       st.hit = match.similarity >= config_.hit_threshold;
       if (st.hit) st.ref_index = match.ref_index;
     }
-    absl::Status s = st.hit
-                         ? HitPrefill(ids, reference->ids, reference->kv, match, cache, logits, &st)
-                         : SelectivePrefill(ids, nullptr, match, cache, logits, &st);
+    absl::Status s =
+        st.hit ? HitPrefill(ids, reference->ids, reference->kv, match, cache, logits, &st)
+               : SelectivePrefill(ids, PlanNoReuse(n, config_), nullptr, cache, logits, &st);
     if (!s.ok()) return s;
   }
   FinishStats(*cache, &st);
@@ -207,9 +161,12 @@ absl::Status ReusePrefiller::HitPrefill(std::span<const int32_t> ids,
                                         std::span<const int32_t> ref_ids, const KvCache& ref_kv,
                                         const TokenMatch& match, KvCache* cache, float* logits,
                                         PrefillStats* st) {
-  const int64_t exact = config_.exact_reuse ? ExactReuseRows(ids, ref_ids, config_.window) : -1;
-  return exact >= 0 ? PrefixPrefill(ids, ref_kv, exact, cache, logits, st)
-                    : SelectivePrefill(ids, &ref_kv, match, cache, logits, st);
+  const ReusePlan plan = PlanReuse(ids, ref_ids, match, config_);
+  st->plan = plan.kind;
+  if (plan.kind == ReuseKind::kCopyPrefix) {
+    return PrefixPrefill(ids, ref_kv, plan.copy_rows, cache, logits, st);
+  }
+  return SelectivePrefill(ids, plan, &ref_kv, cache, logits, st);
 }
 
 absl::Status ReusePrefiller::CheckPrefillArgs(std::span<const int32_t> ids,
@@ -250,38 +207,25 @@ absl::Status ReusePrefiller::PrefixPrefill(std::span<const int32_t> ids, const K
   return absl::OkStatus();
 }
 
-absl::Status ReusePrefiller::SelectivePrefill(std::span<const int32_t> ids, const KvCache* ref_kv,
-                                              const TokenMatch& match, KvCache* cache,
-                                              float* logits, PrefillStats* st) {
+absl::Status ReusePrefiller::SelectivePrefill(std::span<const int32_t> ids, const ReusePlan& plan,
+                                              const KvCache* ref_kv, KvCache* cache, float* logits,
+                                              PrefillStats* st) {
   const ModelConfig& c = model_.config;
-  const int64_t n = static_cast<int64_t>(ids.size()), d = c.d_model, kvd = cache->kv_dim();
+  const int64_t n = plan.n, d = c.d_model, kvd = cache->kv_dim();
   const int64_t qd = c.n_heads * c.head_dim;
   const int64_t row_bytes = 2 * kvd * static_cast<int64_t>(sizeof(float));
-  const bool hit = ref_kv != nullptr;
+  const int64_t c0 = plan.copy_rows;  // rows [0, c0): the reference's, never computed
+  const int64_t r = plan.computed();  // rows [c0, n): computed at layer 0
+  const bool hit = ref_kv != nullptr && plan.rearranges();
   bool reuse = hit;  // false from the layer where the guard falls back (then stays so)
-  const int64_t window = std::min<int64_t>(config_.window, n);
-  const int64_t sink = std::min<int64_t>(config_.sink, n);
+  // Retention scores come from the queries of the last w tokens, which are forced: the last w
+  // rows of every recompute set.
+  const int64_t w = std::min<int64_t>({config_.window, n, r});
+  if (hit && c0 > 0) cache->AssignPrefix(*ref_kv, c0);  // every layer's copied rows
 
-  // Forced tokens: recomputed at every layer and never evicted.
-  std::vector<uint8_t> forced(n, 0);
-  for (int64_t i = 0; i < sink; ++i) forced[i] = 1;
-  for (int64_t i = n - window; i < n; ++i) forced[i] = 1;
-  std::vector<int32_t> delta;  // [n] target position - reference position of matched rows
-  std::vector<int32_t> src;    // [n] reference row of each target row (0 for unmatched)
-  if (hit) {
-    delta.resize(n);
-    src.resize(n);
-    for (int64_t i = 0; i < n; ++i) {
-      const int32_t r = match.ref_index[i];
-      if (r < 0) forced[i] = 1;
-      src[i] = std::max(r, 0);
-      delta[i] = static_cast<int32_t>(i) - (r < 0 ? static_cast<int32_t>(i) : r);
-    }
-  }
-
-  std::vector<int32_t> set = Iota(n);  // S_l, ascending; positions == indices
-  std::vector<float> x(n * d), xs;     // residual stream of the tokens in `set`
-  forward_.Embed(ids.data(), n, x.data());
+  std::vector<int32_t> set = plan.FirstSet();  // S_l, ascending positions (== row indices)
+  std::vector<float> x(r * d), xs;             // residual stream of the tokens in `set`
+  forward_.Embed(ids.data() + c0, r, x.data());
   std::vector<float> dev, dev_v, ref_rows;  // scratch reused across layers
   int64_t held_rows = 0;                    // KV rows of finished layers (after retention)
   st->layer_computed.assign(c.n_layers, 0);
@@ -297,14 +241,16 @@ absl::Status ReusePrefiller::SelectivePrefill(std::span<const int32_t> ids, cons
     forward_.Qkv(l, x.data(), set.data(), s);
     if (reuse) {
       // This layer's rearranged reference KV, built only now so that at most one layer of it
-      // is held beyond the retained rows: K~[i] = Rot(i - pi(i)) K_R[pi(i)], V~[i] = V_R[pi(i)].
+      // is held beyond the retained rows: K~[i] = Rot(i - pi(i)) K_R[pi(i)], V~[i] = V_R[pi(i)]
+      // for the rows [c0, n) after the copied ones.
       const LayerKv& ref = ref_kv->layer(l);
       kv.k.resize(n * kvd);
       kv.v.resize(n * kvd);
       kv.pos = Iota(n);
-      backend_.GatherRows(ref.k.data(), kvd, src.data(), n, kv.k.data());
-      backend_.GatherRows(ref.v.data(), kvd, src.data(), n, kv.v.data());
-      backend_.Rope(kv.k.data(), delta.data(), n, c.n_kv_heads, c.head_dim, forward_.rope());
+      backend_.GatherRows(ref.k.data(), kvd, plan.src.data(), r, kv.k.data() + c0 * kvd);
+      backend_.GatherRows(ref.v.data(), kvd, plan.src.data(), r, kv.v.data() + c0 * kvd);
+      backend_.Rope(kv.k.data() + c0 * kvd, plan.delta.data(), r, c.n_kv_heads, c.head_dim,
+                    forward_.rope());
       // Deviation of the fresh K/V of the computed tokens from the rearranged rows.
       ref_rows.resize(s * kvd);
       dev.resize(s);
@@ -316,40 +262,37 @@ absl::Status ReusePrefiller::SelectivePrefill(std::span<const int32_t> ids, cons
       for (int64_t i = 0; i < s; ++i) dev[i] += dev_v[i];
       if (l == 0) {
         st->layer0_deviation = dev;
-        // Layer 0 computed every token: on a fallback its fresh rows below overwrite all the
-        // rearranged ones and every later layer computes every token, as a full prefill does.
-        if (GuardFallsBack(config_, dev, &st->guard_deviation)) {
+        // Layer 0 computed every token of the plan: on a fallback its fresh rows below
+        // overwrite all the rearranged ones and every later layer computes them all, as a full
+        // prefill (after the copied rows) does.
+        if (plan.FallsBack(dev, &st->guard_deviation)) {
           reuse = false;
           st->fallback = true;
         }
       }
       forward_.StoreKv(kv, set.data(), set.data(), s);
     } else {
-      forward_.StoreKv(kv, nullptr, set.data(), s);  // set == all tokens
+      forward_.StoreKv(kv, nullptr, set.data(), s);  // set == every computed token
     }
-    st->kv_bytes_peak = std::max(st->kv_bytes_peak, (held_rows + n) * row_bytes);
-    // Retention scores come from the last-window queries, which are the last rows of `set`.
+    // This layer's n rows, the finished layers' retained ones and the copied rows of the
+    // layers still to come.
+    st->kv_bytes_peak =
+        std::max(st->kv_bytes_peak, (held_rows + n + c0 * (c.n_layers - 1 - l)) * row_bytes);
     std::vector<float> q_window;
-    if (config_.retention != RetentionSchedule::kNone && window > 0 && !st->fallback) {
-      q_window.assign(forward_.q() + (s - window) * qd, forward_.q() + s * qd);
+    if (plan.Retains() && w > 0 && !st->fallback) {
+      q_window.assign(forward_.q() + (s - w) * qd, forward_.q() + s * qd);
     }
     forward_.Attend(l, x.data(), set.data(), s, kv);
     if (!q_window.empty()) {
-      const int64_t budget = RetentionBudget(config_, n, l, c.n_layers);
-      std::vector<uint8_t> protect = forced;
-      if (reuse) {
-        for (int32_t i : set) protect[i] = 1;  // rows recomputed at this layer
-      }
-      RetainRows(backend_, forward_, q_window.data(), set.data() + (s - window), window, budget,
-                 protect, kv);
+      RetainRows(backend_, forward_, q_window.data(), set.data() + (s - w), w,
+                 plan.Budget(l, c.n_layers), plan.Protected(set, reuse), kv);
     }
     held_rows += kv.rows();
     st->layer_rows[l] = kv.rows();
     forward_.Mlp(l, x.data(), s);
 
     if (reuse && l + 1 < c.n_layers) {
-      const int64_t keep = RecomputeKeep(config_, n, s, l);
-      std::vector<int32_t> next = ShrinkSet(set, dev, forced, keep);
+      std::vector<int32_t> next = plan.NextSet(set, dev, l);
       if (next.size() != set.size()) {
         // Compact the residual stream to the rows of the next set (both ascending).
         xs.resize(next.size() * d);
@@ -362,15 +305,17 @@ absl::Status ReusePrefiller::SelectivePrefill(std::span<const int32_t> ids, cons
       }
     }
   }
+  st->copied_rows = hit ? c0 : 0;
   if (reuse) {
-    st->recomputed_tokens = st->layer_computed.size() > 1 ? st->layer_computed[1] : n;
+    st->recomputed_tokens = st->layer_computed.size() > 1 ? st->layer_computed[1] : r;
     st->reused_tokens = n - st->recomputed_tokens;
   } else {
-    st->recomputed_tokens = n;
-    st->reused_tokens = 0;
+    st->recomputed_tokens = n - st->copied_rows;
+    st->reused_tokens = st->copied_rows;
   }
   if (st->fallback) {
-    st->hit = false;
+    // A hybrid keeps its copied rows (still a hit); a selective hit became a full prefill.
+    st->hit = st->copied_rows > 0;
     st->ref_index.clear();
   }
   if (logits != nullptr) forward_.Logits(x.data() + (set.size() - 1) * d, logits);

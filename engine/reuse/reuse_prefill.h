@@ -1,11 +1,13 @@
 // Prefill in one of the four modes (full, prefix, snapkv, semshare) against an optional
 // reference, so benchmarks compare like with like (DESIGN.md section 4).
 //
-// semshare: match target tokens to the reference (TokenMatcher), rearrange the reference's
-// per-layer KV to the target's order (keys re-rotated by the position delta; rotations
-// compose), compute layer 0 for every token and measure each token's KV deviation, then
-// recompute only a shrinking set of tokens in deeper layers, attending over the mixed KV; last,
-// retention trims each layer's rows to a depth-decaying budget.
+// semshare: match target tokens to the reference (TokenMatcher), then execute the hit's
+// ReusePlan (reuse_plan.h; the plan decides, this file only executes): copy an exact prefix, or
+// rearrange the reference's per-layer KV to the target's order (keys re-rotated by the position
+// delta; rotations compose), compute layer 0 for every token the plan computes and measure each
+// token's KV deviation, then recompute only the plan's shrinking set of tokens in deeper
+// layers, attending over the mixed KV (and the copied rows); last, retention trims each layer's
+// rows to the plan's depth-decaying budget.
 #ifndef SEMSHARE_ENGINE_REUSE_REUSE_PREFILL_H_
 #define SEMSHARE_ENGINE_REUSE_REUSE_PREFILL_H_
 
@@ -20,6 +22,7 @@
 #include "engine/llama_forward.h"
 #include "engine/model/model.h"
 #include "engine/reuse/reuse_config.h"
+#include "engine/reuse/reuse_plan.h"
 #include "engine/reuse/token_matcher.h"
 
 namespace semshare::engine {
@@ -42,37 +45,29 @@ struct PrefillStats {
   std::vector<int64_t> layer_rows;      // [n_layers] KV rows kept after retention
   int64_t kv_bytes = 0;                 // KV held after prefill (after retention)
   int64_t kv_bytes_peak = 0;  // most KV held at once during prefill (incl. the rearranged copy)
-  // semshare hits: per target token, ||K - K~|| + ||V - V~|| at layer 0 (fresh vs rearranged
+  // semshare hits: per target token computed at layer 0 (all n; a kHybridSelective plan's
+  // n - copied_rows remainder), ||K - K~|| + ||V - V~|| at layer 0 (fresh vs rearranged
   // reference KV); the rearrangement-quality ablation reads it. Empty otherwise.
-  std::vector<float> layer0_deviation;  // [n]
+  std::vector<float> layer0_deviation;  // [n] (or [n - copied_rows])
   std::vector<int32_t> ref_index;       // [n] matched reference token, -1 unmatched (hits)
   // Selective hits: the mean of layer0_deviation, which the fallback guard compares with
   // ReuseConfig::fallback_deviation. fallback: the guard judged the match poor and the prefill
   // went on as a full one (hit = false, reused_tokens = 0, every row kept); the server counts it
-  // as a miss.
+  // as a miss. A kHybridSelective plan's fallback computes the remainder in full after its
+  // copied rows instead (hit stays true, reused_tokens = copied_rows, every row kept).
   float guard_deviation = 0.0f;
   bool fallback = false;
+  // Hits: the plan that ran (ReusePlan::kind) and the rows it copied exactly from the
+  // reference (kCopyPrefix, kHybridSelective), included in reused_tokens.
+  ReuseKind plan = ReuseKind::kNone;
+  int64_t copied_rows = 0;
+  // A kHybridSelective plan whose remainder the backend computed in full after the copied rows
+  // (the CUDA session: the selective path after copied rows is the CPU's only). Exact, not
+  // lossy; counted so that a benchmark or the server can tell.
+  bool remainder_in_full = false;
   double match_ms = 0;    // sketch + token matching
   double prefill_ms = 0;  // everything, match included
 };
-
-// The exact-reuse rule (ReuseConfig::exact_reuse): the number of leading reference rows a hit
-// copies unchanged, or -1 when the prompt differs from the reference before its last `window`
-// tokens. At least the last max(window, 1) tokens are left to compute (their logits, and the
-// same batched kernels a full prefill runs on them).
-int64_t ExactReuseRows(std::span<const int32_t> ids, std::span<const int32_t> ref_ids,
-                       int64_t window);
-
-// The selective schedule (one plan for the CPU and CUDA paths): how many tokens layer l + 1
-// recomputes when layer l computed s of the n prompt tokens. After layer 0,
-// ceil(recompute_ratio * n); after a deeper layer, ceil(alpha * s); never fewer than
-// min(n, recompute_min_tokens) nor more than s. (Forced tokens are kept beyond it.)
-int64_t RecomputeKeep(const ReuseConfig& config, int64_t n, int64_t s, int64_t layer);
-
-// The fallback guard on a selective hit's layer-0 deviations (dev[n], one per prompt token):
-// their mean in *mean; true when the guard is on (fallback_deviation > 0) and the mean exceeds
-// it (ReuseConfig::fallback_deviation).
-bool GuardFallsBack(const ReuseConfig& config, std::span<const float> dev, float* mean);
 
 // The row counts of a prefill that copied the first `rows` of its n rows from a reference and
 // computed the rest at every layer, keeping all n (prefix baseline and exact reuse, CPU and
@@ -128,16 +123,16 @@ class ReusePrefiller {
   // `cache` and computes the rest of ids at positions rows..n-1 (prefix mode, exact reuse).
   absl::Status PrefixPrefill(std::span<const int32_t> ids, const KvCache& ref_kv, int64_t rows,
                              KvCache* cache, float* logits, PrefillStats* st);
-  // A semshare hit (arguments checked): exact reuse when ExactReuseRows allows it, else the
-  // selective path.
+  // A semshare hit (arguments checked): its ReusePlan (PlanReuse) executed.
   absl::Status HitPrefill(std::span<const int32_t> ids, std::span<const int32_t> ref_ids,
                           const KvCache& ref_kv, const TokenMatch& match, KvCache* cache,
                           float* logits, PrefillStats* st);
 
-  // snapkv and semshare: layer-by-layer prefill computing a shrinking token set when `ref_kv`
-  // is given (a hit, with `match`), all tokens otherwise; retention per layer.
-  absl::Status SelectivePrefill(std::span<const int32_t> ids, const KvCache* ref_kv,
-                                const TokenMatch& match, KvCache* cache, float* logits,
+  // snapkv and semshare: layer-by-layer prefill of the tokens `plan` computes (kNone: all of
+  // them, no reference; a rearranging kind: a shrinking set, with ref_kv), attending over the
+  // mixed KV; retention per layer as the plan says.
+  absl::Status SelectivePrefill(std::span<const int32_t> ids, const ReusePlan& plan,
+                                const KvCache* ref_kv, KvCache* cache, float* logits,
                                 PrefillStats* stats);
 
   const Model& model_;
