@@ -20,6 +20,7 @@
 
 #include "engine/cpu/cpu_backend.h"
 #include "engine/cpu/quant_matmul.h"
+#include "engine/cpu/tile_matmul.h"
 #include "engine/model/dequant.h"
 #include "gtest/gtest.h"
 #include "tests/random_blocks.h"
@@ -128,7 +129,10 @@ TEST(QuantDot, BlockMatMulMatchesDequantisedProduct) {
     Matrix w;
     ASSERT_TRUE(MakeBlockMatrix(type, rows, cols, blocks.data(), nullptr, &w).ok());
     const Matrix wf = ToFloatMatrix(w);
-    for (int64_t n : {int64_t{1}, int64_t{3}, kDotMaxRows, kDotMaxRows + 1, int64_t{40}}) {
+    // Every path and its edges: one row (dot), the tile kernel's 6-row steps and remainders and
+    // its 18-row blocks, the sgemm tiles above kTileMaxRows.
+    for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{7}, kDotMaxRows, kDotMaxRows + 1,
+                      int64_t{19}, int64_t{40}, kTileMaxRows, kTileMaxRows + 1}) {
       for (MatMulPrecision p : {MatMulPrecision::kQuantizedActivations, MatMulPrecision::kFloat}) {
         SCOPED_TRACE(Name(type) + " n=" + std::to_string(n) +
                      (p == MatMulPrecision::kFloat ? " float" : " quant"));
@@ -136,8 +140,7 @@ TEST(QuantDot, BlockMatMulMatchesDequantisedProduct) {
         std::vector<float> y(static_cast<size_t>(n * rows), -1.0f);
         CpuBackend backend(p);
         backend.MatMul(x.data(), n, w, Matrix{}, y.data());
-        const bool int8 =
-            p == MatMulPrecision::kQuantizedActivations && n <= kDotMaxRows && HasQuantDot(type);
+        const bool int8 = ChooseMatMulPath(n, w, p) == MatMulPath::kDot && HasQuantDot(type);
         double worst = 0;
         for (int64_t i = 0; i < n; ++i) {
           for (int64_t r = 0; r < rows; ++r) {
@@ -164,8 +167,13 @@ TEST(QuantDot, BlockMatMulMatchesDequantisedProduct) {
                                   << " vs " << want;
           }
         }
+        const MatMulPath path = ChooseMatMulPath(n, w, p);
         std::printf("%-5s n=%-2lld %-5s worst error / bound %.3f\n", Name(type).c_str(),
-                    static_cast<long long>(n), int8 ? "quant" : "float", worst);
+                    static_cast<long long>(n),
+                    int8                        ? "int8"
+                    : path == MatMulPath::kTile ? "tile"
+                                                : "float",
+                    worst);
       }
     }
   }
@@ -240,6 +248,65 @@ TEST(QuantDot, EmbedAndDequantizeRowsReadTheStoredBlocks) {
   EXPECT_EQ(0, std::memcmp(out.data() + 64, all.data() + 2 * 64, 64 * sizeof(float)));
   Matrix bad;
   EXPECT_FALSE(MakeBlockMatrix(GgmlType::kQ4_K, 1, 100, blocks.data(), nullptr, &bad).ok());
+}
+
+// The vectorised dequantisation the tile and sgemm paths use is bit-identical to the reference
+// (dequant.h), for every type (the ones without a vector kernel go through the reference) and
+// any row range.
+TEST(QuantDot, DequantizeRowsFastIsBitIdentical) {
+  const GgmlType types[] = {GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1,
+                            GgmlType::kQ8_0, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K,
+                            GgmlType::kF16,  GgmlType::kBF16};
+  const int64_t rows = 9, cols = 512;
+  for (GgmlType type : types) {
+    SCOPED_TRACE(Name(type));
+    const auto blocks = RandomBlocks(type, rows, cols, 7);
+    Matrix w;
+    ASSERT_TRUE(MakeBlockMatrix(type, rows, cols, blocks.data(), nullptr, &w).ok());
+    for (const auto& [r0, count] : {std::pair<int64_t, int64_t>{0, rows}, {3, 1}, {4, 5}}) {
+      std::vector<float> want(static_cast<size_t>(count * cols), -1.0f);
+      std::vector<float> got(want.size(), -2.0f);
+      DequantizeRows(w, r0, count, want.data());
+      DequantizeRowsFast(w, r0, count, got.data());
+      ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)))
+          << "rows " << r0 << "+" << count;
+    }
+  }
+}
+
+// The tile kernel on every edge of its blocking: weight-row counts that leave 1..3 rows of a
+// 4-row group, activation counts that leave 1..5 rows of a 6-row step or cross an 18-row block,
+// k of one and of many 16-lane steps. Against float64 products of the exact weights, within
+// the float summation bound 2 k u sum|w x|.
+TEST(QuantDot, TileMatMulEdges) {
+  const auto blocks = RandomBlocks(GgmlType::kQ4_1, 45, 576, 3);
+  for (int64_t rows : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{5}, int64_t{45}}) {
+    for (int64_t cols : {int64_t{32}, int64_t{576}}) {
+      Matrix w;
+      ASSERT_TRUE(MakeBlockMatrix(GgmlType::kQ4_1, rows, cols, blocks.data(), nullptr, &w).ok());
+      if (!HasTileMatMul(w)) GTEST_SKIP() << "no AVX-512 on this CPU: the tile kernel is off";
+      const Matrix wf = ToFloatMatrix(w);
+      for (int64_t n = 1; n <= 20; ++n) {
+        SCOPED_TRACE("rows " + std::to_string(rows) + " cols " + std::to_string(cols) + " n " +
+                     std::to_string(n));
+        const auto x = RandomActs(n * cols, 11 + n);
+        std::vector<float> y(static_cast<size_t>(n * rows), std::nanf(""));
+        TileMatMul(x.data(), n, w, y.data());
+        for (int64_t i = 0; i < n; ++i) {
+          for (int64_t r = 0; r < rows; ++r) {
+            double want = 0, mag = 0;
+            for (int64_t j = 0; j < cols; ++j) {
+              const double t = static_cast<double>(wf.data[r * cols + j]) * x[i * cols + j];
+              want += t;
+              mag += std::fabs(t);
+            }
+            ASSERT_LE(std::fabs(y[i * rows + r] - want), 2 * cols * kU * mag)
+                << "row " << i << " col " << r;
+          }
+        }
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include "engine/cpu/gemm.h"
 #include "engine/cpu/quant_dot.h"
 #include "engine/cpu/thread_pool.h"
+#include "engine/cpu/tile_matmul.h"
 
 namespace semshare::engine {
 namespace {
@@ -14,9 +15,9 @@ namespace {
 // Output rows per work item: enough that a chunk's bookkeeping is noise next to its dots.
 constexpr int64_t kRowsPerChunk = 16;
 
-void DotPath(const float* x, int64_t n, const Matrix& w, float* y, DotIsa isa, bool int8) {
+void DotPath(const float* x, int64_t n, const Matrix& w, float* y, DotIsa isa) {
   const int64_t k = w.cols, out = w.rows;
-  const QuantDotFn dot = int8 ? GetQuantDot(w.type, isa) : nullptr;
+  const QuantDotFn dot = GetQuantDot(w.type, isa);
   if (dot == nullptr) {
     // Float activations (kFloat, F16 / BF16): widen a weight row exactly (L1-resident), dot in
     // float32.
@@ -24,7 +25,7 @@ void DotPath(const float* x, int64_t n, const Matrix& w, float* y, DotIsa isa, b
       thread_local std::vector<float> row;
       row.resize(static_cast<size_t>(k));
       for (int64_t r = r0; r < r1; ++r) {
-        DequantizeRows(w, r, 1, row.data());
+        DequantizeRowsFast(w, r, 1, row.data());
         for (int64_t i = 0; i < n; ++i) y[i * out + r] = DotF(row.data(), x + i * k, k);
       }
     });
@@ -55,7 +56,7 @@ void BlockMatMulTiled(const float* x, int64_t n, const Matrix& w, float* y) {
     buf.resize(static_cast<size_t>(tile * k));
     for (int64_t t0 = r0; t0 < r1; t0 += tile) {
       const int64_t rows = std::min(tile, r1 - t0);
-      DequantizeRows(w, t0, rows, buf.data());
+      DequantizeRowsFast(w, t0, rows, buf.data());
       GemmOnThisThread(GemmB::kTransposed, n, rows, k, 1.0f, x, k, buf.data(), k, 0.0f, y + t0,
                        out);
     }
@@ -63,18 +64,30 @@ void BlockMatMulTiled(const float* x, int64_t n, const Matrix& w, float* y) {
 }
 
 void BlockMatMulDot(const float* x, int64_t n, const Matrix& w, float* y, DotIsa isa) {
-  DotPath(x, n, w, y, isa, /*int8=*/true);
+  DotPath(x, n, w, y, isa);
+}
+
+MatMulPath ChooseMatMulPath(int64_t n, const Matrix& w, MatMulPrecision precision) {
+  // kFloat: the dequantised-tile path for every n, so the arithmetic is exactly that of float
+  // weights (sgemv for one row, sgemm for more), as before weights stayed quantized.
+  if (precision == MatMulPrecision::kFloat) return MatMulPath::kTiled;
+  if (n >= kTileMinRows && n <= kTileMaxRows && HasTileMatMul(w)) return MatMulPath::kTile;
+  if (n <= kDotMaxRows && w.cols % kQ8Block == 0) return MatMulPath::kDot;
+  return MatMulPath::kTiled;
 }
 
 void BlockMatMul(const float* x, int64_t n, const Matrix& w, float* y, MatMulPrecision precision) {
   if (n <= 0 || w.rows == 0) return;
-  // kFloat: the dequantised-tile path for every n, so the arithmetic is exactly that of float
-  // weights (sgemv for one row, sgemm for more), as before weights stayed quantized.
-  const bool int8 = precision == MatMulPrecision::kQuantizedActivations && w.cols % kQ8Block == 0;
-  if (n <= kDotMaxRows && int8) {
-    DotPath(x, n, w, y, BestDotIsa(), int8);
-  } else {
-    BlockMatMulTiled(x, n, w, y);
+  switch (ChooseMatMulPath(n, w, precision)) {
+    case MatMulPath::kDot:
+      DotPath(x, n, w, y, BestDotIsa());
+      break;
+    case MatMulPath::kTile:
+      TileMatMul(x, n, w, y);
+      break;
+    case MatMulPath::kTiled:
+      BlockMatMulTiled(x, n, w, y);
+      break;
   }
 }
 

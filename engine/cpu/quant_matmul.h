@@ -1,15 +1,19 @@
 // y = x w^T for a weight held in ggml blocks (Matrix::quantized()): the CpuBackend's MatMul on
-// quantized models. Two strategies, chosen by the number of activation rows n:
-//  - few rows (decode, small batches; n <= kDotMaxRows): each activation row is quantized to
-//    int8 blocks (quant_dot.h) once, and the int8 dot kernels of the best ISA run over the
-//    weight rows, split across ThreadPool::Default(). Weights are read once per call in their
-//    stored size (4.5 to 8.5 bits a weight), which is what decode is bound by. F16/BF16
-//    weights (no int8 kernel) are widened a row at a time and dotted with the float row.
-//  - many rows (prefill, large batches): each pool thread walks its range of weight rows in
-//    tiles of up to kTileFloats weights, dequantised (exactly) into its own float buffer and
-//    multiplied at once with single-threaded OpenBLAS sgemm (gemm.h), so prefill keeps float32
-//    GEMM speed and accuracy; the dequantisation is amortised over the n rows.
-// MatMulPrecision::kFloat forces the second path for every n (float32 arithmetic on the exact
+// quantized models. Three strategies, chosen by the number of activation rows n:
+//  - few rows (decode; n = 1, or n <= kDotMaxRows without the tile kernel): each activation row is
+//  quantized to int8 blocks
+//    (quant_dot.h) once, and the int8 dot kernels of the best ISA run over the weight rows,
+//    split across ThreadPool::Default(). Weights are read once per call in their stored size
+//    (4.5 to 8.5 bits a weight), which is what decode is bound by. F16/BF16 weights (no int8
+//    kernel) are widened a row at a time and dotted with the float row.
+//  - a batch of rows (batched decode; 2 <= n <= kTileMaxRows, AVX-512): tile_matmul.h. Each pool
+//    thread dequantises a tile of weight rows (vectorised, exact) and a register-blocked float
+//    kernel runs all n rows over it, with no packing.
+//  - many rows (prefill, large batches, or no AVX-512): each pool thread walks its range of
+//    weight rows in tiles of up to kTileFloats weights, dequantised (exactly) into its own float
+//    buffer and multiplied at once with single-threaded OpenBLAS sgemm (gemm.h), so prefill
+//    keeps float32 GEMM speed and accuracy; the dequantisation is amortised over the n rows.
+// MatMulPrecision::kFloat forces the last path for every n (float32 arithmetic on the exact
 // weights, as the float32 oracles compare), at the cost of a dequantisation per call.
 #ifndef SEMSHARE_ENGINE_CPU_QUANT_MATMUL_H_
 #define SEMSHARE_ENGINE_CPU_QUANT_MATMUL_H_
@@ -32,6 +36,19 @@ enum class MatMulPrecision {
 // prompts are prefilled in chunks larger than this, except a final chunk of <= kDotMaxRows
 // tokens, whose rows then differ from a one-chunk prefill's by the bound in quant_dot.h.
 constexpr int64_t kDotMaxRows = 8;
+// Rows from which and up to which the tile kernel (tile_matmul.h) is used where it runs. At 2
+// rows it already beats two passes of the int8 kernels (one dequantisation, 6 x 4 rows per
+// step); above kTileMaxRows, OpenBLAS' cache-blocked sgemm on dequantised tiles is as fast.
+constexpr int64_t kTileMinRows = 2;
+constexpr int64_t kTileMaxRows = 64;
+
+enum class MatMulPath {
+  kDot,    // int8 dot kernels (quant_dot.h), or the float dot for F16 / BF16
+  kTile,   // tile_matmul.h
+  kTiled,  // dequantised tiles + OpenBLAS sgemm
+};
+// The strategy BlockMatMul takes for n rows of w (tests read it to pick their bound).
+MatMulPath ChooseMatMulPath(int64_t n, const Matrix& w, MatMulPrecision precision);
 // Weights per dequantised tile: 512 KiB of float32 per pool thread, so the tile is still in
 // that core's L2 when the GEMM reads it.
 constexpr int64_t kTileFloats = int64_t{1} << 17;
