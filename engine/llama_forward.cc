@@ -153,14 +153,19 @@ void LlamaForward::Embed(const int32_t* ids, int64_t n, float* x) {
 
 void LlamaForward::Qkv(int64_t l, const float* x, const int32_t* pos, int64_t s) {
   const ModelConfig& c = model_.config;
-  const LayerWeights& lw = model_.weights.layers[l];
   Reserve(s);
-  backend_.RmsNorm(x, lw.attn_norm.data.data(), s, c.d_model, c.rms_eps, h_.data());
+  backend_.RmsNorm(x, model_.weights.layers[l].attn_norm.data.data(), s, c.d_model, c.rms_eps,
+                   h_.data());
+  ProjectQkv(l, pos, s);
+}
+
+void LlamaForward::ProjectQkv(int64_t l, const int32_t* pos, int64_t s) {
+  const ModelConfig& c = model_.config;
+  const LayerWeights& lw = model_.weights.layers[l];
   backend_.MatMul(h_.data(), s, lw.wq, lw.bq, q_.data());
   backend_.MatMul(h_.data(), s, lw.wk, lw.bk, k_.data());
   backend_.MatMul(h_.data(), s, lw.wv, lw.bv, v_.data());
-  backend_.Rope(q_.data(), pos, s, c.n_heads, c.head_dim, rope_);
-  backend_.Rope(k_.data(), pos, s, c.n_kv_heads, c.head_dim, rope_);
+  backend_.RopeQk(q_.data(), c.n_heads, k_.data(), c.n_kv_heads, pos, s, c.head_dim, rope_);
 }
 
 void LlamaForward::StoreKv(LayerKv& kv, const int32_t* rows, const int32_t* pos, int64_t s,
@@ -190,14 +195,20 @@ void LlamaForward::Attend(int64_t l, float* x, const int32_t* pos, int64_t s, co
 
 void LlamaForward::Mlp(int64_t l, float* x, int64_t s) {
   const ModelConfig& c = model_.config;
-  const LayerWeights& lw = model_.weights.layers[l];
   Reserve(s);
-  backend_.RmsNorm(x, lw.ffn_norm.data.data(), s, c.d_model, c.rms_eps, h_.data());
+  backend_.RmsNorm(x, model_.weights.layers[l].ffn_norm.data.data(), s, c.d_model, c.rms_eps,
+                   h_.data());
+  MlpOnNormed(l, s);
+  backend_.Add(x, h_.data(), s * c.d_model);
+}
+
+void LlamaForward::MlpOnNormed(int64_t l, int64_t s) {
+  const ModelConfig& c = model_.config;
+  const LayerWeights& lw = model_.weights.layers[l];
   backend_.MatMul(h_.data(), s, lw.w_gate, Matrix{}, gate_.data());
   backend_.MatMul(h_.data(), s, lw.w_up, Matrix{}, up_.data());
   backend_.SwiGlu(gate_.data(), up_.data(), s * c.d_ff, gate_.data());
   backend_.MatMul(gate_.data(), s, lw.w_down, Matrix{}, h_.data());
-  backend_.Add(x, h_.data(), s * c.d_model);
 }
 
 void LlamaForward::Logits(const float* x_row, float* logits) {
@@ -210,7 +221,8 @@ void LlamaForward::Logits(const float* x_row, float* logits) {
 
 void LlamaForward::BatchPass(std::span<const SeqChunk> seqs) {
   const ModelConfig& c = model_.config;
-  const int64_t qd = c.n_heads * c.head_dim;
+  const ModelWeights& w = model_.weights;
+  const int64_t d = c.d_model;
   batch_ids_.clear();
   batch_pos_.clear();
   for (const SeqChunk& sc : seqs) {
@@ -219,23 +231,36 @@ void LlamaForward::BatchPass(std::span<const SeqChunk> seqs) {
   }
   const int64_t n = static_cast<int64_t>(batch_ids_.size());
   const int32_t* pos = batch_pos_.data();
-  x_.resize(n * c.d_model);
+  x_.resize(n * d);
   Embed(batch_ids_.data(), n, x_.data());
+  Reserve(n);
+  // The same ops as Qkv, Attend and Mlp per layer, with the backend's fused steps where they give
+  // the same bits: each residual add with the norm after it (the MLP's add with the next layer's
+  // attention norm), RoPE of q and k together, and attention of all sequences in one call.
+  backend_.RmsNorm(x_.data(), w.layers[0].attn_norm.data.data(), n, d, c.rms_eps, h_.data());
   for (int64_t l = 0; l < c.n_layers; ++l) {
-    const LayerWeights& lw = model_.weights.layers[l];
-    Qkv(l, x_.data(), pos, n);
+    const LayerWeights& lw = w.layers[l];
+    ProjectQkv(l, pos, n);
+    attn_seqs_.clear();
     int64_t o = 0;
     for (const SeqChunk& sc : seqs) {
       const int64_t k = static_cast<int64_t>(sc.ids.size());
       LayerKv& kv = sc.cache->layer(l);
       StoreKv(kv, nullptr, pos + o, k, o);
-      backend_.Attention(q_.data() + o * qd, pos + o, k, kv.k.data(), kv.v.data(), kv.pos.data(),
-                         kv.rows(), attn_, att_.data() + o * qd);
+      attn_seqs_.push_back(AttentionSeq{o, k, kv.k.data(), kv.v.data(), kv.pos.data(), kv.rows()});
       o += k;
     }
+    backend_.AttentionVarlen(q_.data(), pos, attn_seqs_, attn_, att_.data());
     backend_.MatMul(att_.data(), n, lw.wo, Matrix{}, h_.data());
-    backend_.Add(x_.data(), h_.data(), n * c.d_model);
-    Mlp(l, x_.data(), n);
+    backend_.AddRmsNorm(x_.data(), h_.data(), lw.ffn_norm.data.data(), n, d, c.rms_eps, h_.data());
+    MlpOnNormed(l, n);
+    if (l + 1 < c.n_layers) {
+      backend_.AddRmsNorm(x_.data(), h_.data(), w.layers[l + 1].attn_norm.data.data(), n, d,
+                          c.rms_eps, h_.data());
+    } else {
+      backend_.Add(x_.data(), h_.data(), n * d);
+    }
   }
 }
+
 }  // namespace semshare::engine

@@ -9,9 +9,9 @@
 //
 // Batched (ForwardBatch, the serving engine loop's step): the rows of several sequences, each
 // with its own KV cache, go through one pass: norms, projections and the MLP as one GEMM over
-// all rows, RoPE per row at its own position, attention per sequence over its own cache (a
-// varlen call: sequence offsets into the stacked rows, no padding), and the logits of the
-// sequences that want them as one GEMM over their last rows.
+// all rows, RoPE per row at its own position, attention of each sequence over its own cache
+// (one Backend::AttentionVarlen call per layer: sequence offsets into the stacked rows, no
+// padding), and the logits of the sequences that want them as one GEMM over their last rows.
 #ifndef SEMSHARE_ENGINE_LLAMA_FORWARD_H_
 #define SEMSHARE_ENGINE_LLAMA_FORWARD_H_
 
@@ -103,6 +103,10 @@ class LlamaForward {
  private:
   // One pass over the stacked rows of `seqs` (checked); x_ holds their residual streams after.
   void BatchPass(std::span<const SeqChunk> seqs);
+  // Qkv's and Mlp's steps after their norm, on the s normed rows in h_ (sized by Reserve):
+  // projections + RoPE into q_, k_, v_; the MLP into h_ (before its residual add).
+  void ProjectQkv(int64_t l, const int32_t* pos, int64_t s);
+  void MlpOnNormed(int64_t l, int64_t s);
   // The logits of the chunks that want them: their last rows of x_ (at `ends`, one past each
   // chunk's last row), final norm and one output GEMM, scattered to each chunk's pointer.
   void BatchLogits(std::span<const SeqChunk> seqs, std::span<const int64_t> ends);
@@ -119,6 +123,7 @@ class LlamaForward {
   std::vector<float> logit_h_;    // [rows, d_model] normed last rows for the logits
   std::vector<float> logit_out_;  // [rows, vocab] logits of a batch, before scattering
   std::vector<int32_t> batch_ids_, batch_pos_;  // [rows] a batch's stacked ids and positions
+  std::vector<AttentionSeq> attn_seqs_;         // [sequences] a batch's varlen attention call
   std::function<bool()> interrupt_;
 };
 

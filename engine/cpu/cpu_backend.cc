@@ -1,9 +1,14 @@
 #include "engine/cpu/cpu_backend.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "engine/cpu/fast_math.h"
 #include "engine/cpu/gemm.h"
@@ -25,6 +30,92 @@ constexpr int64_t kFlashMinQueries = 16;
 // per (query, head): an sgemm would pack all m keys and values on every call, which for one
 // query costs more than the product.
 constexpr int64_t kDirectMaxQueries = 4;
+
+// One row of RmsNorm: y[d] = x / rms(x) * gamma (y may alias x).
+inline void RmsNormRow(const float* x, const float* gamma, int64_t d, float eps, float* y) {
+  float ss = 0.0f;
+  for (int64_t j = 0; j < d; ++j) ss += x[j] * x[j];
+  const float inv = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
+  for (int64_t j = 0; j < d; ++j) y[j] = x[j] * inv * gamma[j];
+}
+
+// RoPE's cos and sin of every pair at one position, cs[half], sn[half]. The angle in double:
+// pos * inv_freq reaches thousands of radians, where float rounding alone would move cos/sin by
+// ~1e-4.
+inline void RopeAngles(int32_t pos, const RopeParams& rope, int64_t half, float* cs, float* sn) {
+  for (int64_t k = 0; k < half; ++k) {
+    const double a = static_cast<double>(pos) * static_cast<double>(rope.inv_freq[k]);
+    cs[k] = static_cast<float>(std::cos(a));
+    sn[k] = static_cast<float>(std::sin(a));
+  }
+}
+
+// Rotates the heads of one token, x[heads, head_dim], by the angles of RopeAngles.
+inline void RopeToken(float* x, int64_t heads, int64_t head_dim, RopeStyle style, int64_t half,
+                      const float* cs, const float* sn) {
+  for (int64_t h = 0; h < heads; ++h) {
+    float* v = x + h * head_dim;
+    if (style == RopeStyle::kAdjacent) {
+      for (int64_t k = 0; k < half; ++k) {
+        const float a = v[2 * k], b = v[2 * k + 1];
+        v[2 * k] = a * cs[k] - b * sn[k];
+        v[2 * k + 1] = a * sn[k] + b * cs[k];
+      }
+    } else {
+      for (int64_t k = 0; k < half; ++k) {
+        const float a = v[k], b = v[k + half];
+        v[k] = a * cs[k] - b * sn[k];
+        v[k + half] = a * sn[k] + b * cs[k];
+      }
+    }
+  }
+}
+
+// The calling thread's score buffer for the decode kernel, at least m floats.
+float* DecodeScores(int64_t m) {
+  thread_local std::vector<float> scores;
+  if (static_cast<int64_t>(scores.size()) < std::max<int64_t>(m, 1)) {
+    scores.resize(static_cast<size_t>(std::max<int64_t>(m, 1)));
+  }
+  return scores.data();
+}
+
+// The decode attention kernel, one (query row, head) on the calling thread: query qh[head_dim]
+// at position qp over kv head g of k, v [m, n_kv_heads, head_dim] (positions k_pos, ascending)
+// into o[head_dim]. Three vectorised passes over the visible rows [lo, hi): scores = K q (gemv,
+// reading K's rows in place), exp against their max, then o = V^T e / sum (gemv). s: scratch of
+// at least m floats. DirectAttention and AttentionVarlen both run exactly this.
+void DecodeRowHead(const float* qh, int32_t qp, const float* k, const float* v,
+                   const int32_t* k_pos, int64_t m, const AttentionParams& p, int64_t g, float* s,
+                   float* o) {
+  const int64_t hd = p.head_dim, kv_stride = p.n_kv_heads * hd;
+  // Visible rows [lo, hi): k_pos ascends, so k_pos <= q_pos is a prefix and the window cuts a
+  // prefix of that.
+  const int64_t hi = std::upper_bound(k_pos, k_pos + m, qp) - k_pos;
+  const int64_t lo =
+      p.window > 0
+          ? std::lower_bound(k_pos, k_pos + hi, static_cast<int64_t>(qp) - p.window + 1) - k_pos
+          : 0;
+  if (hi <= lo) {
+    std::fill(o, o + hd, 0.0f);
+    return;
+  }
+  const int64_t mm = hi - lo;
+  GemmOnThisThread(GemmB::kTransposed, 1, mm, hd, p.scale, qh, hd, k + lo * kv_stride + g * hd,
+                   kv_stride, 0.0f, s, mm);
+  float mx = s[0];
+  for (int64_t j = 1; j < mm; ++j) mx = std::max(mx, s[j]);
+  for (int64_t j = 0; j < mm; ++j) s[j] = FastExp(s[j] - mx);
+  const float inv = 1.0f / SumF(s, mm);
+  GemmOnThisThread(GemmB::kPlain, 1, hd, mm, inv, s, mm, v + lo * kv_stride + g * hd, kv_stride,
+                   0.0f, o, hd);
+}
+
+inline void CpuRelax() {
+#if defined(__x86_64__)
+  _mm_pause();
+#endif
+}
 
 }  // namespace
 
@@ -50,13 +141,19 @@ void CpuBackend::MatMul(const float* x, int64_t n, const Matrix& w, const Matrix
 void CpuBackend::RmsNorm(const float* x, const float* gamma, int64_t n, int64_t d, float eps,
                          float* y) {
   ThreadPool::Default().ParallelFor(n, 16, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) RmsNormRow(x + i * d, gamma, d, eps, y + i * d);
+  });
+}
+
+void CpuBackend::AddRmsNorm(float* x, const float* y, const float* gamma, int64_t n, int64_t d,
+                            float eps, float* out) {
+  // Row by row: the row's add completes before its norm writes out, so y may alias out.
+  ThreadPool::Default().ParallelFor(n, 16, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      const float* xi = x + i * d;
-      float* yi = y + i * d;
-      float ss = 0.0f;
-      for (int64_t j = 0; j < d; ++j) ss += xi[j] * xi[j];
-      const float inv = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
-      for (int64_t j = 0; j < d; ++j) yi[j] = xi[j] * inv * gamma[j];
+      float* xi = x + i * d;
+      const float* yi = y + i * d;
+      for (int64_t j = 0; j < d; ++j) xi[j] += yi[j];
+      RmsNormRow(xi, gamma, d, eps, out + i * d);
     }
   });
 }
@@ -65,31 +162,24 @@ void CpuBackend::Rope(float* x, const int32_t* pos, int64_t n, int64_t heads, in
                       const RopeParams& rope) {
   const int64_t half = rope.rope_dim / 2;
   ThreadPool::Default().ParallelFor(n, 4, [&](int64_t i0, int64_t i1) {
+    float cs[512], sn[512];  // half <= 512 (head_dim <= 1024), checked by ModelConfig users
     for (int64_t i = i0; i < i1; ++i) {
-      // The angle in double: pos * inv_freq reaches thousands of radians, where float rounding
-      // alone would move cos/sin by ~1e-4.
-      float cs[512], sn[512];  // half <= 512 (head_dim <= 1024), checked by ModelConfig users
-      for (int64_t k = 0; k < half; ++k) {
-        const double a = static_cast<double>(pos[i]) * static_cast<double>(rope.inv_freq[k]);
-        cs[k] = static_cast<float>(std::cos(a));
-        sn[k] = static_cast<float>(std::sin(a));
-      }
-      for (int64_t h = 0; h < heads; ++h) {
-        float* v = x + (i * heads + h) * head_dim;
-        if (rope.style == RopeStyle::kAdjacent) {
-          for (int64_t k = 0; k < half; ++k) {
-            const float a = v[2 * k], b = v[2 * k + 1];
-            v[2 * k] = a * cs[k] - b * sn[k];
-            v[2 * k + 1] = a * sn[k] + b * cs[k];
-          }
-        } else {
-          for (int64_t k = 0; k < half; ++k) {
-            const float a = v[k], b = v[k + half];
-            v[k] = a * cs[k] - b * sn[k];
-            v[k + half] = a * sn[k] + b * cs[k];
-          }
-        }
-      }
+      RopeAngles(pos[i], rope, half, cs, sn);
+      RopeToken(x + i * heads * head_dim, heads, head_dim, rope.style, half, cs, sn);
+    }
+  });
+}
+
+void CpuBackend::RopeQk(float* q, int64_t q_heads, float* k, int64_t k_heads, const int32_t* pos,
+                        int64_t n, int64_t head_dim, const RopeParams& rope) {
+  const int64_t half = rope.rope_dim / 2;
+  // One dispatch and one angle computation per token for both tensors.
+  ThreadPool::Default().ParallelFor(n, 4, [&](int64_t i0, int64_t i1) {
+    float cs[512], sn[512];  // as in Rope
+    for (int64_t i = i0; i < i1; ++i) {
+      RopeAngles(pos[i], rope, half, cs, sn);
+      RopeToken(q + i * q_heads * head_dim, q_heads, head_dim, rope.style, half, cs, sn);
+      RopeToken(k + i * k_heads * head_dim, k_heads, head_dim, rope.style, half, cs, sn);
     }
   });
 }
@@ -166,42 +256,118 @@ void CpuBackend::Attention(const float* q, const int32_t* q_pos, int64_t n, cons
 void CpuBackend::DirectAttention(const float* q, const int32_t* q_pos, int64_t n, const float* k,
                                  const float* v, const int32_t* k_pos, int64_t m,
                                  const AttentionParams& p, float* out) {
-  const int64_t hd = p.head_dim, q_stride = p.n_heads * hd, kv_stride = p.n_kv_heads * hd;
+  const int64_t hd = p.head_dim, q_stride = p.n_heads * hd;
   const int64_t group = p.n_heads / p.n_kv_heads;
-  // One task per (query row, head), so even one decode row spreads over the pool. Per task,
-  // three vectorised passes over the visible rows [lo, hi): scores = K q (gemv, reading K's rows
-  // in place), exp against their max, then o = V^T e / sum (gemv); the head's K and V rows stay
-  // in cache between the heads of a GQA group.
+  // One task per (query row, head), so even one decode row spreads over the pool; the heads of
+  // a GQA group sit next to each other, so their K and V rows stay in cache between them.
   ThreadPool::Default().ParallelFor(n * p.n_heads, 1, [&](int64_t t0, int64_t t1) {
-    thread_local std::vector<float> scores;
-    scores.resize(static_cast<size_t>(std::max<int64_t>(m, 1)));
-    float* s = scores.data();
+    float* s = DecodeScores(m);
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t i = t / p.n_heads, h = t % p.n_heads, g = h / group;
-      float* o = out + i * q_stride + h * hd;
-      // Visible rows [lo, hi): k_pos ascends, so k_pos <= q_pos is a prefix and the window
-      // cuts a prefix of that.
-      const int32_t qp = q_pos[i];
-      const int64_t hi = std::upper_bound(k_pos, k_pos + m, qp) - k_pos;
-      const int64_t lo =
-          p.window > 0
-              ? std::lower_bound(k_pos, k_pos + hi, static_cast<int64_t>(qp) - p.window + 1) - k_pos
-              : 0;
-      if (hi <= lo) {
-        std::fill(o, o + hd, 0.0f);
-        continue;
-      }
-      const int64_t mm = hi - lo;
-      GemmOnThisThread(GemmB::kTransposed, 1, mm, hd, p.scale, q + i * q_stride + h * hd, hd,
-                       k + lo * kv_stride + g * hd, kv_stride, 0.0f, s, mm);
-      float mx = s[0];
-      for (int64_t j = 1; j < mm; ++j) mx = std::max(mx, s[j]);
-      for (int64_t j = 0; j < mm; ++j) s[j] = FastExp(s[j] - mx);
-      const float inv = 1.0f / SumF(s, mm);
-      GemmOnThisThread(GemmB::kPlain, 1, hd, mm, inv, s, mm, v + lo * kv_stride + g * hd, kv_stride,
-                       0.0f, o, hd);
+      const int64_t i = t / p.n_heads, h = t % p.n_heads;
+      DecodeRowHead(q + i * q_stride + h * hd, q_pos[i], k, v, k_pos, m, p, h / group, s,
+                    out + i * q_stride + h * hd);
     }
   });
+}
+
+void CpuBackend::AttentionVarlen(const float* q, const int32_t* q_pos,
+                                 std::span<const AttentionSeq> seqs, const AttentionParams& p,
+                                 float* out) {
+  const int64_t hd = p.head_dim, q_stride = p.n_heads * hd;
+  const int64_t group = p.n_heads / p.n_kv_heads;
+  ThreadPool& pool = ThreadPool::Default();
+  // Each sequence takes the path Attention would take for it (so its bits are Attention's):
+  // flash for 16+ rows where the kernel takes the shape, the decode kernel for up to 4, the
+  // GEMM path otherwise.
+  const bool flash = FlashAttentionSupports(p);
+  varlen_flash_.clear();
+  varlen_decode_seqs_.clear();
+  varlen_gemm_seqs_.clear();
+  size_t n_flash = 0;
+  for (const AttentionSeq& s : seqs) n_flash += s.n >= kFlashMinQueries && flash ? 1 : 0;
+  if (varlen_flash_scratch_.size() < n_flash) varlen_flash_scratch_.resize(n_flash);
+  int64_t max_m = 1;
+  for (const AttentionSeq& s : seqs) {
+    if (s.n <= 0) continue;
+    FlashAttentionWork w;
+    if (s.n >= kFlashMinQueries && flash &&
+        PrepareFlashAttention(q + s.q_begin * q_stride, q_pos + s.q_begin, s.n, s.k, s.v, s.k_pos,
+                              s.m, p, out + s.q_begin * q_stride,
+                              &varlen_flash_scratch_[varlen_flash_.size()], &w)) {
+      varlen_flash_.push_back(w);
+    } else if (s.n <= kDirectMaxQueries) {
+      varlen_decode_seqs_.push_back(&s);
+      max_m = std::max(max_m, s.m);
+    } else {
+      varlen_gemm_seqs_.push_back(&s);
+    }
+  }
+  // Work items, in the order the pool's threads claim them: (1) the flash sequences' K/V pack
+  // items, all claimed before any (2) query tile of theirs, so a thread that gets a tile waits at
+  // most for the pack items other threads hold; (2) the flash tiles, costliest first within each
+  // sequence; (3) decode items, sequences with the most keys first, so the job ends on short
+  // items. A decode item is one query row's whole GQA group (its K/V rows read once from memory
+  // for all its heads) when there are enough of them to balance, else one head.
+  std::stable_sort(varlen_decode_seqs_.begin(), varlen_decode_seqs_.end(),
+                   [](const AttentionSeq* a, const AttentionSeq* b) { return a->m > b->m; });
+  int64_t decode_units = 0;
+  for (const AttentionSeq* s : varlen_decode_seqs_) decode_units += s->n * p.n_kv_heads;
+  const int64_t heads_per_item = decode_units >= 4 * pool.size() ? group : 1;
+  varlen_decode_.clear();
+  for (const AttentionSeq* s : varlen_decode_seqs_) {
+    for (int64_t i = 0; i < s->n; ++i) {
+      for (int64_t h = 0; h < p.n_heads; h += heads_per_item) {
+        varlen_decode_.push_back(DecodeItem{s, i, h, h + heads_per_item});
+      }
+    }
+  }
+  int64_t packs = 0, tiles = 0;
+  for (const FlashAttentionWork& w : varlen_flash_) {
+    packs += w.pack_items;
+    tiles += w.tile_items;
+  }
+  const int64_t total = packs + tiles + static_cast<int64_t>(varlen_decode_.size());
+  if (total > 0) {
+    std::atomic<int64_t> next{0}, packs_left{packs};
+    pool.ParallelFor(std::min<int64_t>(pool.size(), total), 1, [&](int64_t, int64_t) {
+      for (int64_t i = next.fetch_add(1); i < total; i = next.fetch_add(1)) {
+        if (i < packs) {
+          int64_t j = i;
+          for (const FlashAttentionWork& w : varlen_flash_) {
+            if (j < w.pack_items) {
+              PackFlashKv(w, j, j + 1);
+              break;
+            }
+            j -= w.pack_items;
+          }
+          packs_left.fetch_sub(1, std::memory_order_release);
+        } else if (i < packs + tiles) {
+          while (packs_left.load(std::memory_order_acquire) > 0) CpuRelax();
+          int64_t j = i - packs;
+          for (const FlashAttentionWork& w : varlen_flash_) {
+            if (j < w.tile_items) {
+              RunFlashTile(w, j);
+              break;
+            }
+            j -= w.tile_items;
+          }
+        } else {
+          const DecodeItem& d = varlen_decode_[i - packs - tiles];
+          const AttentionSeq& s = *d.seq;
+          const int64_t row = s.q_begin + d.row;
+          float* sc = DecodeScores(max_m);
+          for (int64_t h = d.h0; h < d.h1; ++h) {
+            DecodeRowHead(q + row * q_stride + h * hd, q_pos[row], s.k, s.v, s.k_pos, s.m, p,
+                          h / group, sc, out + row * q_stride + h * hd);
+          }
+        }
+      }
+    });
+  }
+  for (const AttentionSeq* s : varlen_gemm_seqs_) {
+    Attention(q + s->q_begin * q_stride, q_pos + s->q_begin, s->n, s->k, s->v, s->k_pos, s->m, p,
+              out + s->q_begin * q_stride);
+  }
 }
 
 void CpuBackend::SoftmaxRows(float* rows, const int32_t* q_pos, int64_t nb, const int32_t* k_pos,

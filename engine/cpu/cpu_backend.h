@@ -1,10 +1,11 @@
-// CpuBackend: the portable reference backend. GEMMs (projections and the two attention
-// products) run on OpenBLAS sgemm, which threads them itself; element-wise ops and softmax are
-// parallelised with OpenMP outside any BLAS call (OpenBLAS must not be called from inside an
-// OpenMP region). Attention over 16 or more queries runs the fused AVX-512 kernel
-// (flash_attention.h) when the build and shapes allow, the sgemm pair otherwise. Weights held
-// in ggml blocks go through BlockMatMul (quant_matmul.h): dot kernels on the blocks with
-// quantized activations for few rows, dequantised tiles + sgemm for many.
+// CpuBackend: the portable reference backend. Every op runs on the backend's ThreadPool
+// (thread_pool.h); GEMMs (projections and the attention products) are single-threaded OpenBLAS
+// calls split over that pool (gemm.h). Attention over 16 or more queries runs the fused AVX-512
+// kernel (flash_attention.h) when the build and shapes allow, up to 4 queries (decode) a
+// per-(row, head) kernel of two gemv, the sgemm pair otherwise; AttentionVarlen schedules those
+// kernels for every sequence of a batched forward in one pool job. Weights held in ggml blocks go
+// through BlockMatMul (quant_matmul.h): dot kernels on the blocks with quantized activations for
+// few rows, dequantised tiles + sgemm for many.
 #ifndef SEMSHARE_ENGINE_CPU_CPU_BACKEND_H_
 #define SEMSHARE_ENGINE_CPU_CPU_BACKEND_H_
 
@@ -32,6 +33,16 @@ class CpuBackend final : public Backend {
             const RopeParams& rope) override;
   void Attention(const float* q, const int32_t* q_pos, int64_t n, const float* k, const float* v,
                  const int32_t* k_pos, int64_t m, const AttentionParams& p, float* out) override;
+  // Every sequence's work in one pool job (see the .cc): the flash kernel's K/V packing and
+  // query tiles of prefill-sized sequences and the per-(row, head) decode kernel of the others,
+  // scheduled dynamically, costliest first. Sequences of 5..15 rows (or of 16+ where the flash
+  // kernel declines the shape) take Attention's GEMM path after that job, one call each.
+  void AttentionVarlen(const float* q, const int32_t* q_pos, std::span<const AttentionSeq> seqs,
+                       const AttentionParams& p, float* out) override;
+  void RopeQk(float* q, int64_t q_heads, float* k, int64_t k_heads, const int32_t* pos, int64_t n,
+              int64_t head_dim, const RopeParams& rope) override;
+  void AddRmsNorm(float* x, const float* y, const float* gamma, int64_t n, int64_t d, float eps,
+                  float* out) override;
   void SwiGlu(const float* gate, const float* up, int64_t count, float* out) override;
   void Embed(const Matrix& table, const int32_t* ids, int64_t n, float* out) override;
   void GatherRows(const float* src, int64_t row_len, const int32_t* idx, int64_t n,
@@ -60,6 +71,17 @@ class CpuBackend final : public Backend {
   std::vector<float> o_pack_;      // [group * block, head_dim] their outputs
   std::vector<int32_t> pos_pack_;  // [group * block] their positions
   std::vector<float> inv_sum_;     // [group * block] softmax normalisers
+  // AttentionVarlen's per-call state: packed K/V and work of each flash-sized sequence, the
+  // decode work items, and the sequences left to the GEMM path.
+  struct DecodeItem {
+    const AttentionSeq* seq;
+    int64_t row;     // query row within the sequence
+    int64_t h0, h1;  // query heads [h0, h1)
+  };
+  std::vector<FlashAttentionScratch> varlen_flash_scratch_;
+  std::vector<FlashAttentionWork> varlen_flash_;
+  std::vector<DecodeItem> varlen_decode_;
+  std::vector<const AttentionSeq*> varlen_decode_seqs_, varlen_gemm_seqs_;
 };
 
 }  // namespace semshare::engine

@@ -52,18 +52,6 @@ inline __m512 Exp16(__m512 x) {
   return _mm512_maskz_mul_ps(static_cast<__mmask16>(~underflow), poly, _mm512_castsi512_ps(e));
 }
 
-struct Job {
-  const float* q;
-  const int32_t* q_pos;
-  int64_t n, m, hd, group, q_stride, window;
-  float scale;
-  const float* k_tiles;  // [n_kv][tiles][hd][16]
-  const float* v_rows;   // [n_kv][tiles * 16][hd]
-  const int32_t* k_pos;  // [tiles * 16], padded
-  int64_t tiles;
-  float* out;
-};
-
 // acc[RC][CB * 16] (row stride hd) += p[RC][16] * v[16][CB * 16] (row stride hd).
 template <int RC, int CB>
 inline void PvBlock(const float* p, const float* v, int64_t hd, float* acc) {
@@ -114,8 +102,9 @@ inline void PvRows(const float* p, const float* v, int64_t hd, float* acc) {
 // One tile of R query rows (row = token * group + head-in-group, rows row0.. of kv head g) over
 // all its visible keys. Rows past the end repeat the last real row and are not written.
 template <int R>
-void RunTile(const Job& job, int64_t g, int64_t row0) {
-  const int64_t hd = job.hd, total = job.n * job.group;
+void RunTile(const FlashAttentionWork& job, int64_t g, int64_t row0) {
+  const int64_t hd = job.head_dim, total = job.n * job.group;
+  const int64_t q_stride = job.n_kv_heads * job.group * hd;
   const int64_t valid = std::min<int64_t>(R, total - row0);
   alignas(64) float qb[kMaxHeadDim * R];   // [hd][R], pre-scaled
   alignas(64) float acc[R * kMaxHeadDim];  // [R][hd]
@@ -129,7 +118,7 @@ void RunTile(const Job& job, int64_t g, int64_t row0) {
   for (int r = 0; r < R; ++r) {
     const int64_t row = row0 + std::min<int64_t>(r, valid - 1);
     const int64_t token = row / job.group, head = g * job.group + row % job.group;
-    out_off[r] = token * job.q_stride + head * hd;
+    out_off[r] = token * q_stride + head * hd;
     const float* src = job.q + out_off[r];
     for (int64_t d = 0; d < hd; ++d) qb[d * R + r] = src[d] * job.scale;
     qp[r] = job.q_pos[token];
@@ -141,7 +130,7 @@ void RunTile(const Job& job, int64_t g, int64_t row0) {
     pmax = std::max(pmax, qp[r]);
     lo_max = std::max(lo_max, qlo[r]);
   }
-  const int32_t* kp = job.k_pos;
+  const int32_t* kp = job.k_pos_padded;
   const int64_t j1 = std::upper_bound(kp, kp + job.m, pmax) - kp;
   int64_t j0 = 0;
   if (job.window > 0) {
@@ -225,22 +214,6 @@ void RunTile(const Job& job, int64_t g, int64_t row0) {
   }
 }
 
-template <int R>
-void RunAll(const Job& job, int64_t n_kv) {
-  const int64_t row_tiles = (job.n * job.group + R - 1) / R;
-  const int64_t tasks = row_tiles * n_kv;
-  std::atomic<int64_t> next{0};
-  ThreadPool& pool = ThreadPool::Default();
-  // Dynamic scheduling: causal tiles differ in cost by up to m / 16x. The last query tiles
-  // (usually the most keys) go first so the final tasks are short.
-  pool.ParallelFor(pool.size(), 1, [&](int64_t, int64_t) {
-    for (int64_t i = next.fetch_add(1); i < tasks; i = next.fetch_add(1)) {
-      const int64_t tile = row_tiles - 1 - i / n_kv, g = i % n_kv;
-      RunTile<R>(job, g, tile * R);
-    }
-  });
-}
-
 }  // namespace
 #endif  // __AVX512F__
 
@@ -252,71 +225,125 @@ bool FlashAttentionAvailable() {
 #endif
 }
 
-bool FlashAttention(const float* q, const int32_t* q_pos, int64_t n, const float* k, const float* v,
-                    const int32_t* k_pos, int64_t m, const AttentionParams& p, float* out,
-                    FlashAttentionScratch* scratch) {
+bool FlashAttentionSupports(const AttentionParams& p) {
 #if defined(__AVX512F__)
   const int64_t hd = p.head_dim;
-  if (hd <= 0 || hd % 16 != 0 || hd > kMaxHeadDim || p.n_kv_heads <= 0 ||
-      p.n_heads % p.n_kv_heads != 0 || n < 0 || m < 0) {
-    return false;
-  }
+  return hd > 0 && hd % 16 == 0 && hd <= kMaxHeadDim && p.n_kv_heads > 0 &&
+         p.n_heads % p.n_kv_heads == 0;
+#else
+  (void)p;
+  return false;
+#endif
+}
+
+bool PrepareFlashAttention(const float* q, const int32_t* q_pos, int64_t n, const float* k,
+                           const float* v, const int32_t* k_pos, int64_t m,
+                           const AttentionParams& p, float* out, FlashAttentionScratch* scratch,
+                           FlashAttentionWork* work) {
+#if defined(__AVX512F__)
+  if (!FlashAttentionSupports(p) || n < 0 || m < 0) return false;
+  *work = FlashAttentionWork{};
   if (n == 0) return true;
-  const int64_t n_kv = p.n_kv_heads, group = p.n_heads / n_kv, kv_stride = n_kv * hd;
+  const int64_t hd = p.head_dim, n_kv = p.n_kv_heads, group = p.n_heads / n_kv;
   const int64_t tiles = std::max<int64_t>(1, (m + kKeyTile - 1) / kKeyTile);
   const int64_t mp = tiles * kKeyTile;
-  float* kt = Aligned(scratch->k_tiles, static_cast<size_t>(n_kv * mp * hd));
-  float* vr = Aligned(scratch->v_rows, static_cast<size_t>(n_kv * mp * hd));
+  work->k_tiles = Aligned(scratch->k_tiles, static_cast<size_t>(n_kv * mp * hd));
+  work->v_rows = Aligned(scratch->v_rows, static_cast<size_t>(n_kv * mp * hd));
   scratch->k_pos.assign(static_cast<size_t>(mp), std::numeric_limits<int32_t>::max());
   std::copy_n(k_pos, m, scratch->k_pos.data());
-  ThreadPool::Default().ParallelFor(n_kv * tiles, 8, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t g = i / tiles, t = i % tiles;
-      float* kdst = kt + (g * tiles + t) * kKeyTile * hd;
-      float* vdst = vr + (g * tiles + t) * kKeyTile * hd;
-      for (int64_t lane = 0; lane < kKeyTile; ++lane) {
-        const int64_t j = t * kKeyTile + lane;
-        if (j < m) {
-          const float* ks = k + j * kv_stride + g * hd;
-          for (int64_t d = 0; d < hd; ++d) kdst[d * kKeyTile + lane] = ks[d];
-          std::memcpy(vdst + lane * hd, v + j * kv_stride + g * hd, hd * sizeof(float));
-        } else {
-          for (int64_t d = 0; d < hd; ++d) kdst[d * kKeyTile + lane] = 0.0f;
-          std::memset(vdst + lane * hd, 0, hd * sizeof(float));
-        }
-      }
-    }
-  });
-  const Job job{q,
-                q_pos,
-                n,
-                m,
-                hd,
-                group,
-                p.n_heads * hd,
-                p.window,
-                p.scale,
-                kt,
-                vr,
-                scratch->k_pos.data(),
-                tiles,
-                out};
+  work->k_pos_padded = scratch->k_pos.data();
+  work->tiles = tiles;
+  work->q = q;
+  work->q_pos = q_pos;
+  work->k = k;
+  work->v = v;
+  work->out = out;
+  work->n = n;
+  work->m = m;
+  work->head_dim = hd;
+  work->n_kv_heads = n_kv;
+  work->group = group;
+  work->window = p.window;
+  work->scale = p.scale;
+  // The register tile: as many rows as fill it, fewer for few rows (decode-sized calls).
   const int64_t rows = n * group;
-  if (rows >= 24) {
-    RunAll<24>(job, n_kv);
-  } else if (rows > 8) {
-    RunAll<16>(job, n_kv);
-  } else if (rows > 4) {
-    RunAll<8>(job, n_kv);
-  } else {
-    RunAll<4>(job, n_kv);
-  }
+  work->tile_rows = rows >= 24 ? 24 : rows > 8 ? 16 : rows > 4 ? 8 : 4;
+  work->pack_items = n_kv * tiles;
+  work->tile_items = (rows + work->tile_rows - 1) / work->tile_rows * n_kv;
   return true;
 #else
   (void)q, (void)q_pos, (void)n, (void)k, (void)v, (void)k_pos, (void)m, (void)p, (void)out,
-      (void)scratch;
+      (void)scratch, (void)work;
   return false;
 #endif
+}
+
+void PackFlashKv(const FlashAttentionWork& work, int64_t i0, int64_t i1) {
+#if defined(__AVX512F__)
+  const int64_t hd = work.head_dim, tiles = work.tiles, m = work.m;
+  const int64_t kv_stride = work.n_kv_heads * hd;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t g = i / tiles, t = i % tiles;
+    float* kdst = work.k_tiles + (g * tiles + t) * kKeyTile * hd;
+    float* vdst = work.v_rows + (g * tiles + t) * kKeyTile * hd;
+    for (int64_t lane = 0; lane < kKeyTile; ++lane) {
+      const int64_t j = t * kKeyTile + lane;
+      if (j < m) {
+        const float* ks = work.k + j * kv_stride + g * hd;
+        for (int64_t d = 0; d < hd; ++d) kdst[d * kKeyTile + lane] = ks[d];
+        std::memcpy(vdst + lane * hd, work.v + j * kv_stride + g * hd, hd * sizeof(float));
+      } else {
+        for (int64_t d = 0; d < hd; ++d) kdst[d * kKeyTile + lane] = 0.0f;
+        std::memset(vdst + lane * hd, 0, hd * sizeof(float));
+      }
+    }
+  }
+#else
+  (void)work, (void)i0, (void)i1;
+#endif
+}
+
+void RunFlashTile(const FlashAttentionWork& work, int64_t i) {
+#if defined(__AVX512F__)
+  // Causal tiles differ in cost by up to m / 16x: the last query tiles (usually the most keys)
+  // come first, so that dynamic scheduling ends on short items.
+  const int64_t n_kv = work.n_kv_heads, row_tiles = work.tile_items / n_kv;
+  const int64_t tile = row_tiles - 1 - i / n_kv, g = i % n_kv;
+  const int64_t row0 = tile * work.tile_rows;
+  switch (work.tile_rows) {
+    case 24:
+      RunTile<24>(work, g, row0);
+      break;
+    case 16:
+      RunTile<16>(work, g, row0);
+      break;
+    case 8:
+      RunTile<8>(work, g, row0);
+      break;
+    default:
+      RunTile<4>(work, g, row0);
+      break;
+  }
+#else
+  (void)work, (void)i;
+#endif
+}
+
+bool FlashAttention(const float* q, const int32_t* q_pos, int64_t n, const float* k, const float* v,
+                    const int32_t* k_pos, int64_t m, const AttentionParams& p, float* out,
+                    FlashAttentionScratch* scratch) {
+  FlashAttentionWork work;
+  if (!PrepareFlashAttention(q, q_pos, n, k, v, k_pos, m, p, out, scratch, &work)) return false;
+  if (work.tile_items == 0) return true;
+  ThreadPool& pool = ThreadPool::Default();
+  pool.ParallelFor(work.pack_items, 8, [&](int64_t i0, int64_t i1) { PackFlashKv(work, i0, i1); });
+  std::atomic<int64_t> next{0};
+  pool.ParallelFor(pool.size(), 1, [&](int64_t, int64_t) {
+    for (int64_t i = next.fetch_add(1); i < work.tile_items; i = next.fetch_add(1)) {
+      RunFlashTile(work, i);
+    }
+  });
+  return true;
 }
 
 }  // namespace semshare::engine
