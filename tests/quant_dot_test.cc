@@ -265,43 +265,50 @@ TEST(QuantDot, DequantizeRowsFastIsBitIdentical) {
     ASSERT_TRUE(MakeBlockMatrix(type, rows, cols, blocks.data(), nullptr, &w).ok());
     for (const auto& [r0, count] : {std::pair<int64_t, int64_t>{0, rows}, {3, 1}, {4, 5}}) {
       std::vector<float> want(static_cast<size_t>(count * cols), -1.0f);
-      std::vector<float> got(want.size(), -2.0f);
       DequantizeRows(w, r0, count, want.data());
+      for (const tile_matmul_internal::TileIsa& isa : tile_matmul_internal::CpuTileIsas()) {
+        std::vector<float> got(want.size(), -2.0f);
+        tile_matmul_internal::DequantizeRowsWith(isa, w, r0, count, got.data());
+        ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)))
+            << isa.name << " rows " << r0 << "+" << count;
+      }
+      std::vector<float> got(want.size(), -2.0f);
       DequantizeRowsFast(w, r0, count, got.data());
-      ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)))
-          << "rows " << r0 << "+" << count;
+      ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)));
     }
   }
 }
 
-// The tile kernel on every edge of its blocking: weight-row counts that leave 1..3 rows of a
-// 4-row group, activation counts that leave 1..5 rows of a 6-row step or cross an 18-row block,
-// k of one and of many 16-lane steps. Against float64 products of the exact weights, within
-// the float summation bound 2 k u sum|w x|.
+// The tile kernel, every build this CPU runs, on every edge of its blocking: weight-row counts that
+// leave 1..3 rows of a 4-row group, activation counts that leave 1..5 rows of a 6-row step or cross
+// an 18-row block, k of one and of many 16-lane steps. Against float64 products of the exact
+// weights, within the float summation bound 2 k u sum|w x|.
 TEST(QuantDot, TileMatMulEdges) {
   const auto blocks = RandomBlocks(GgmlType::kQ4_1, 45, 576, 3);
   for (int64_t rows : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{5}, int64_t{45}}) {
     for (int64_t cols : {int64_t{32}, int64_t{576}}) {
       Matrix w;
       ASSERT_TRUE(MakeBlockMatrix(GgmlType::kQ4_1, rows, cols, blocks.data(), nullptr, &w).ok());
-      if (!HasTileMatMul(w)) GTEST_SKIP() << "no AVX-512 on this CPU: the tile kernel is off";
+      if (!HasTileMatMul(w)) GTEST_SKIP() << "no AVX2 on this CPU: the tile kernel is off";
       const Matrix wf = ToFloatMatrix(w);
       for (int64_t n = 1; n <= 20; ++n) {
-        SCOPED_TRACE("rows " + std::to_string(rows) + " cols " + std::to_string(cols) + " n " +
-                     std::to_string(n));
-        const auto x = RandomActs(n * cols, 11 + n);
-        std::vector<float> y(static_cast<size_t>(n * rows), std::nanf(""));
-        TileMatMul(x.data(), n, w, y.data());
-        for (int64_t i = 0; i < n; ++i) {
-          for (int64_t r = 0; r < rows; ++r) {
-            double want = 0, mag = 0;
-            for (int64_t j = 0; j < cols; ++j) {
-              const double t = static_cast<double>(wf.data[r * cols + j]) * x[i * cols + j];
-              want += t;
-              mag += std::fabs(t);
+        for (const tile_matmul_internal::TileIsa& isa : tile_matmul_internal::CpuTileIsas()) {
+          SCOPED_TRACE(std::string(isa.name) + " rows " + std::to_string(rows) + " cols " +
+                       std::to_string(cols) + " n " + std::to_string(n));
+          const auto x = RandomActs(n * cols, 11 + n);
+          std::vector<float> y(static_cast<size_t>(n * rows), std::nanf(""));
+          tile_matmul_internal::TileMatMulWith(isa, x.data(), n, w, y.data());
+          for (int64_t i = 0; i < n; ++i) {
+            for (int64_t r = 0; r < rows; ++r) {
+              double want = 0, mag = 0;
+              for (int64_t j = 0; j < cols; ++j) {
+                const double t = static_cast<double>(wf.data[r * cols + j]) * x[i * cols + j];
+                want += t;
+                mag += std::fabs(t);
+              }
+              ASSERT_LE(std::fabs(y[i * rows + r] - want), 2 * cols * kU * mag)
+                  << "row " << i << " col " << r;
             }
-            ASSERT_LE(std::fabs(y[i * rows + r] - want), 2 * cols * kU * mag)
-                << "row " << i << " col " << r;
           }
         }
       }

@@ -8,23 +8,42 @@
 #include "engine/cpu/thread_pool.h"
 
 namespace semshare::engine {
+namespace tile_matmul_internal {
 namespace {
 
 // Float32 weights per dequantised tile: 96 KiB, so the tile stays in the core's L2 while every
-// activation row passes over it (4 weight rows at a time are in L1).
+// activation row passes over it (the 4 weight rows of a step are in L1).
 constexpr int64_t kTileFloats = int64_t{24} << 10;
+
+const TileIsa& BestTileIsa() {
+  static const TileIsa best = [] {
+    const std::vector<TileIsa> isas = CpuTileIsas();
+    return isas.empty() ? TileIsa{} : isas.front();
+  }();
+  return best;
+}
 
 }  // namespace
 
-bool HasTileMatMul(const Matrix& w) {
-  return w.quantized() && w.cols % 16 == 0 && w.cols > 0 && tile_matmul_internal::CpuHasAvx512() &&
-         tile_matmul_internal::Avx512TileKernel() != nullptr;
+std::vector<TileIsa> CpuTileIsas() {
+  std::vector<TileIsa> isas;
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c");
+  if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
+      Avx512Isa().kernel != nullptr) {
+    isas.push_back(Avx512Isa());
+  }
+  if (avx2 && Avx2Isa().kernel != nullptr) isas.push_back(Avx2Isa());
+#endif
+  return isas;
 }
 
-void DequantizeRowsFast(const Matrix& m, int64_t r0, int64_t count, float* dst) {
-  const tile_matmul_internal::DequantFn f = m.quantized() && tile_matmul_internal::CpuHasAvx512()
-                                                ? tile_matmul_internal::Avx512Dequant(m.type)
-                                                : nullptr;
+void DequantizeRowsWith(const TileIsa& isa, const Matrix& m, int64_t r0, int64_t count,
+                        float* dst) {
+  const DequantFn f = m.quantized() && isa.dequant != nullptr ? isa.dequant(m.type) : nullptr;
   if (f == nullptr) {
     DequantizeRows(m, r0, count, dst);
     return;
@@ -37,20 +56,34 @@ void DequantizeRowsFast(const Matrix& m, int64_t r0, int64_t count, float* dst) 
   f(m.block_row(r0), count * m.cols, dst);
 }
 
-void TileMatMul(const float* x, int64_t n, const Matrix& w, float* y) {
+void TileMatMulWith(const TileIsa& isa, const float* x, int64_t n, const Matrix& w, float* y) {
   const int64_t k = w.cols, out = w.rows;
   if (n <= 0 || out == 0) return;
-  const tile_matmul_internal::TileKernelFn kernel = tile_matmul_internal::Avx512TileKernel();
   const int64_t tile = std::clamp<int64_t>(kTileFloats / k / 4 * 4, 4, out);
   ThreadPool::Default().ParallelFor(out, 16, [&](int64_t r0, int64_t r1) {
     thread_local std::vector<float> buf;
     buf.resize(static_cast<size_t>(tile * k));
     for (int64_t t0 = r0; t0 < r1; t0 += tile) {
       const int64_t rows = std::min(tile, r1 - t0);
-      DequantizeRowsFast(w, t0, rows, buf.data());
-      kernel(x, k, n, buf.data(), rows, k, y + t0, out);
+      DequantizeRowsWith(isa, w, t0, rows, buf.data());
+      isa.kernel(x, k, n, buf.data(), rows, k, y + t0, out);
     }
   });
+}
+
+}  // namespace tile_matmul_internal
+
+bool HasTileMatMul(const Matrix& w) {
+  return w.quantized() && w.cols > 0 && w.cols % 16 == 0 &&
+         tile_matmul_internal::BestTileIsa().kernel != nullptr;
+}
+
+void DequantizeRowsFast(const Matrix& m, int64_t r0, int64_t count, float* dst) {
+  tile_matmul_internal::DequantizeRowsWith(tile_matmul_internal::BestTileIsa(), m, r0, count, dst);
+}
+
+void TileMatMul(const float* x, int64_t n, const Matrix& w, float* y) {
+  tile_matmul_internal::TileMatMulWith(tile_matmul_internal::BestTileIsa(), x, n, w, y);
 }
 
 }  // namespace semshare::engine

@@ -3,10 +3,11 @@
 //
 // Each pool thread walks its range of weight rows a tile at a time: the tile is dequantised
 // exactly (ggml's formulas, vectorised: DequantizeRowsFast) into the thread's own buffer, and a
-// register-blocked AVX-512 kernel takes 4 weight rows x 4 activation rows per step (16 float
-// accumulators of 16 lanes over k), so every dequantised weight is used by all n rows while it
-// is in L1. Unlike the OpenBLAS tile path, nothing is packed or copied a second time: at 16
-// rows, packing and a scalar dequantisation took 36% of the server's CPU (perf, 2026-12-05).
+// register-blocked kernel takes 4 weight rows x 6 activation rows per step (AVX-512: 24 float
+// accumulators of 16 lanes over k; AVX2: 4 x 2 of 8 lanes), so every dequantised weight is used
+// by all n rows while it is in L1. Unlike the OpenBLAS tile path, nothing is packed or copied a
+// second time: at 16 rows, packing and a scalar dequantisation took 36% of the server's CPU (perf,
+// 2026-12-05).
 //
 // Arithmetic: float32 weights (exact) times float32 activations, summed in 16 lanes of k/16
 // terms each and then across lanes; results differ from sgemm's by float summation order only
@@ -15,13 +16,14 @@
 #define SEMSHARE_ENGINE_CPU_TILE_MATMUL_H_
 
 #include <cstdint>
+#include <vector>
 
 #include "engine/model/weights.h"
 
 namespace semshare::engine {
 
-// True when this CPU runs the tile kernel (AVX-512F) and w can use it: quantized (any type
-// DequantizeRows takes) and w.cols a multiple of 16.
+// True when this CPU runs the tile kernel (AVX-512 F/VL/BW/DQ, or AVX2 with FMA and F16C) and w
+// can use it: quantized (any type DequantizeRows takes) and w.cols a multiple of 16.
 bool HasTileMatMul(const Matrix& w);
 
 // y[n, w.rows] = x[n, w.cols] * w^T, split over ThreadPool::Default() by weight rows. Requires
@@ -29,22 +31,31 @@ bool HasTileMatMul(const Matrix& w);
 void TileMatMul(const float* x, int64_t n, const Matrix& w, float* y);
 
 // dst[count, m.cols] = rows r0 .. r0+count of m, bit-identical to DequantizeRows (the same
-// exact products and one rounding), vectorised with AVX-512 for Q4_0, Q4_1, Q8_0, Q4_K, Q6_K,
-// F16 and BF16 where the CPU has it; other types and CPUs use DequantizeRows. One difference:
-// a NaN f16 scale is quieted (hardware conversion), which weights never hold.
+// exact products and one rounding), vectorised (the tile kernel's ISA) for Q4_0, Q4_1, Q8_0,
+// Q4_K, Q6_K, F16 and BF16; other types and CPUs use DequantizeRows. One difference: a NaN f16
+// scale is quieted (hardware conversion), which weights never hold.
 void DequantizeRowsFast(const Matrix& m, int64_t r0, int64_t count, float* dst);
 
 namespace tile_matmul_internal {
-// The AVX-512 pieces (tile_matmul_avx512.cc); null / false where not compiled.
-// Dequantises `count` elements of `type` at src into dst; false when the type has no fast path.
+// Dequantises `count` elements of one type at src into dst.
 using DequantFn = void (*)(const uint8_t* src, int64_t count, float* dst);
-DequantFn Avx512Dequant(GgmlType type);
 // y[i * ldy + j] = dot(x row i, w row j) for i < n, j < rows: x [n, k] (row stride ldx), w
-// [rows, k] contiguous, k a multiple of 16. Null when not compiled.
+// [rows, k] contiguous, k a multiple of 16.
 using TileKernelFn = void (*)(const float* x, int64_t ldx, int64_t n, const float* w, int64_t rows,
                               int64_t k, float* y, int64_t ldy);
-TileKernelFn Avx512TileKernel();
-bool CpuHasAvx512();
+// One ISA's build (tile_matmul_simd.inc): null members where not compiled.
+struct TileIsa {
+  const char* name = "none";
+  DequantFn (*dequant)(GgmlType type) = nullptr;  // null for types without a vector kernel
+  TileKernelFn kernel = nullptr;
+};
+TileIsa Avx512Isa();
+TileIsa Avx2Isa();
+// The builds this CPU runs, best first (empty without AVX2).
+std::vector<TileIsa> CpuTileIsas();
+// TileMatMul and DequantizeRowsFast with a given build (tests compare them).
+void TileMatMulWith(const TileIsa& isa, const float* x, int64_t n, const Matrix& w, float* y);
+void DequantizeRowsWith(const TileIsa& isa, const Matrix& m, int64_t r0, int64_t count, float* dst);
 }  // namespace tile_matmul_internal
 
 }  // namespace semshare::engine
