@@ -97,6 +97,10 @@ const std::vector<Knob>& Knobs() {
        "shorter prompts skip lookup and are not published (2048: below it reuse costs quality "
        "on small models, docs/benchmarks.md)",
        1, kI32},
+      {"hybrid-selective-min-tokens", &ServerConfig::hybrid_selective_min_tokens, "N",
+       "a remainder after an exact prefix at least this long that matches the stored turn takes "
+       "the lossy selective path instead of being computed in full (0: never; docs/server.md)",
+       0, kI32},
       {"similarity-threshold", &ServerConfig::similarity_threshold, "X",
        "token-level similarity a reference needs for a hit", 0.0, 1.0},
       {"lookup-candidates", &ServerConfig::lookup_candidates, "N",

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/reuse/reuse_config.h"
 
 namespace semshare::server {
 
@@ -48,6 +49,8 @@ struct ServerConfig {
   std::string redis;              // "" = no Redis tier
   int32_t redis_ttl_seconds = 0;  // 0 = no expiry
   int32_t min_reuse_tokens = 2048;
+  // engine::ReuseConfig::hybrid_selective_min_tokens (0: never; its default and why there).
+  int32_t hybrid_selective_min_tokens = engine::ReuseConfig{}.hybrid_selective_min_tokens;
   float similarity_threshold = 0.8f;
   int32_t lookup_candidates = 4;  // store candidates ranked per lookup
   // Security.

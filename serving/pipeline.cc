@@ -166,6 +166,7 @@ void FrontWorker::Generate(std::shared_ptr<ServeRequest> request,
     // The runner's PrefillHit builds the kHybridSelective plan from the same inputs.
     res->hit_kind = "hybrid";
     res->reference_id = prefix.id;
+    res->similarity = remainder->similarity;
     lr->reference = std::move(prefix.record);
     lr->match = *std::move(remainder);
   } else if (hit.kind != HitKind::kMiss) {

@@ -76,7 +76,7 @@ struct ServeResult {
   CacheResult cache_result = CacheResult::kBypass;
   bool looked_up = false;
   uint64_t reference_id = 0;
-  float similarity = -1;  // best candidate's; < 0 when none was scored
+  float similarity = -1;  // best candidate's (a selective hybrid: its match); < 0 when none
   int32_t candidates = 0;
   int64_t kv_bytes = 0;
   bool published = false;

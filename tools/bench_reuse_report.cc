@@ -87,8 +87,11 @@ Json SummarizeHits(const Json& records) {
     auto match = [&](const Json& r) {
       return r["mode"] == "served" && r["length"] == length && (kind == "all" || r["kind"] == kind);
     };
+    // Exact copies only: a hybrid whose remainder took the selective path (plan
+    // "hybrid-selective", ReuseConfig::hybrid_selective_min_tokens) is lossy by design.
+    auto lossy = [](const Json& r) { return r.value("plan", "") == "hybrid-selective"; };
     auto copied = [&](const Json& r) {
-      return match(r) && (r["hit_kind"] == "exact" || r["hit_kind"] == "hybrid");
+      return match(r) && (r["hit_kind"] == "exact" || r["hit_kind"] == "hybrid") && !lossy(r);
     };
     auto full = [&](const Json& r) {
       return r["mode"] == "full" && r["length"] == length && (kind == "all" || r["kind"] == kind);
@@ -96,10 +99,12 @@ Json SummarizeHits(const Json& records) {
     int64_t pairs = 0;
     std::map<std::string, int64_t> by_kind;
     double worst_diff = std::nan("");
+    int64_t hybrid_selective = 0;
     for (const Json& r : records) {
       if (!match(r)) continue;
       ++pairs;
       ++by_kind[r["hit_kind"].get<std::string>()];
+      hybrid_selective += lossy(r) ? 1 : 0;
       if (copied(r)) {
         const double d = r["max_rel_logit_diff"].get<double>();
         worst_diff = std::isnan(worst_diff) ? d : std::max(worst_diff, d);
@@ -109,6 +114,9 @@ Json SummarizeHits(const Json& records) {
     for (const char* k : {"exact", "hybrid", "semantic", "miss"}) {
       s[std::string(k) + "_share"] = pairs ? static_cast<double>(by_kind[k]) / pairs : 0.0;
     }
+    // Hits (hybrid or semantic) whose plan was the hybrid with the selective remainder.
+    s["hybrid_selective_share"] =
+        pairs ? static_cast<double>(hybrid_selective) / static_cast<double>(pairs) : 0.0;
     s["target_tokens"] = MedianOf(records, match, "target_tokens");
     s["prefix_fraction"] = MedianOf(records, match, "prefix_fraction");
     s["ttft_ms"] = MedianOf(records, match, "ttft_ms");
