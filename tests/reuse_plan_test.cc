@@ -10,7 +10,8 @@
 //  - the default schedule counts the remainder only;
 //  - the fallback guard computes the remainder in full after the copied rows (still a hit);
 //  - the serving rule (serving::MatchHybridRemainder) sends a long matching remainder to the
-//    selective path and keeps a short one on the full-remainder path.
+//    selective path and keeps a short one on the full-remainder path, also through the server's
+//    pipeline (serving::Pipeline with a real in-memory store).
 #include "engine/reuse/reuse_plan.h"
 
 #include <gtest/gtest.h>
@@ -18,6 +19,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <future>
+#include <memory>
 #include <numeric>
 #include <optional>
 #include <string>
@@ -29,6 +32,7 @@
 #include "engine/reuse/reuse_prefill.h"
 #include "engine/reuse/serving_session.h"
 #include "serving/hit_lookup.h"
+#include "serving/pipeline.h"
 #include "tests/test_util.h"
 
 namespace semshare::engine {
@@ -376,6 +380,73 @@ TEST_F(HybridSelectiveTest, ServingRuleSendsOnlyALongMatchingRemainderToTheSelec
   ReuseConfig high = cfg;
   high.hybrid_selective_min_tokens = static_cast<int32_t>(ids_.size() - lcp_) + 1;
   EXPECT_FALSE(serving::MatchHybridRemainder(session, high, ids_, *rec, lcp_).has_value());
+}
+
+// The server's pipeline (serving/pipeline.h) with the knob on: a miss publishes its turn; the
+// same report with the notes reordered hits it as a hybrid whose remainder takes the selective
+// path (kind "hybrid", the prefix copied, fewer remainder tokens computed than it has, not
+// published); the published turn plus a short question copies and computes in full ("exact").
+TEST_F(HybridSelectiveTest, PipelineServesALongMatchingRemainderAsASelectiveHybrid) {
+  ASSERT_NE(model_, nullptr);
+  absl::StatusOr<std::unique_ptr<store::ReferenceStore>> st =
+      store::ReferenceStore::Open(store::StoreOptions{});
+  ASSERT_TRUE(st.ok()) << st.status();
+  serving::PipelineOptions po;
+  po.serving.reuse.hybrid_selective_min_tokens = 64;
+  po.serving.max_prompt_tokens = 8192;
+  po.loop.kv_cache_bytes = int64_t{512} << 20;
+  absl::StatusOr<std::unique_ptr<serving::Pipeline>> made = serving::Pipeline::Create(
+      std::shared_ptr<const Model>(model_, [](const Model*) {}), po, st->get(), nullptr);
+  ASSERT_TRUE(made.ok()) << made.status();
+  serving::Pipeline& pipeline = **made;
+  auto serve = [&](const std::string& prompt) {
+    auto req = std::make_shared<serving::ServeRequest>();
+    req->input.prompt = prompt;
+    req->options.max_tokens = 4;
+    req->ns = store::Namespace{"t", model_->fingerprint};
+    std::promise<absl::StatusOr<serving::ServeResult>> done;
+    std::future<absl::StatusOr<serving::ServeResult>> got = done.get_future();
+    EXPECT_TRUE(pipeline
+                    .Generate(req,
+                              [&done](absl::StatusOr<serving::ServeResult> r) {
+                                done.set_value(std::move(r));
+                              })
+                    .ok());
+    absl::StatusOr<serving::ServeResult> r = got.get();
+    (*st)->Flush();  // the turn's record is in the store before the next request looks
+    return r;
+  };
+  std::vector<std::string> notes = Sentences(8, 12);
+  auto text = [&](const std::vector<std::string>& n) {
+    std::string t = "Read the report, then the notes, and answer.\nReport:\n";
+    for (const std::string& s : Sentences(12, 0)) t += s + "\n";
+    t += "Notes:\n";
+    for (const std::string& s : n) t += s + "\n";
+    return t + "Question: what happened first?\nAnswer:";
+  };
+  const std::string first = text(notes);
+  absl::StatusOr<serving::ServeResult> miss = serve(first);
+  ASSERT_TRUE(miss.ok()) << miss.status();
+  EXPECT_EQ(miss->cache_result, serving::CacheResult::kMiss);
+  EXPECT_TRUE(miss->published);
+  std::reverse(notes.begin(), notes.end());
+  absl::StatusOr<serving::ServeResult> hybrid = serve(text(notes));
+  ASSERT_TRUE(hybrid.ok()) << hybrid.status();
+  const int64_t n = hybrid->gen.prompt_tokens;
+  EXPECT_EQ(hybrid->cache_result, serving::CacheResult::kHit);
+  EXPECT_STREQ(hybrid->hit_kind, "hybrid");
+  EXPECT_GT(hybrid->exact_tokens, 150);
+  EXPECT_GT(hybrid->exact_tokens, n / 2);  // the exact prefix covers most: the hit rule's hybrid
+  EXPECT_LT(hybrid->recomputed_tokens, n - hybrid->exact_tokens);  // selective on the remainder
+  EXPECT_EQ(hybrid->reused_tokens + hybrid->recomputed_tokens, n);
+  EXPECT_FALSE(hybrid->published);  // lossy KV is not published
+  absl::StatusOr<serving::ServeResult> turn = serve(first + miss->gen.text + " And then?");
+  ASSERT_TRUE(turn.ok()) << turn.status();
+  EXPECT_STREQ(turn->hit_kind, "exact");  // a short remainder: computed in full
+  EXPECT_EQ(turn->recomputed_tokens, turn->gen.prompt_tokens - turn->exact_tokens);
+  EXPECT_GT(turn->exact_tokens, hybrid->exact_tokens);
+  pipeline.Close();
+  EXPECT_TRUE(pipeline.WaitIdle(60000));
 }
 
 }  // namespace
