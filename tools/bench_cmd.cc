@@ -17,6 +17,9 @@
 #include "absl/strings/str_split.h"
 #include "engine/cpu/cpu_backend.h"
 #include "engine/cpu/gemm.h"
+#include "engine/cpu/quant_dot.h"
+#include "engine/cpu/quant_matmul.h"
+#include "engine/cpu/tile_matmul.h"
 #include "engine/llama_forward.h"
 #include "engine/sampling.h"
 #include "nlohmann/json.hpp"
@@ -178,6 +181,11 @@ int BenchCommand(int argc, char** argv) {
               static_cast<long long>(c.d_ff));
   std::printf("sgemm (engine/cpu/gemm.h): %.1f GFLOP/s (2048^3), %.1f GFLOP/s (2048x%lldx%lld)\n",
               peak, model_shape, static_cast<long long>(c.d_ff), static_cast<long long>(c.d_model));
+  const std::string kernels =
+      absl::StrCat("int8 dot ", std::string(engine::DotIsaName(engine::BestDotIsa())),
+                   " (1 row), tile ", engine::TileMatMulIsaName(), " (", engine::kTileMinRows, "..",
+                   engine::kTileMaxRows, " rows), dequantised tiles + sgemm (more)");
+  std::printf("quantized matmul: %s\n", kernels.c_str());
   std::printf("\n| phase | tokens | median s | tokens/s | GFLOP | floor s | time/floor |\n");
   std::printf("|---|---|---|---|---|---|---|\n");
 
@@ -318,6 +326,7 @@ int BenchCommand(int argc, char** argv) {
                         {"sgemm_gflops_model_shape", model_shape},
                         {"floor_gflops", floor_rate},
                         {"matmul", matmul},
+                        {"quantized_matmul_kernels", kernels},
                         {"weight_bytes", (*model)->weights.ByteSize()},
                         {"rss_bytes", mem.rss_bytes},
                         {"peak_rss_bytes", mem.peak_bytes},

@@ -78,6 +78,8 @@ bool HasTileMatMul(const Matrix& w) {
          tile_matmul_internal::BestTileIsa().kernel != nullptr;
 }
 
+const char* TileMatMulIsaName() { return tile_matmul_internal::BestTileIsa().name; }
+
 void DequantizeRowsFast(const Matrix& m, int64_t r0, int64_t count, float* dst) {
   tile_matmul_internal::DequantizeRowsWith(tile_matmul_internal::BestTileIsa(), m, r0, count, dst);
 }

@@ -26,6 +26,9 @@ namespace semshare::engine {
 // can use it: quantized (any type DequantizeRows takes) and w.cols a multiple of 16.
 bool HasTileMatMul(const Matrix& w);
 
+// The build TileMatMul runs on this CPU: "avx512", "avx2" or "none".
+const char* TileMatMulIsaName();
+
 // y[n, w.rows] = x[n, w.cols] * w^T, split over ThreadPool::Default() by weight rows. Requires
 // HasTileMatMul(w). Thread-compatible like BlockMatMul (per-thread buffers).
 void TileMatMul(const float* x, int64_t n, const Matrix& w, float* y);
