@@ -316,5 +316,51 @@ TEST(QuantDot, TileMatMulEdges) {
   }
 }
 
+// The small products of decode attention, every build this CPU runs: scores s = a b^T and the
+// combination o = p v, with row strides wider than the rows (GQA heads inside a KV row), row
+// counts around the kernels' steps and head sizes of 1 to 8 vectors. Against float64, within
+// the float summation bound 2 d u sum|terms| (ABt: d terms; AB: m terms).
+TEST(QuantDot, SmallGemmsMatchFloat64) {
+  const auto isas = tile_matmul_internal::CpuTileIsas();
+  if (isas.empty()) GTEST_SKIP() << "no AVX2 on this CPU: the small products are off";
+  for (const tile_matmul_internal::TileIsa& isa : isas) {
+    for (int64_t d : {int64_t{16}, int64_t{64}, int64_t{80}, int64_t{128}}) {
+      for (int64_t n : {int64_t{1}, int64_t{3}, int64_t{4}, int64_t{7}}) {
+        for (int64_t m : {int64_t{1}, int64_t{5}, int64_t{37}}) {
+          SCOPED_TRACE(std::string(isa.name) + " d " + std::to_string(d) + " n " +
+                       std::to_string(n) + " m " + std::to_string(m));
+          const int64_t lda = d + 16, ldb = 3 * d, ldp = m + 3;
+          const auto a = RandomActs(n * lda, 1 + d + n);
+          const auto b = RandomActs(m * ldb, 2 + d + m);
+          std::vector<float> sc(static_cast<size_t>(n * ldp), std::nanf(""));
+          isa.kernel(a.data(), lda, n, b.data(), ldb, m, d, sc.data(), ldp);
+          std::vector<float> o(static_cast<size_t>(n * lda), std::nanf(""));
+          isa.combine(sc.data(), ldp, n, b.data(), ldb, m, d, o.data(), lda);
+          for (int64_t i = 0; i < n; ++i) {
+            for (int64_t j = 0; j < m; ++j) {
+              double want = 0, mag = 0;
+              for (int64_t e = 0; e < d; ++e) {
+                const double t = static_cast<double>(a[i * lda + e]) * b[j * ldb + e];
+                want += t;
+                mag += std::fabs(t);
+              }
+              ASSERT_LE(std::fabs(sc[i * ldp + j] - want), 2 * d * kU * mag) << i << "," << j;
+            }
+            for (int64_t e = 0; e < d; ++e) {
+              double want = 0, mag = 0;
+              for (int64_t j = 0; j < m; ++j) {
+                const double t = static_cast<double>(sc[i * ldp + j]) * b[j * ldb + e];
+                want += t;
+                mag += std::fabs(t);
+              }
+              ASSERT_LE(std::fabs(o[i * lda + e] - want), 2 * m * kU * mag) << i << "," << e;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace semshare::engine

@@ -66,7 +66,7 @@ void TileMatMulWith(const TileIsa& isa, const float* x, int64_t n, const Matrix&
     for (int64_t t0 = r0; t0 < r1; t0 += tile) {
       const int64_t rows = std::min(tile, r1 - t0);
       DequantizeRowsWith(isa, w, t0, rows, buf.data());
-      isa.kernel(x, k, n, buf.data(), rows, k, y + t0, out);
+      isa.kernel(x, k, n, buf.data(), k, rows, k, y + t0, out);
     }
   });
 }
@@ -76,6 +76,20 @@ void TileMatMulWith(const TileIsa& isa, const float* x, int64_t n, const Matrix&
 bool HasTileMatMul(const Matrix& w) {
   return w.quantized() && w.cols > 0 && w.cols % 16 == 0 &&
          tile_matmul_internal::BestTileIsa().kernel != nullptr;
+}
+
+bool HasSmallGemm(int64_t d) {
+  return d > 0 && d % 16 == 0 && tile_matmul_internal::BestTileIsa().kernel != nullptr;
+}
+
+void SmallGemmABt(const float* a, int64_t lda, int64_t n, const float* b, int64_t ldb, int64_t m,
+                  int64_t d, float* s, int64_t lds) {
+  if (n > 0 && m > 0) tile_matmul_internal::BestTileIsa().kernel(a, lda, n, b, ldb, m, d, s, lds);
+}
+
+void SmallGemmAB(const float* p, int64_t ldp, int64_t n, const float* v, int64_t ldv, int64_t m,
+                 int64_t d, float* o, int64_t ldo) {
+  if (n > 0) tile_matmul_internal::BestTileIsa().combine(p, ldp, n, v, ldv, m, d, o, ldo);
 }
 
 const char* TileMatMulIsaName() { return tile_matmul_internal::BestTileIsa().name; }

@@ -26,6 +26,19 @@ namespace semshare::engine {
 // can use it: quantized (any type DequantizeRows takes) and w.cols a multiple of 16.
 bool HasTileMatMul(const Matrix& w);
 
+// Small single-threaded products for decode attention (one query row's GQA group of heads
+// against its KV rows), with the tile kernel's vector code; false when this CPU has no build or
+// d is not a multiple of 16 (callers then use gemm.h):
+//   SmallGemmABt: s[n, m] = a[n, d] b[m, d]^T (scores: queries against key rows),
+//   SmallGemmAB:  o[n, d] = p[n, m] v[m, d] (the probabilities against value rows).
+// Row strides lda, ldb, lds / ldp, ldv, ldo. Summation order: 16 (AVX2: 8) lanes over d then
+// across lanes for ABt; in row order j for AB.
+bool HasSmallGemm(int64_t d);
+void SmallGemmABt(const float* a, int64_t lda, int64_t n, const float* b, int64_t ldb, int64_t m,
+                  int64_t d, float* s, int64_t lds);
+void SmallGemmAB(const float* p, int64_t ldp, int64_t n, const float* v, int64_t ldv, int64_t m,
+                 int64_t d, float* o, int64_t ldo);
+
 // The build TileMatMul runs on this CPU: "avx512", "avx2" or "none".
 const char* TileMatMulIsaName();
 
@@ -43,14 +56,18 @@ namespace tile_matmul_internal {
 // Dequantises `count` elements of one type at src into dst.
 using DequantFn = void (*)(const uint8_t* src, int64_t count, float* dst);
 // y[i * ldy + j] = dot(x row i, w row j) for i < n, j < rows: x [n, k] (row stride ldx), w
-// [rows, k] contiguous, k a multiple of 16.
-using TileKernelFn = void (*)(const float* x, int64_t ldx, int64_t n, const float* w, int64_t rows,
-                              int64_t k, float* y, int64_t ldy);
+// [rows, k] (row stride ldw), k a multiple of 16.
+using TileKernelFn = void (*)(const float* x, int64_t ldx, int64_t n, const float* w, int64_t ldw,
+                              int64_t rows, int64_t k, float* y, int64_t ldy);
+// o[n, d] = p[n, m] v[m, d], row strides ldp, ldv, ldo; d a multiple of 16.
+using CombineKernelFn = void (*)(const float* p, int64_t ldp, int64_t n, const float* v,
+                                 int64_t ldv, int64_t m, int64_t d, float* o, int64_t ldo);
 // One ISA's build (tile_matmul_simd.inc): null members where not compiled.
 struct TileIsa {
   const char* name = "none";
   DequantFn (*dequant)(GgmlType type) = nullptr;  // null for types without a vector kernel
   TileKernelFn kernel = nullptr;
+  CombineKernelFn combine = nullptr;
 };
 TileIsa Avx512Isa();
 TileIsa Avx2Isa();

@@ -43,7 +43,7 @@ inline __m128 Reduce4(V a0, V a1, V a2, V a3) {
 #include "engine/cpu/tile_matmul_simd.inc"
 }  // namespace avx2
 
-TileIsa Avx2Isa() { return {"avx2", &avx2::Dequant, &avx2::TileKernel}; }
+TileIsa Avx2Isa() { return {"avx2", &avx2::Dequant, &avx2::TileKernel, &avx2::CombineKernel}; }
 
 }  // namespace semshare::engine::tile_matmul_internal
 #pragma GCC pop_options

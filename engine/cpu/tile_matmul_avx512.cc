@@ -53,7 +53,9 @@ inline __m128 Reduce4(V a0, V a1, V a2, V a3) {
 #include "engine/cpu/tile_matmul_simd.inc"
 }  // namespace avx512
 
-TileIsa Avx512Isa() { return {"avx512", &avx512::Dequant, &avx512::TileKernel}; }
+TileIsa Avx512Isa() {
+  return {"avx512", &avx512::Dequant, &avx512::TileKernel, &avx512::CombineKernel};
+}
 
 }  // namespace semshare::engine::tile_matmul_internal
 #pragma GCC pop_options
