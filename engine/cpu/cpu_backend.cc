@@ -189,7 +189,11 @@ void CpuBackend::Attention(const float* q, const int32_t* q_pos, int64_t n, cons
                            const AttentionParams& p, float* out) {
   // The fused kernel is 1.5x faster on prefill-sized calls (no score matrix, no sgemm on
   // attention's awkward shapes); it declines shapes and builds it does not support.
-  if (n >= kFlashMinQueries && FlashAttention(q, q_pos, n, k, v, k_pos, m, p, out, &flash_)) return;
+  if (flash_scratch_.empty()) flash_scratch_.resize(1);
+  if (n >= kFlashMinQueries &&
+      FlashAttention(q, q_pos, n, k, v, k_pos, m, p, out, &flash_scratch_[0])) {
+    return;
+  }
   if (n <= kDirectMaxQueries) {
     DirectAttention(q, q_pos, n, k, v, k_pos, m, p, out);
     return;
@@ -285,7 +289,7 @@ void CpuBackend::AttentionVarlen(const float* q, const int32_t* q_pos,
   varlen_gemm_seqs_.clear();
   size_t n_flash = 0;
   for (const AttentionSeq& s : seqs) n_flash += s.n >= kFlashMinQueries && flash ? 1 : 0;
-  if (varlen_flash_scratch_.size() < n_flash) varlen_flash_scratch_.resize(n_flash);
+  if (flash_scratch_.size() < n_flash) flash_scratch_.resize(n_flash);
   int64_t max_m = 1;
   for (const AttentionSeq& s : seqs) {
     if (s.n <= 0) continue;
@@ -293,7 +297,7 @@ void CpuBackend::AttentionVarlen(const float* q, const int32_t* q_pos,
     if (s.n >= kFlashMinQueries && flash &&
         PrepareFlashAttention(q + s.q_begin * q_stride, q_pos + s.q_begin, s.n, s.k, s.v, s.k_pos,
                               s.m, p, out + s.q_begin * q_stride,
-                              &varlen_flash_scratch_[varlen_flash_.size()], &w)) {
+                              &flash_scratch_[varlen_flash_.size()], &w)) {
       varlen_flash_.push_back(w);
     } else if (s.n <= kDirectMaxQueries) {
       varlen_decode_seqs_.push_back(&s);

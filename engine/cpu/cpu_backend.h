@@ -65,20 +65,21 @@ class CpuBackend final : public Backend {
                    int64_t window, float* inv_sums);
 
   MatMulPrecision precision_ = MatMulPrecision::kQuantizedActivations;
-  FlashAttentionScratch flash_;    // packed K/V of the fused attention kernel
   std::vector<float> scores_;      // attention scratch [group * block, m]
   std::vector<float> q_pack_;      // [group * block, head_dim] queries of one kv group
   std::vector<float> o_pack_;      // [group * block, head_dim] their outputs
   std::vector<int32_t> pos_pack_;  // [group * block] their positions
   std::vector<float> inv_sum_;     // [group * block] softmax normalisers
-  // AttentionVarlen's per-call state: packed K/V and work of each flash-sized sequence, the
-  // decode work items, and the sequences left to the GEMM path.
+  // Packed K/V of the fused attention kernel: [0] for Attention, one per flash-sized sequence
+  // for AttentionVarlen (it grows to the most such sequences of one call and keeps them).
+  std::vector<FlashAttentionScratch> flash_scratch_;
+  // AttentionVarlen's per-call state: the flash work of each flash-sized sequence, the decode
+  // work items, and the sequences left to the GEMM path.
   struct DecodeItem {
     const AttentionSeq* seq;
     int64_t row;     // query row within the sequence
     int64_t h0, h1;  // query heads [h0, h1)
   };
-  std::vector<FlashAttentionScratch> varlen_flash_scratch_;
   std::vector<FlashAttentionWork> varlen_flash_;
   std::vector<DecodeItem> varlen_decode_;
   std::vector<const AttentionSeq*> varlen_decode_seqs_, varlen_gemm_seqs_;
