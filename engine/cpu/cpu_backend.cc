@@ -13,6 +13,7 @@
 #include "engine/cpu/fast_math.h"
 #include "engine/cpu/gemm.h"
 #include "engine/cpu/thread_pool.h"
+#include "engine/cpu/tile_matmul.h"
 
 namespace semshare::engine {
 namespace {
@@ -71,6 +72,10 @@ inline void RopeToken(float* x, int64_t heads, int64_t head_dim, RopeStyle style
   }
 }
 
+// Query heads per call of the decode kernel (a GQA group is at most this; larger groups are
+// split).
+constexpr int64_t kMaxDecodeHeads = 16;
+
 // The calling thread's score buffer for the decode kernel, at least m floats.
 float* DecodeScores(int64_t m) {
   thread_local std::vector<float> scores;
@@ -80,14 +85,19 @@ float* DecodeScores(int64_t m) {
   return scores.data();
 }
 
-// The decode attention kernel, one (query row, head) on the calling thread: query qh[head_dim]
-// at position qp over kv head g of k, v [m, n_kv_heads, head_dim] (positions k_pos, ascending)
-// into o[head_dim]. Three vectorised passes over the visible rows [lo, hi): scores = K q (gemv,
-// reading K's rows in place), exp against their max, then o = V^T e / sum (gemv). s: scratch of
-// at least m floats. DirectAttention and AttentionVarlen both run exactly this.
-void DecodeRowHead(const float* qh, int32_t qp, const float* k, const float* v,
-                   const int32_t* k_pos, int64_t m, const AttentionParams& p, int64_t g, float* s,
-                   float* o) {
+// The decode attention kernel, on the calling thread: one query row's heads h0 .. h0+nh-1, which
+// share kv head g (qh: their nh x head_dim query values, contiguous), at position qp over k, v
+// [m, n_kv_heads, head_dim] (positions k_pos, ascending), into o[nh x head_dim]. Three passes
+// over the visible rows [lo, hi), reading K and V in place: scores = Q K^T for the nh heads at
+// once (each key row is loaded once for all of them), exp against each head's max, then
+// o = E V / sum. s: scratch of at least nh * m floats. Each head's result is the same whatever
+// nh (the products keep every head's own summation order), so DirectAttention (one head at a
+// time) and AttentionVarlen (a GQA group at a time) give the same bits. The small products are
+// tile_matmul.h's; without them (no AVX2, or head_dim not a multiple of 16) single-threaded
+// sgemv.
+void DecodeRowHeads(const float* qh, int64_t nh, int32_t qp, const float* k, const float* v,
+                    const int32_t* k_pos, int64_t m, const AttentionParams& p, int64_t g, float* s,
+                    float* o) {
   const int64_t hd = p.head_dim, kv_stride = p.n_kv_heads * hd;
   // Visible rows [lo, hi): k_pos ascends, so k_pos <= q_pos is a prefix and the window cuts a
   // prefix of that.
@@ -97,18 +107,38 @@ void DecodeRowHead(const float* qh, int32_t qp, const float* k, const float* v,
           ? std::lower_bound(k_pos, k_pos + hi, static_cast<int64_t>(qp) - p.window + 1) - k_pos
           : 0;
   if (hi <= lo) {
-    std::fill(o, o + hd, 0.0f);
+    std::fill(o, o + nh * hd, 0.0f);
     return;
   }
   const int64_t mm = hi - lo;
-  GemmOnThisThread(GemmB::kTransposed, 1, mm, hd, p.scale, qh, hd, k + lo * kv_stride + g * hd,
-                   kv_stride, 0.0f, s, mm);
-  float mx = s[0];
-  for (int64_t j = 1; j < mm; ++j) mx = std::max(mx, s[j]);
-  for (int64_t j = 0; j < mm; ++j) s[j] = FastExp(s[j] - mx);
-  const float inv = 1.0f / SumF(s, mm);
-  GemmOnThisThread(GemmB::kPlain, 1, hd, mm, inv, s, mm, v + lo * kv_stride + g * hd, kv_stride,
-                   0.0f, o, hd);
+  const float* kg = k + lo * kv_stride + g * hd;
+  const float* vg = v + lo * kv_stride + g * hd;
+  if (!HasSmallGemm(hd)) {
+    for (int64_t r = 0; r < nh; ++r) {
+      GemmOnThisThread(GemmB::kTransposed, 1, mm, hd, p.scale, qh + r * hd, hd, kg, kv_stride, 0.0f,
+                       s, mm);
+      float mx = s[0];
+      for (int64_t j = 1; j < mm; ++j) mx = std::max(mx, s[j]);
+      for (int64_t j = 0; j < mm; ++j) s[j] = FastExp(s[j] - mx);
+      const float inv = 1.0f / SumF(s, mm);
+      GemmOnThisThread(GemmB::kPlain, 1, hd, mm, inv, s, mm, vg, kv_stride, 0.0f, o + r * hd, hd);
+    }
+    return;
+  }
+  SmallGemmABt(qh, hd, nh, kg, kv_stride, mm, hd, s, mm);
+  float inv[kMaxDecodeHeads];
+  for (int64_t r = 0; r < nh; ++r) {
+    float* row = s + r * mm;
+    float mx = row[0];
+    for (int64_t j = 1; j < mm; ++j) mx = std::max(mx, row[j]);
+    const float scale = p.scale;
+    for (int64_t j = 0; j < mm; ++j) row[j] = FastExp(scale * (row[j] - mx));
+    inv[r] = 1.0f / SumF(row, mm);
+  }
+  SmallGemmAB(s, mm, nh, vg, kv_stride, mm, hd, o, hd);
+  for (int64_t r = 0; r < nh; ++r) {
+    for (int64_t e = 0; e < hd; ++e) o[r * hd + e] *= inv[r];
+  }
 }
 
 inline void CpuRelax() {
@@ -268,8 +298,8 @@ void CpuBackend::DirectAttention(const float* q, const int32_t* q_pos, int64_t n
     float* s = DecodeScores(m);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t i = t / p.n_heads, h = t % p.n_heads;
-      DecodeRowHead(q + i * q_stride + h * hd, q_pos[i], k, v, k_pos, m, p, h / group, s,
-                    out + i * q_stride + h * hd);
+      DecodeRowHeads(q + i * q_stride + h * hd, 1, q_pos[i], k, v, k_pos, m, p, h / group, s,
+                     out + i * q_stride + h * hd);
     }
   });
 }
@@ -359,10 +389,13 @@ void CpuBackend::AttentionVarlen(const float* q, const int32_t* q_pos,
           const DecodeItem& d = varlen_decode_[i - packs - tiles];
           const AttentionSeq& s = *d.seq;
           const int64_t row = s.q_begin + d.row;
-          float* sc = DecodeScores(max_m);
-          for (int64_t h = d.h0; h < d.h1; ++h) {
-            DecodeRowHead(q + row * q_stride + h * hd, q_pos[row], s.k, s.v, s.k_pos, s.m, p,
-                          h / group, sc, out + row * q_stride + h * hd);
+          float* sc = DecodeScores(kMaxDecodeHeads * max_m);
+          // The item's heads a kv group (and at most kMaxDecodeHeads) at a time.
+          for (int64_t h = d.h0; h < d.h1;) {
+            const int64_t nh = std::min({d.h1 - h, (h / group + 1) * group - h, kMaxDecodeHeads});
+            DecodeRowHeads(q + row * q_stride + h * hd, nh, q_pos[row], s.k, s.v, s.k_pos, s.m, p,
+                           h / group, sc, out + row * q_stride + h * hd);
+            h += nh;
           }
         }
       }
