@@ -131,8 +131,9 @@ TEST(QuantDot, BlockMatMulMatchesDequantisedProduct) {
     const Matrix wf = ToFloatMatrix(w);
     // Every path and its edges: one row (dot), the tile kernel's 6-row steps and remainders and
     // its 18-row blocks, the sgemm tiles above kTileMaxRows.
-    for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{7}, kDotMaxRows, kDotMaxRows + 1,
-                      int64_t{19}, int64_t{40}, kTileMaxRows, kTileMaxRows + 1}) {
+    for (int64_t n :
+         {int64_t{1}, int64_t{2}, kTileMinRows - 1, kTileMinRows, int64_t{7}, kDotMaxRows,
+          kDotMaxRows + 1, int64_t{19}, int64_t{40}, kTileMaxRows, kTileMaxRows + 1}) {
       for (MatMulPrecision p : {MatMulPrecision::kQuantizedActivations, MatMulPrecision::kFloat}) {
         SCOPED_TRACE(Name(type) + " n=" + std::to_string(n) +
                      (p == MatMulPrecision::kFloat ? " float" : " quant"));

@@ -181,10 +181,10 @@ int BenchCommand(int argc, char** argv) {
               static_cast<long long>(c.d_ff));
   std::printf("sgemm (engine/cpu/gemm.h): %.1f GFLOP/s (2048^3), %.1f GFLOP/s (2048x%lldx%lld)\n",
               peak, model_shape, static_cast<long long>(c.d_ff), static_cast<long long>(c.d_model));
-  const std::string kernels =
-      absl::StrCat("int8 dot ", std::string(engine::DotIsaName(engine::BestDotIsa())),
-                   " (1 row), tile ", engine::TileMatMulIsaName(), " (", engine::kTileMinRows, "..",
-                   engine::kTileMaxRows, " rows), dequantised tiles + sgemm (more)");
+  const std::string kernels = absl::StrCat(
+      "int8 dot ", std::string(engine::DotIsaName(engine::BestDotIsa())), " (1..",
+      engine::kTileMinRows - 1, " rows), tile ", engine::TileMatMulIsaName(), " (",
+      engine::kTileMinRows, "..", engine::kTileMaxRows, " rows), dequantised tiles + sgemm (more)");
   std::printf("quantized matmul: %s\n", kernels.c_str());
   std::printf("\n| phase | tokens | median s | tokens/s | GFLOP | floor s | time/floor |\n");
   std::printf("|---|---|---|---|---|---|---|\n");

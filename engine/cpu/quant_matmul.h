@@ -1,15 +1,15 @@
 // y = x w^T for a weight held in ggml blocks (Matrix::quantized()): the CpuBackend's MatMul on
 // quantized models. Three strategies, chosen by the number of activation rows n:
-//  - few rows (decode; n = 1, or n <= kDotMaxRows without the tile kernel): each activation row is
-//  quantized to int8 blocks
-//    (quant_dot.h) once, and the int8 dot kernels of the best ISA run over the weight rows,
-//    split across ThreadPool::Default(). Weights are read once per call in their stored size
-//    (4.5 to 8.5 bits a weight), which is what decode is bound by. F16/BF16 weights (no int8
-//    kernel) are widened a row at a time and dotted with the float row.
-//  - a batch of rows (batched decode; 2 <= n <= kTileMaxRows, AVX-512): tile_matmul.h. Each pool
-//    thread dequantises a tile of weight rows (vectorised, exact) and a register-blocked float
-//    kernel runs all n rows over it, with no packing.
-//  - many rows (prefill, large batches, or no AVX-512): each pool thread walks its range of
+//  - few rows (decode; n < kTileMinRows, or n <= kDotMaxRows without the tile kernel): each
+//    activation row is quantized to int8 blocks (quant_dot.h) once, and the int8 dot kernels of
+//    the best ISA run over the weight rows, split across ThreadPool::Default(). Weights are read
+//    once per call in their stored size (4.5 to 8.5 bits a weight), which is what decode is
+//    bound by. F16/BF16 weights (no int8 kernel) are widened a row at a time and dotted with
+//    the float row.
+//  - a batch of rows (batched decode; kTileMinRows <= n <= kTileMaxRows, AVX-512 or AVX2):
+//    tile_matmul.h. Each pool thread dequantises a tile of weight rows (vectorised, exact) and a
+//    register-blocked float kernel runs all n rows over it, with no packing.
+//  - many rows (prefill, large batches, or neither ISA): each pool thread walks its range of
 //    weight rows in tiles of up to kTileFloats weights, dequantised (exactly) into its own float
 //    buffer and multiplied at once with single-threaded OpenBLAS sgemm (gemm.h), so prefill
 //    keeps float32 GEMM speed and accuracy; the dequantisation is amortised over the n rows.
@@ -36,10 +36,13 @@ enum class MatMulPrecision {
 // prompts are prefilled in chunks larger than this, except a final chunk of <= kDotMaxRows
 // tokens, whose rows then differ from a one-chunk prefill's by the bound in quant_dot.h.
 constexpr int64_t kDotMaxRows = 8;
-// Rows from which and up to which the tile kernel (tile_matmul.h) is used where it runs. At 2
-// rows it already beats two passes of the int8 kernels (one dequantisation, 6 x 4 rows per
-// step); above kTileMaxRows, OpenBLAS' cache-blocked sgemm on dequantised tiles is as fast.
-constexpr int64_t kTileMinRows = 2;
+// Rows from which and up to which the tile kernel (tile_matmul.h) is used where it runs. Below 4
+// rows the int8 kernels read less (4.5 bits a weight, against the tile's dequantised float32
+// written and read again): batched decode of the default model at 2 streams ran at 103-109
+// tokens/s on them and 82-84 on the tile kernel, at 4 streams 114-119 against 126-129 (2 cores,
+// 2026-12-05). Above kTileMaxRows, OpenBLAS' cache-blocked sgemm on dequantised tiles is as
+// fast.
+constexpr int64_t kTileMinRows = 4;
 constexpr int64_t kTileMaxRows = 64;
 
 enum class MatMulPath {
