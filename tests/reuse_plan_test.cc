@@ -176,16 +176,7 @@ class HybridSelectiveTest : public ::testing::Test {
   // Sentences of label-1 MRPC pairs (first sentences), `skip` pairs on.
   static std::vector<std::string> Sentences(size_t count, size_t skip) {
     std::string error;
-    std::vector<std::string> out;
-    for (const semshare::testing::MrpcPair& p : semshare::testing::ReadMrpc(&error)) {
-      if (p.label != 1) continue;
-      if (skip > 0) {
-        --skip;
-        continue;
-      }
-      out.push_back(p.first);
-      if (out.size() == count) break;
-    }
+    auto out = semshare::testing::ParaphraseSentences(false, count, skip, &error);
     EXPECT_TRUE(error.empty()) << error;
     return out;
   }
@@ -201,14 +192,7 @@ class HybridSelectiveTest : public ::testing::Test {
   }
 
   static std::vector<float> FullLogits(const std::vector<int32_t>& ids) {
-    CpuBackend be;
-    LlamaForward f(*model_, be);
-    KvCache cache = f.NewCache();
-    std::vector<int32_t> pos(ids.size());
-    std::iota(pos.begin(), pos.end(), 0);
-    std::vector<float> logits(model_->config.vocab_size);
-    EXPECT_TRUE(f.Forward(ids, pos, cache, logits.data()).ok());
-    return logits;
+    return semshare::testing::FullPrefillLogits(*model_, ids);
   }
 
   // The reference's notes are 8 sentences; the target's the same in reverse order (a long

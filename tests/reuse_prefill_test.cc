@@ -33,16 +33,7 @@ class ReusePrefillTest : public ::testing::Test {
   // Sentences of label-1 MRPC pairs: the first (column 3) or second (column 4) of each.
   static std::vector<std::string> Sentences(int column, size_t count, size_t skip = 0) {
     std::string error;
-    std::vector<std::string> out;
-    for (const semshare::testing::MrpcPair& p : semshare::testing::ReadMrpc(&error)) {
-      if (p.label != 1) continue;
-      if (skip > 0) {
-        --skip;
-        continue;
-      }
-      out.push_back(column == 3 ? p.first : p.second);
-      if (out.size() == count) break;
-    }
+    auto out = semshare::testing::ParaphraseSentences(column == 4, count, skip, &error);
     EXPECT_TRUE(error.empty()) << error;
     return out;
   }
@@ -55,14 +46,7 @@ class ReusePrefillTest : public ::testing::Test {
   }
 
   static std::vector<float> FullLogits(const std::vector<int32_t>& ids) {
-    CpuBackend be;
-    LlamaForward f(*model_, be);
-    KvCache cache = f.NewCache();
-    std::vector<int32_t> pos(ids.size());
-    for (size_t i = 0; i < pos.size(); ++i) pos[i] = static_cast<int32_t>(i);
-    std::vector<float> logits(model_->config.vocab_size);
-    EXPECT_TRUE(f.Forward(ids, pos, cache, logits.data()).ok());
-    return logits;
+    return semshare::testing::FullPrefillLogits(*model_, ids);
   }
 
   static const Model* model_;

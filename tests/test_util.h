@@ -14,6 +14,8 @@
 
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "engine/cpu/cpu_backend.h"
+#include "engine/llama_forward.h"
 #include "engine/model/default_model.h"
 #include "engine/model/model.h"
 
@@ -160,6 +162,38 @@ inline const engine::Model* DefaultModel(std::string* error) {
   }();
   *error = load_error;
   return model;
+}
+
+// `count` sentences of the label-1 (paraphrase) pairs of the shipped corpus, from the `skip`-th
+// such pair on: the first sentence of each, or the second. *error as ReadMrpc's.
+inline std::vector<std::string> ParaphraseSentences(bool second, size_t count, size_t skip,
+                                                    std::string* error) {
+  std::vector<std::string> out;
+  for (const MrpcPair& p : ReadMrpc(error)) {
+    if (p.label != 1) continue;
+    if (skip > 0) {
+      --skip;
+      continue;
+    }
+    out.push_back(second ? p.second : p.first);
+    if (out.size() == count) break;
+  }
+  return out;
+}
+
+// The last position's logits of a full prefill of ids (positions 0..n-1) on the CPU backend:
+// the reference the reuse tests compare against.
+inline std::vector<float> FullPrefillLogits(const engine::Model& model,
+                                            const std::vector<int32_t>& ids) {
+  engine::CpuBackend be;
+  engine::LlamaForward f(model, be);
+  engine::KvCache cache = f.NewCache();
+  std::vector<int32_t> pos(ids.size());
+  for (size_t i = 0; i < pos.size(); ++i) pos[i] = static_cast<int32_t>(i);
+  std::vector<float> logits(static_cast<size_t>(model.config.vocab_size));
+  const absl::Status st = f.Forward(ids, pos, cache, logits.data());
+  if (!st.ok()) logits.assign(logits.size(), std::nanf(""));  // fails any comparison
+  return logits;
 }
 
 // Logits of the same tokens computed through GEMMs of other shapes (a 32-row window against a
