@@ -1,11 +1,12 @@
 // CpuBackend: the portable reference backend. Every op runs on the backend's ThreadPool
 // (thread_pool.h); GEMMs (projections and the attention products) are single-threaded OpenBLAS
 // calls split over that pool (gemm.h). Attention over 16 or more queries runs the fused AVX-512
-// kernel (flash_attention.h) when the build and shapes allow, up to 4 queries (decode) a
-// per-(row, head) kernel of two gemv, the sgemm pair otherwise; AttentionVarlen schedules those
+// kernel (flash_attention.h) when the build and shapes allow, up to 4 queries (decode) a kernel
+// per (row, GQA group of heads) on tile_matmul.h's small products (one pass over the group's
+// key rows, one over its value rows), the sgemm pair otherwise; AttentionVarlen schedules those
 // kernels for every sequence of a batched forward in one pool job. Weights held in ggml blocks go
-// through BlockMatMul (quant_matmul.h): dot kernels on the blocks with quantized activations for
-// few rows, dequantised tiles + sgemm for many.
+// through BlockMatMul (quant_matmul.h): int8 dot kernels for 1-3 rows, the tile kernel for
+// 4-64, dequantised tiles + sgemm for more.
 #ifndef SEMSHARE_ENGINE_CPU_CPU_BACKEND_H_
 #define SEMSHARE_ENGINE_CPU_CPU_BACKEND_H_
 
