@@ -5,8 +5,8 @@
 // per (row, GQA group of heads) on tile_matmul.h's small products (one pass over the group's
 // key rows, one over its value rows), the sgemm pair otherwise; AttentionVarlen schedules those
 // kernels for every sequence of a batched forward in one pool job. Weights held in ggml blocks go
-// through BlockMatMul (quant_matmul.h): int8 dot kernels for 1-3 rows, the tile kernel for
-// 4-64, dequantised tiles + sgemm for more.
+// through BlockMatMul (quant_matmul.h): int8 dot kernels for 1-4 rows, the tile kernel for
+// 5-64, dequantised tiles + sgemm for more.
 #ifndef SEMSHARE_ENGINE_CPU_CPU_BACKEND_H_
 #define SEMSHARE_ENGINE_CPU_CPU_BACKEND_H_
 

@@ -36,13 +36,13 @@ enum class MatMulPrecision {
 // prompts are prefilled in chunks larger than this, except a final chunk of <= kDotMaxRows
 // tokens, whose rows then differ from a one-chunk prefill's by the bound in quant_dot.h.
 constexpr int64_t kDotMaxRows = 8;
-// Rows from which and up to which the tile kernel (tile_matmul.h) is used where it runs. Below 4
+// Rows from which and up to which the tile kernel (tile_matmul.h) is used where it runs. Up to 4
 // rows the int8 kernels read less (4.5 bits a weight, against the tile's dequantised float32
-// written and read again): batched decode of the default model at 2 streams ran at 103-109
-// tokens/s on them and 82-84 on the tile kernel, at 4 streams 114-119 against 126-129 (2 cores,
-// 2026-12-05). Above kTileMaxRows, OpenBLAS' cache-blocked sgemm on dequantised tiles is as
-// fast.
-constexpr int64_t kTileMinRows = 4;
+// written and read again). Batched decode of the default model, tokens/s, int8 against tile,
+// medians of 3 alternated rounds on a quiet 2-core machine (2026-12-05): 4 streams 169 / 166,
+// 5 streams 193 / 245, 6 streams 201 / 280, 8 streams 199 / 244. Above kTileMaxRows, OpenBLAS'
+// cache-blocked sgemm on dequantised tiles is as fast.
+constexpr int64_t kTileMinRows = 5;
 constexpr int64_t kTileMaxRows = 64;
 
 enum class MatMulPath {
