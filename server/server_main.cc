@@ -272,18 +272,24 @@ int Main(int argc, char** argv) {
   std::unique_ptr<serving::Pipeline> pipeline = *std::move(created);
   core.pipeline = pipeline.get();
 
-  // Store figures into the gauges once a second.
+  // Store figures into the gauges once a second. The first update runs here, before health
+  // says SERVING, so a client that sees the server ready also sees the records it indexed at
+  // start (a thread's first update could run after the first scrape).
+  const auto update_gauges = [&] {
+    metrics.UpdateStore(ref_store->Stats());
+    if (const engine::BackendMemory m = pipeline->Memory(); m.device) {
+      metrics.SetGpuMemory(m.used, m.total);
+    }
+  };
+  update_gauges();
   std::mutex stats_mu;
   std::condition_variable stats_cv;
   bool stats_stop = false;
   std::thread stats([&] {
     std::unique_lock<std::mutex> lock(stats_mu);
-    do {
-      metrics.UpdateStore(ref_store->Stats());
-      if (const engine::BackendMemory m = pipeline->Memory(); m.device) {
-        metrics.SetGpuMemory(m.used, m.total);
-      }
-    } while (!stats_cv.wait_for(lock, std::chrono::seconds(1), [&] { return stats_stop; }));
+    while (!stats_cv.wait_for(lock, std::chrono::seconds(1), [&] { return stats_stop; })) {
+      update_gauges();
+    }
   });
 
   state.Attach(&core);
