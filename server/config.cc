@@ -101,6 +101,10 @@ const std::vector<Knob>& Knobs() {
        "a remainder after an exact prefix at least this long that matches the stored turn takes "
        "the lossy selective path instead of being computed in full (0: never; docs/server.md)",
        0, kI32},
+      {"run-start-tokens", &ServerConfig::run_start_tokens, "N",
+       "on a semantic hit, the first N tokens of every run of reused reference rows are "
+       "recomputed at every layer and never evicted (0: none; docs/server.md)",
+       0, kI32},
       {"similarity-threshold", &ServerConfig::similarity_threshold, "X",
        "token-level similarity a reference needs for a hit", 0.0, 1.0},
       {"lookup-candidates", &ServerConfig::lookup_candidates, "N",

@@ -51,6 +51,8 @@ struct ServerConfig {
   int32_t min_reuse_tokens = 2048;
   // engine::ReuseConfig::hybrid_selective_min_tokens (0: never; its default and why there).
   int32_t hybrid_selective_min_tokens = engine::ReuseConfig{}.hybrid_selective_min_tokens;
+  // engine::ReuseConfig::run_start_tokens (0: none; its default and why there).
+  int32_t run_start_tokens = engine::ReuseConfig{}.run_start_tokens;
   float similarity_threshold = 0.8f;
   int32_t lookup_candidates = 4;  // store candidates ranked per lookup
   // Security.

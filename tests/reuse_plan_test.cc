@@ -165,6 +165,82 @@ TEST(ReusePlanTest, OtherKindsWhenTheHybridRuleDoesNotHold) {
   EXPECT_EQ(PlanPrefixCopy(10, 0, cfg).kind, ReuseKind::kNone);
 }
 
+// Run starts (ReuseConfig::run_start_tokens): a hand-built match of 30 target tokens whose
+// reference rows are 0..9 (one run), 40 (a run of one), 20..22, unmatched, 23..28 (a new run
+// after the unmatched token although 23 follows 22), 50..53, then 53..57 (a new run: 53 again).
+TokenMatch Runs() {
+  TokenMatch m;
+  auto add = [&](int32_t first, int32_t count) {
+    for (int32_t r = first; r < first + count; ++r) {
+      m.ref_index.push_back(r);
+      m.cosine.push_back(r < 0 ? 0.0f : 1.0f);
+    }
+  };
+  add(0, 10);
+  add(40, 1);
+  add(20, 3);
+  add(-1, 1);
+  add(23, 6);
+  add(50, 4);
+  add(53, 5);
+  return m;
+}
+
+// The forced positions of a plan, ascending.
+std::vector<int32_t> ForcedOf(const ReusePlan& p) {
+  std::vector<int32_t> out;
+  for (int32_t i = 0; i < static_cast<int32_t>(p.forced.size()); ++i) {
+    if (p.forced[i]) out.push_back(i);
+  }
+  return out;
+}
+
+TEST(ReusePlanTest, RunStartTokensForceTheFirstTokensOfEveryRearrangedRun) {
+  const TokenMatch m = Runs();
+  ASSERT_EQ(m.ref_index.size(), 30u);
+  ReuseConfig cfg;
+  cfg.sink = 0;
+  cfg.window = 0;
+  // k = 0 (the default): only the unmatched token, and the copied rows of a hybrid.
+  ASSERT_EQ(ReuseConfig{}.run_start_tokens, 0);
+  EXPECT_EQ(ForcedOf(PlanSelective(m, cfg, 0)), (std::vector<int32_t>{14}));
+  EXPECT_EQ(ForcedOf(PlanSelective(m, cfg, 3)), (std::vector<int32_t>{0, 1, 2, 14}));
+  // k = 2, selective: the first two of each run; the run of one forces itself only.
+  cfg.run_start_tokens = 2;
+  EXPECT_EQ(ForcedOf(PlanSelective(m, cfg, 0)),
+            (std::vector<int32_t>{0, 1, 10, 11, 12, 14, 15, 16, 21, 22, 25, 26}));
+  // With rows [0, 3) copied, the rearranged rows start a run at 3 (reference rows 3.. follow the
+  // copied ones, but the copied rows are not rearranged).
+  EXPECT_EQ(ForcedOf(PlanSelective(m, cfg, 3)),
+            (std::vector<int32_t>{0, 1, 2, 3, 4, 10, 11, 12, 14, 15, 16, 21, 22, 25, 26}));
+  // k = 4: a run shorter than k is forced whole (11..13), nothing past a run's end.
+  cfg.run_start_tokens = 4;
+  const ReusePlan p = PlanSelective(m, cfg, 3);
+  EXPECT_EQ(ForcedOf(p), (std::vector<int32_t>{0,  1,  2,  3,  4,  5,  6,  10, 11, 12, 13, 14,
+                                               15, 16, 17, 18, 21, 22, 23, 24, 25, 26, 27, 28}));
+  // Everything else of the plan is as with k = 0.
+  cfg.run_start_tokens = 0;
+  const ReusePlan p0 = PlanSelective(m, cfg, 3);
+  EXPECT_EQ(p.kind, p0.kind);
+  EXPECT_EQ(p.src, p0.src);
+  EXPECT_EQ(p.delta, p0.delta);
+  EXPECT_EQ(p.Keep(27, 0), p0.Keep(27, 0));
+  // The schedule keeps forced run starts beyond Keep(): layer 1 of 27 computed tokens keeps
+  // ceil(0.4f * 27) = 11, fewer than the 21 forced rearranged rows; all 21 stay, nothing else.
+  const std::vector<int32_t> first = p.FirstSet();
+  const std::vector<float> dev(first.size(), 1.0f);
+  std::vector<int32_t> forced_rearranged;
+  for (int32_t i : ForcedOf(p)) {
+    if (i >= 3) forced_rearranged.push_back(i);
+  }
+  EXPECT_EQ(p.NextSet(first, dev, 0), forced_rearranged);
+  // And retention never evicts them.
+  EXPECT_EQ(p.Protected({}, false), p.forced);
+  // No reference, no runs: k changes nothing there.
+  cfg.run_start_tokens = 4;
+  EXPECT_EQ(PlanNoReuse(30, cfg).forced, std::vector<uint8_t>(30, 0));
+}
+
 class HybridSelectiveTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {

@@ -595,6 +595,12 @@ int BenchReuseCommand(int argc, char** argv) {
       {"hybrid-selective-min-tokens",
        "ReuseConfig.hybrid_selective_min_tokens: a remainder after an exact prefix at least this "
        "long that matches the reference takes the selective path (0: never)"},
+      {"recompute-min-tokens",
+       "ReuseConfig.recompute_min_tokens: no layer recomputes fewer tokens (0: the paper's "
+       "schedule alone)"},
+      {"run-start-tokens",
+       "ReuseConfig.run_start_tokens: the first N tokens of every run of rearranged rows "
+       "recomputed at every layer and never evicted (0: none)"},
       {"retention", "ReuseConfig.retention: none|exponential|constant|increasing"},
       {"rho", "ReuseConfig.retention_rho"},
       {"gamma", "ReuseConfig.retention_gamma"},
@@ -697,6 +703,18 @@ int BenchReuseCommand(int argc, char** argv) {
     if (!v.ok() || *v < 0 || *v > (int64_t{1} << 30))
       return fail("--hybrid-selective-min-tokens must be an integer >= 0", 2);
     b.hybrid_selective_min_tokens = static_cast<int32_t>(*v);
+  }
+  struct CountFlag {
+    const char* name;
+    int32_t* out;
+  };
+  for (const CountFlag& f : {CountFlag{"recompute-min-tokens", &b.recompute_min_tokens},
+                             CountFlag{"run-start-tokens", &b.run_start_tokens}}) {
+    if (!args->Has(f.name)) continue;
+    auto v = args->Int(f.name);
+    if (!v.ok() || *v < 0 || *v > (int64_t{1} << 30))
+      return fail(absl::StrCat("--", f.name, " must be an integer >= 0"), 2);
+    *f.out = static_cast<int32_t>(*v);
   }
   if (args->Has("window")) {
     auto v = args->Int("window");
@@ -860,6 +878,8 @@ int BenchReuseCommand(int argc, char** argv) {
                       {"hit_threshold", b.hit_threshold},
                       {"window", b.window},
                       {"sink", b.sink},
+                      {"recompute_min_tokens", b.recompute_min_tokens},
+                      {"run_start_tokens", b.run_start_tokens},
                       {"ecache_rope", b.ecache_rope},
                       {"retention", engine::RetentionScheduleName(b.retention)},
                       {"retention_rho", b.retention_rho},

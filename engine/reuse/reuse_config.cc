@@ -110,6 +110,9 @@ absl::Status ReuseConfig::Validate() const {
   if (recompute_min_tokens < 0) {
     return OutOfRange("recompute_min_tokens", recompute_min_tokens, ">= 0 (0 = no floor)");
   }
+  if (run_start_tokens < 0) {
+    return OutOfRange("run_start_tokens", run_start_tokens, ">= 0 (0 = none)");
+  }
   if (!(fallback_deviation >= 0.0f && std::isfinite(fallback_deviation))) {
     return OutOfRange("fallback_deviation", fallback_deviation,
                       "finite and >= 0 (0 = never fall back)");

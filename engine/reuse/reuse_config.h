@@ -92,6 +92,12 @@ struct ReuseConfig {
   // of 256 improved the perplexity ratio on 6 of 8 pairs but halved the speedup, and 512 still
   // left 1.5-2.4 on the hard pairs (docs/benchmarks.md, issue 15).
   int32_t recompute_min_tokens = 0;
+  // Run starts (EPIC / CacheBlend: the loss of spliced KV concentrates on the first tokens of
+  // each spliced chunk, which were computed as the start of another context): the first
+  // `run_start_tokens` tokens of every run of rearranged rows (a stretch gathered from
+  // consecutive reference rows; ReusePlan::forced) are forced like the sink and window:
+  // recomputed at every layer and never evicted. 0 = none (the paper's schedule).
+  int32_t run_start_tokens = 0;
 
   // Fallback guard (the paper leaves adaptive thresholds open): after layer 0 of a selective
   // hit, the mean over the prompt of each token's layer-0 KV deviation (||K - K~|| + ||V - V~||,

@@ -9,7 +9,8 @@
 namespace semshare::engine {
 namespace {
 
-// Sinks and window forced; copied rows protected; unmatched rearranged rows forced.
+// Sinks and window forced; copied rows protected; unmatched rearranged rows forced, and the
+// first run_start_tokens of every run of rearranged rows (IsRunStart).
 void MarkForced(ReusePlan& p, const TokenMatch* match) {
   const int64_t n = p.n;
   const int64_t window = std::min<int64_t>(p.config.window, n);
@@ -18,8 +19,18 @@ void MarkForced(ReusePlan& p, const TokenMatch* match) {
   for (int64_t i = 0; i < std::max(sink, p.copy_rows); ++i) p.forced[i] = 1;
   for (int64_t i = n - window; i < n; ++i) p.forced[i] = 1;
   if (match == nullptr) return;
+  const int64_t k = p.config.run_start_tokens;
+  int64_t run_pos = 0;  // position of row i within its run (0 = its start)
   for (int64_t i = p.copy_rows; i < n; ++i) {
-    if (match->ref_index[i] < 0) p.forced[i] = 1;
+    const int32_t ref = match->ref_index[i];
+    if (ref < 0) {
+      p.forced[i] = 1;
+      continue;
+    }
+    run_pos = i > p.copy_rows && match->ref_index[i - 1] >= 0 && ref == match->ref_index[i - 1] + 1
+                  ? run_pos + 1
+                  : 0;
+    if (run_pos < k) p.forced[i] = 1;
   }
 }
 

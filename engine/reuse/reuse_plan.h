@@ -50,7 +50,11 @@ struct ReusePlan {
   std::vector<int32_t> src;    // [n - copy_rows]
   std::vector<int32_t> delta;  // [n - copy_rows]
   // By position: rows never evicted and, while in the recompute set, never dropped from it:
-  // the first `sink` and last `window` tokens, unmatched tokens, and the copied rows.
+  // the first `sink` and last `window` tokens, unmatched tokens, the copied rows and, among
+  // the rearranged rows, the first ReuseConfig::run_start_tokens of every run. A run is a
+  // maximal stretch of matched rows [copy_rows, n) gathered from consecutive reference rows
+  // (ref_index[i] == ref_index[i - 1] + 1); one starts at copy_rows, after an unmatched token
+  // and wherever that breaks.
   std::vector<uint8_t> forced;        // [n]
   float remainder_similarity = 0.0f;  // rearranging kinds: mean matched cosine of [copy_rows, n)
   ReuseConfig config;                 // the schedule's knobs
