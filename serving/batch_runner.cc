@@ -57,12 +57,12 @@ class CpuBatchRunner final : public BatchRunner {
   absl::StatusOr<engine::PrefillStats> PrefillHit(SeqKv& seq, std::span<const int32_t> ids,
                                                   std::span<const int32_t> ref_ids,
                                                   const engine::KvCache& ref_kv,
-                                                  const engine::TokenMatch& match, float* logits,
+                                                  const engine::ReusePlan& plan, float* logits,
                                                   std::function<bool()> interrupt) override {
     engine::LlamaForward& fwd = prefiller_.forward();
     fwd.set_interrupt(std::move(interrupt));
-    absl::StatusOr<engine::PrefillStats> st = prefiller_.PrefillHit(
-        ids, ref_ids, ref_kv, match, &static_cast<CpuSeq&>(seq).cache, logits);
+    absl::StatusOr<engine::PrefillStats> st = prefiller_.PrefillPlan(
+        ids, ref_ids, ref_kv, plan, &static_cast<CpuSeq&>(seq).cache, logits);
     fwd.set_interrupt(nullptr);
     return st;
   }
@@ -148,11 +148,11 @@ class CudaBatchRunner final : public BatchRunner {
   absl::StatusOr<engine::PrefillStats> PrefillHit(SeqKv& seq, std::span<const int32_t> ids,
                                                   std::span<const int32_t> ref_ids,
                                                   const engine::KvCache& ref_kv,
-                                                  const engine::TokenMatch& match, float* logits,
+                                                  const engine::ReusePlan& plan, float* logits,
                                                   std::function<bool()> interrupt) override {
     if (auto s = hit_->Begin(static_cast<int64_t>(ids.size())); !s.ok()) return s;
     hit_->SetInterrupt(std::move(interrupt));
-    absl::StatusOr<engine::PrefillStats> st = hit_->PrefillHit(ids, ref_ids, ref_kv, match, logits);
+    absl::StatusOr<engine::PrefillStats> st = hit_->PrefillPlan(ids, ref_ids, ref_kv, plan, logits);
     hit_->SetInterrupt(nullptr);
     if (!st.ok()) return st;
     absl::Status s = fwd_.AdoptDevice(static_cast<CudaSeq&>(seq).seq, hit_->cache());

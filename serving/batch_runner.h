@@ -28,8 +28,8 @@
 #include "engine/kv_cache.h"
 #include "engine/model/model.h"
 #include "engine/reuse/reuse_config.h"
+#include "engine/reuse/reuse_plan.h"
 #include "engine/reuse/reuse_prefill.h"
-#include "engine/reuse/token_matcher.h"
 
 namespace semshare::serving {
 
@@ -66,14 +66,14 @@ class BatchRunner {
   // error fails the whole iteration: the loop fails each request in it (their KV is in an
   // unknown state).
   virtual absl::Status Forward(std::span<const Item> items) = 0;
-  // A reuse hit as the sequence's whole prefill: the engine::ReusePlan that PlanReuse makes of
-  // (ids, ref_ids, match, the runner's ReuseConfig) executed (engine/reuse/reuse_plan.h: an
-  // exact repeat's prefix copy, the selective path, or the hybrid: an exact prefix copied and
-  // the selective path on the remainder); `interrupt` may stop it between layers (CANCELLED).
+  // A reuse hit as the sequence's whole prefill: `plan` (engine/reuse/reuse_plan.h, made once
+  // by serving::PlanHit: the selective path, or the hybrid: an exact prefix copied and the
+  // selective path on the remainder; a kCopyPrefix plan runs here in one piece too) executed
+  // against the reference; `interrupt` may stop it between layers (CANCELLED).
   virtual absl::StatusOr<engine::PrefillStats> PrefillHit(SeqKv& seq, std::span<const int32_t> ids,
                                                           std::span<const int32_t> ref_ids,
                                                           const engine::KvCache& ref_kv,
-                                                          const engine::TokenMatch& match,
+                                                          const engine::ReusePlan& plan,
                                                           float* logits,
                                                           std::function<bool()> interrupt) = 0;
   // An exact prefix (an engine::ReusePlan kCopyPrefix's copy; the loop then computes the rest

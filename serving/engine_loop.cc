@@ -79,12 +79,19 @@ absl::Status EngineLoop::Submit(std::unique_ptr<LoopRequest> request) {
   auto seq = std::make_unique<Seq>();
   seq->submitted = Clock::now();
   seq->tokens = request->ids;
-  seq->hit_pending = request->reference != nullptr && request->prefix_rows == 0;
-  if (request->prefix_rows < 0 || request->prefix_rows >= n) {
-    return absl::InvalidArgumentError(absl::StrCat("an exact prefix of ", request->prefix_rows,
-                                                   " rows for a prompt of ", n,
+  const engine::ReusePlan& plan = request->plan;
+  if ((request->reference != nullptr) != (plan.kind != engine::ReuseKind::kNone)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a reuse plan of kind ", engine::ReuseKindName(plan.kind),
+                     request->reference != nullptr ? " with" : " without", " a reference"));
+  }
+  if (plan.kind != engine::ReuseKind::kNone &&
+      (plan.n != n || plan.copy_rows < 0 || plan.copy_rows >= n)) {
+    return absl::InvalidArgumentError(absl::StrCat("a reuse plan for ", plan.n, " tokens copying ",
+                                                   plan.copy_rows, " rows, for a prompt of ", n,
                                                    " tokens (the last token is always computed)"));
   }
+  seq->hit_pending = request->reference != nullptr && plan.rearranges();
   if (!request->prefill_only) {
     seq->stream = std::make_unique<engine::TokenStream>(*runner_->model().tokenizer,
                                                         request->options, &request->on_text);
@@ -219,21 +226,22 @@ void EngineLoop::Admit(std::vector<std::unique_ptr<Seq>>& running) {
     seq->kv = *std::move(kv);
     seq->phase = Phase::kPrefill;
     seq->prefilled = 0;
-    if (seq->req->reference != nullptr && seq->req->prefix_rows > 0) {
+    const engine::ReusePlan& plan = seq->req->plan;
+    if (seq->req->reference != nullptr && plan.kind == engine::ReuseKind::kCopyPrefix) {
       // An exact prefix: its rows are copied now and the rest is prefilled in chunks. A
       // backend that cannot copy computes the whole prompt (same result, full cost); one out
       // of memory with others running waits for room, its plan kept.
       const absl::Status copied =
-          runner_->CopyPrefix(*seq->kv, seq->req->reference->kv, seq->req->prefix_rows);
+          runner_->CopyPrefix(*seq->kv, seq->req->reference->kv, plan.copy_rows);
       if (absl::IsResourceExhausted(copied) && !running.empty()) {
         runner_full_ = true;
         Unadmit(std::move(seq));
         break;
       }
       if (copied.ok()) {
-        seq->prefilled = seq->req->prefix_rows;
+        seq->prefilled = plan.copy_rows;
         seq->result.hit = true;
-        seq->result.copied_rows = seq->req->prefix_rows;
+        seq->result.copied_rows = plan.copy_rows;
       }
       seq->req->reference = nullptr;  // unpinned
     }
@@ -326,7 +334,7 @@ void EngineLoop::Iterate(std::vector<std::unique_ptr<Seq>>& running) {
     s.logits.resize(vocab);
     const store::Record& ref = *s.req->reference;
     absl::StatusOr<engine::PrefillStats> st =
-        runner_->PrefillHit(*s.kv, s.tokens, ref.ids, ref.kv, s.req->match, s.logits.data(),
+        runner_->PrefillHit(*s.kv, s.tokens, ref.ids, ref.kv, s.req->plan, s.logits.data(),
                             [&s] { return s.cancelled(); });
     if (absl::IsResourceExhausted(st.status()) && running.size() > 1) {
       // The runner's memory ran out (adopting the rows into the CUDA page pool): the request

@@ -43,8 +43,8 @@
 #include "cache_store/record.h"
 #include "engine/generator.h"
 #include "engine/kv_cache.h"
+#include "engine/reuse/reuse_plan.h"
 #include "engine/reuse/reuse_prefill.h"
-#include "engine/reuse/token_matcher.h"
 #include "serving/batch_runner.h"
 
 namespace semshare::serving {
@@ -79,15 +79,14 @@ struct LoopRequest {
   bool prefill_only = false;
   // Hand the request's KV back in the result (to publish it).
   bool keep_kv = false;
-  // A reuse hit: the reference (pinned until the prefill is done) and either an exact prefix
-  // (prefix_rows > 0: the engine::ReusePlan kCopyPrefix of serving::HitRule; rows
-  // [0, prefix_rows) of its KV are copied, the rest of the prompt is prefilled in chunks like a
-  // miss; prefix_rows < ids.size()) or a token match (prefix_rows == 0: BatchRunner::PrefillHit
-  // executes the plan engine::PlanReuse makes of it: SemShareKV's selective prefill, or the
-  // hybrid with the selective path on the remainder after an exact prefix).
+  // A reuse hit: the reference (pinned until the prefill is done) and the engine::ReusePlan the
+  // pipeline made once for it (serving::PlanHit; kNone without a reference). kCopyPrefix: rows
+  // [0, plan.copy_rows) of the reference's KV are copied at admission (BatchRunner::CopyPrefix)
+  // and the rest of the prompt is prefilled in chunks like a miss. A rearranging kind
+  // (SemShareKV's selective prefill, or the hybrid: an exact prefix and the selective path on
+  // the remainder) is the request's whole prefill, BatchRunner::PrefillHit executing the plan.
   store::RecordHandle reference;
-  int64_t prefix_rows = 0;
-  engine::TokenMatch match;
+  engine::ReusePlan plan;
   // True once the client cancelled or its deadline passed; checked every iteration.
   std::function<bool()> cancelled;
   engine::TextCallback on_text;

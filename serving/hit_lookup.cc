@@ -49,11 +49,11 @@ absl::StatusOr<BestCandidate> FindBestCandidate(
   return best;
 }
 
-std::optional<engine::TokenMatch> MatchHybridRemainder(engine::ServingSession& session,
-                                                       const engine::ReuseConfig& reuse,
-                                                       std::span<const int32_t> ids,
-                                                       const store::Record& record,
-                                                       int64_t exact_rows) {
+std::optional<engine::ReusePlan> PlanHybridRemainder(engine::ServingSession& session,
+                                                     const engine::ReuseConfig& reuse,
+                                                     std::span<const int32_t> ids,
+                                                     const store::Record& record,
+                                                     int64_t exact_rows) {
   const int64_t n = static_cast<int64_t>(ids.size());
   if (reuse.hybrid_selective_min_tokens <= 0 || exact_rows <= 0 ||
       n - exact_rows < reuse.hybrid_selective_min_tokens) {
@@ -61,11 +61,10 @@ std::optional<engine::TokenMatch> MatchHybridRemainder(engine::ServingSession& s
   }
   if (!session.SetTarget(ids).ok()) return std::nullopt;
   absl::StatusOr<engine::TokenMatch> match = session.MatchReference(record.ids);
-  if (!match.ok() || engine::PlanReuse(ids, record.ids, *match, reuse).kind !=
-                         engine::ReuseKind::kHybridSelective) {
-    return std::nullopt;
-  }
-  return *std::move(match);
+  if (!match.ok()) return std::nullopt;
+  engine::ReusePlan plan = engine::PlanReuse(ids, record.ids, *match, reuse);
+  if (plan.kind != engine::ReuseKind::kHybridSelective) return std::nullopt;
+  return plan;
 }
 
 }  // namespace semshare::serving

@@ -5,7 +5,7 @@
 //   LookupExactPrefix: the stored turn with the longest exact common prefix (usable KV only);
 //   FindBestCandidate: the semantic index's candidates scored by the token matcher, the best
 //     kept;
-//   MatchHybridRemainder: whether a hybrid's long remainder takes the selective path.
+//   PlanHybridRemainder: whether a hybrid's long remainder takes the selective path.
 // Thread safety: the store is thread-safe; a ServingSession is used by one thread at a time.
 #ifndef SEMSHARE_SERVING_HIT_LOOKUP_H_
 #define SEMSHARE_SERVING_HIT_LOOKUP_H_
@@ -18,6 +18,7 @@
 #include "cache_store/reference_store.h"
 #include "engine/model/model.h"
 #include "engine/reuse/reuse_config.h"
+#include "engine/reuse/reuse_plan.h"
 #include "engine/reuse/serving_session.h"
 #include "engine/reuse/token_matcher.h"
 
@@ -54,16 +55,16 @@ absl::StatusOr<BestCandidate> FindBestCandidate(
 // The hybrid's remainder on the selective path (engine::ReusePlan kHybridSelective, issue 15):
 // for a prompt whose first `exact_rows` rows are an exact prefix of `record` (the hit rule's
 // hybrid) and whose remainder is at least reuse.hybrid_selective_min_tokens long, matches ids
-// against the record on `session` (SetTarget, MatchReference) and returns the match when
-// engine::PlanReuse makes a kHybridSelective plan of it (BatchRunner::PrefillHit then builds and
-// executes that plan: rows [0, lcp) copied, the remainder rearranged and selectively
-// recomputed). nullopt when the knob is off, the remainder short, the match poor or the
-// session failed: the remainder is then computed in full after the copied rows.
-std::optional<engine::TokenMatch> MatchHybridRemainder(engine::ServingSession& session,
-                                                       const engine::ReuseConfig& reuse,
-                                                       std::span<const int32_t> ids,
-                                                       const store::Record& record,
-                                                       int64_t exact_rows);
+// against the record on `session` (SetTarget, MatchReference) and returns the plan when
+// engine::PlanReuse makes a kHybridSelective one of that match (rows [0, lcp) copied, the
+// remainder rearranged and selectively recomputed). nullopt when the knob is off, the remainder
+// short, the match poor or the session failed: the remainder is then computed in full after the
+// copied rows.
+std::optional<engine::ReusePlan> PlanHybridRemainder(engine::ServingSession& session,
+                                                     const engine::ReuseConfig& reuse,
+                                                     std::span<const int32_t> ids,
+                                                     const store::Record& record,
+                                                     int64_t exact_rows);
 
 }  // namespace semshare::serving
 

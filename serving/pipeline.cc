@@ -138,43 +138,39 @@ void FrontWorker::Generate(std::shared_ptr<ServeRequest> request,
   HitDecision hit = HitRule::Decide(
       n, prefix.record != nullptr ? prefix.tokens : 0,
       best.record != nullptr && HitRule::Hits(best.match.similarity, request->threshold));
-  std::optional<engine::TokenMatch> remainder;
-  if (hit.kind == HitKind::kHybrid) {
-    // A long remainder that matches the stored turn takes the selective path after the copy.
-    const auto tr = Clock::now();
-    remainder = MatchHybridRemainder(*session_, opt.reuse, ids, *prefix.record, hit.exact_rows);
-    hit.selective_remainder = remainder.has_value();
-    res->lookup_ms += MsBetween(tr, Clock::now());
-  }
+  // The plan, once (a hybrid's long remainder is matched against the stored turn here).
+  const auto tr = Clock::now();
+  engine::ReusePlan plan =
+      PlanHit(&hit, *session_, opt.reuse, ids,
+              hit.kind == HitKind::kSemantic ? best.record.get() : prefix.record.get(), best.match);
+  if (hit.selective_remainder) res->lookup_ms += MsBetween(tr, Clock::now());
   res->cache_result = hit.kind != HitKind::kMiss ? CacheResult::kHit
                       : res->looked_up           ? CacheResult::kMiss
                                                  : CacheResult::kBypass;
   // Every turn with its full KV (a miss or an exact prefix: nothing was evicted) is published
   // with its answer, so that the next turn of a conversation extends it.
-  const bool publish = store != nullptr && request->policy == CachePolicy::kAuto &&
-                       hit.kind != HitKind::kSemantic && !hit.selective_remainder;
+  const bool publish =
+      store != nullptr && request->policy == CachePolicy::kAuto && !plan.rearranges();
 
   auto lr = std::make_unique<LoopRequest>();
   lr->ids = ids;
   lr->options = request->options;
   lr->keep_kv = publish;
-  if (hit.kind == HitKind::kSemantic) {
-    res->hit_kind = "semantic";
-    lr->reference = std::move(best.record);
-    lr->match = std::move(best.match);
-  } else if (hit.selective_remainder) {
-    // The runner's PrefillHit builds the kHybridSelective plan from the same inputs.
-    res->hit_kind = "hybrid";
-    res->reference_id = prefix.id;
-    res->similarity = remainder->similarity;
-    lr->reference = std::move(prefix.record);
-    lr->match = *std::move(remainder);
-  } else if (hit.kind != HitKind::kMiss) {
-    res->hit_kind = "exact";  // kExact and kHybrid: an exact prefix copied
-    res->reference_id = prefix.id;
-    lr->prefix_rows = hit.exact_rows;
-    lr->reference = std::move(prefix.record);
+  if (plan.kind != engine::ReuseKind::kNone) {
+    // "exact": rows copied, the rest computed (a semantic candidate that repeats the prompt
+    // but for its last tokens, too); "hybrid": an exact prefix and the selective path after it.
+    res->hit_kind = plan.kind == engine::ReuseKind::kCopyPrefix ? "exact"
+                    : hit.kind == HitKind::kSemantic            ? "semantic"
+                                                                : "hybrid";
+    if (hit.kind == HitKind::kSemantic) {
+      lr->reference = std::move(best.record);
+    } else {
+      res->reference_id = prefix.id;
+      lr->reference = std::move(prefix.record);
+    }
+    if (hit.selective_remainder) res->similarity = plan.remainder_similarity;
   }
+  lr->plan = std::move(plan);
   best = BestCandidate{};
   prefix = store::PrefixMatch{};
   lr->cancelled = request->cancelled;
@@ -394,6 +390,21 @@ bool Pipeline::Publish(const store::Namespace& ns, std::vector<int32_t> ids, eng
       store::RecordFromReference(ns, std::move(ref), options_.serving.reuse, std::move(features));
   if (!rec.ok()) return false;
   return store_->Publish(std::make_shared<const store::Record>(*std::move(rec)));
+}
+
+engine::ReusePlan PlanHit(HitDecision* hit, engine::ServingSession& session,
+                          const engine::ReuseConfig& reuse, std::span<const int32_t> ids,
+                          const store::Record* record, const engine::TokenMatch& match) {
+  const int64_t n = static_cast<int64_t>(ids.size());
+  if (hit->kind == HitKind::kMiss || record == nullptr) return engine::PlanNoReuse(n, reuse);
+  if (hit->kind == HitKind::kSemantic) return engine::PlanReuse(ids, record->ids, match, reuse);
+  if (hit->kind == HitKind::kHybrid) {
+    std::optional<engine::ReusePlan> p =
+        PlanHybridRemainder(session, reuse, ids, *record, hit->exact_rows);
+    hit->selective_remainder = p.has_value();
+    if (p.has_value()) return *std::move(p);
+  }
+  return engine::PlanPrefixCopy(n, hit->exact_rows, reuse);
 }
 
 }  // namespace semshare::serving

@@ -125,7 +125,7 @@ inline const char* HitKindName(HitKind k) {
 struct HitDecision {
   HitKind kind = HitKind::kMiss;
   int64_t exact_rows = 0;  // kExact, kHybrid: prompt rows copied from the stored turn
-  // kHybrid whose long remainder matches the stored turn (MatchHybridRemainder): the engine
+  // kHybrid whose long remainder matches the stored turn (PlanHybridRemainder): the engine
   // runs the engine::ReusePlan kHybridSelective (rows [0, exact_rows) copied, the remainder on
   // the selective path) through BatchRunner::PrefillHit instead of computing it in full.
   bool selective_remainder = false;
@@ -167,6 +167,16 @@ struct HitRule {
     return d;
   }
 };
+
+// The engine::ReusePlan of a decided hit, made once per request and carried to its executor
+// (LoopRequest::plan; `semshare bench --suite reuse` alike): kSemantic: engine::PlanReuse of
+// `match` against `record`; kExact and kHybrid: the exact prefix's kCopyPrefix
+// (engine::PlanPrefixCopy of hit->exact_rows), or, for a kHybrid whose long remainder matches the
+// record, the kHybridSelective plan of PlanHybridRemainder (matched on `session`; sets
+// hit->selective_remainder); kMiss: kNone. `record` must be non-null unless hit->kind is kMiss.
+engine::ReusePlan PlanHit(HitDecision* hit, engine::ServingSession& session,
+                          const engine::ReuseConfig& reuse, std::span<const int32_t> ids,
+                          const store::Record* record, const engine::TokenMatch& match);
 
 struct ServingOptions {
   engine::ReuseConfig reuse;      // mode semshare; hit_threshold / min_reuse_tokens from flags

@@ -1,9 +1,10 @@
 // The engine loop (serving/engine_loop.h) on the real default model ($SEMSHARE_MODEL):
 // continuous batching must not change what a request generates.
 //  - 16 concurrent greedy requests of mixed lengths (prompts chunked across iterations), with
-//    reuse hits (an exact repeat and a selective one), misses, stop strings, max_tokens 1 and
-//    two cancelled mid-decode, give each the token ids it gets alone (Generator / ReusePrefiller
-//    on one sequence), and the KV held returns to 0.
+//    reuse hits (an exact repeat and a selective one, each with the engine::ReusePlan the
+//    pipeline makes), misses, stop strings, max_tokens 1 and two cancelled mid-decode, give each
+//    the token ids it gets alone (Generator / ReusePrefiller on one sequence), and the KV held
+//    returns to 0. A plan that does not fit its request is refused at Submit.
 //  - 64 requests against a KV budget of 4 sequences all finish with their tokens; some are
 //    preempted (counted) and recomputed; nothing is lost.
 //  - A runner whose own memory runs out before the loop's budget (as the CUDA page pool can):
@@ -90,7 +91,7 @@ class EngineLoopTest : public ::testing::Test {
   // single-sequence decode.
   std::vector<int32_t> Alone(const std::vector<int32_t>& ids, const engine::GenerateOptions& o,
                              const store::Record* ref = nullptr,
-                             const engine::TokenMatch* match = nullptr) const {
+                             const engine::ReusePlan* plan = nullptr) const {
     engine::CpuBackend be;
     engine::Generator g(*model_, be);
     if (ref == nullptr) {
@@ -101,7 +102,7 @@ class EngineLoopTest : public ::testing::Test {
     engine::ReusePrefiller p(*model_, be, engine::ReuseConfig{});
     engine::KvCache cache = p.forward().NewCache();
     std::vector<float> logits(model_->config.vocab_size);
-    auto st = p.PrefillHit(ids, ref->ids, ref->kv, *match, &cache, logits.data());
+    auto st = p.PrefillPlan(ids, ref->ids, ref->kv, *plan, &cache, logits.data());
     EXPECT_TRUE(st.ok()) << st.status();
     auto r = g.Decode(static_cast<int64_t>(ids.size()), cache, logits, o);
     EXPECT_TRUE(r.ok()) << r.status();
@@ -125,6 +126,10 @@ class EngineLoopTest : public ::testing::Test {
     engine::CpuBackend be;
     engine::ReusePrefiller p(*model_, be, engine::ReuseConfig{});
     return p.Match(p.Sketch(ids), p.Sketch(ref.ids));
+  }
+  // The plan the pipeline makes of a semantic hit on `ref` (serving::PlanHit: PlanReuse).
+  engine::ReusePlan Plan(const std::vector<int32_t>& ids, const store::Record& ref) const {
+    return engine::PlanReuse(ids, ref.ids, Match(ids, ref), engine::ReuseConfig{});
   }
 
   std::unique_ptr<EngineLoop> NewLoop(const LoopOptions& o) const {
@@ -174,13 +179,13 @@ class SeqLimitedRunner final : public BatchRunner {
   absl::StatusOr<engine::PrefillStats> PrefillHit(SeqKv& seq, std::span<const int32_t> ids,
                                                   std::span<const int32_t> ref_ids,
                                                   const engine::KvCache& ref_kv,
-                                                  const engine::TokenMatch& match, float* logits,
+                                                  const engine::ReusePlan& plan, float* logits,
                                                   std::function<bool()> interrupt) override {
     if (auto s = Admit(seq.rows() == 0 ? 1 : 0); !s.ok()) {
       ++hit_refusals_;
       return s;
     }
-    return inner_->PrefillHit(*static_cast<Seq&>(seq).inner, ids, ref_ids, ref_kv, match, logits,
+    return inner_->PrefillHit(*static_cast<Seq&>(seq).inner, ids, ref_ids, ref_kv, plan, logits,
                               std::move(interrupt));
   }
   absl::Status CopyPrefix(SeqKv& seq, const engine::KvCache& src, int64_t rows) override {
@@ -237,7 +242,7 @@ TEST_F(EngineLoopTest, BatchedRequestsGenerateWhatEachGeneratesAlone) {
     std::vector<int32_t> ids;
     engine::GenerateOptions opt;
     store::RecordHandle ref;
-    engine::TokenMatch match;
+    engine::ReusePlan plan;
     bool cancel = false;
   };
   std::vector<Case> cases;
@@ -247,16 +252,19 @@ TEST_F(EngineLoopTest, BatchedRequestsGenerateWhatEachGeneratesAlone) {
   cases[3].opt.max_tokens = 1;  // max_tokens 1: the prefill's logits alone
   cases[7].opt.stop = {"the"};  // a stop string (the text ends before it)
   cases[7].opt.max_tokens = 24;
-  // Reuse hits: an exact repeat of a reference, and a selective one (a sentence changed in the
-  // middle: the prompt differs long before its last `window` tokens).
+  // Reuse hits: an exact repeat of a reference (its plan a kCopyPrefix: the rows copied at
+  // admission, the last `window` computed in the batch), and a selective one (a sentence
+  // changed in the middle: the prompt differs long before its last `window` tokens).
   const std::vector<int32_t> ref_ids = Prompt(2, 12);
   store::RecordHandle ref = Reference(ref_ids);
-  cases.push_back({ref_ids, Greedy(8), ref, Match(ref_ids, *ref)});
+  cases.push_back({ref_ids, Greedy(8), ref, Plan(ref_ids, *ref)});
+  ASSERT_EQ(cases.back().plan.kind, engine::ReuseKind::kCopyPrefix);
   std::vector<int32_t> edited = Prompt(2, 5);
   const std::vector<int32_t> rest = Prompt(8, 7);
   edited.insert(edited.end(), rest.begin() + 1, rest.end());  // no second BOS
-  cases.push_back({edited, Greedy(8), ref, Match(edited, *ref)});
-  ASSERT_GE(cases.back().match.similarity, 0.5f);
+  cases.push_back({edited, Greedy(8), ref, Plan(edited, *ref)});
+  ASSERT_EQ(cases.back().plan.kind, engine::ReuseKind::kSelective);
+  ASSERT_GE(cases.back().plan.remainder_similarity, 0.5f);
   // Two cancelled mid-decode, and two more misses.
   cases.push_back({Prompt(4, 3), Greedy(40), {}, {}, true});
   cases.push_back({Prompt(6, 9), Greedy(40), {}, {}, true});
@@ -277,7 +285,7 @@ TEST_F(EngineLoopTest, BatchedRequestsGenerateWhatEachGeneratesAlone) {
     r->ids = cases[i].ids;
     r->options = cases[i].opt;
     r->reference = cases[i].ref;
-    r->match = cases[i].match;
+    r->plan = cases[i].plan;
     std::atomic<int>* seen = pieces.back().get();
     r->on_text = [seen](std::string_view) {
       ++*seen;
@@ -306,14 +314,15 @@ TEST_F(EngineLoopTest, BatchedRequestsGenerateWhatEachGeneratesAlone) {
     const LoopResult& r = *results.out[i];
     EXPECT_EQ(r.hit, cases[i].ref != nullptr);
     const std::vector<int32_t> alone =
-        Alone(cases[i].ids, cases[i].opt, cases[i].ref.get(), &cases[i].match);
+        Alone(cases[i].ids, cases[i].opt, cases[i].ref.get(), &cases[i].plan);
     EXPECT_EQ(r.gen.tokens, alone);
     EXPECT_GT(r.kv_bytes, 0);
     EXPECT_GT(r.ttft_ms, 0);
   }
   EXPECT_EQ(results.out[3]->gen.tokens.size(), 1u);
   EXPECT_EQ(results.out[7]->gen.finish, engine::FinishReason::kStopString);
-  EXPECT_EQ(results.out[10]->prefill.recomputed_tokens, engine::ReuseConfig{}.window);  // exact
+  EXPECT_EQ(results.out[10]->copied_rows,  // exact: copied, the last `window` computed
+            static_cast<int64_t>(ref_ids.size()) - engine::ReuseConfig{}.window);
   EXPECT_LT(results.out[11]->prefill.reused_tokens, static_cast<int64_t>(edited.size()));
   EXPECT_GT(results.out[11]->prefill.reused_tokens, 0);  // selective
 }
@@ -362,6 +371,47 @@ TEST_F(EngineLoopTest, SixtyFourStreamsOnABudgetOfFourSequencesAllFinish) {
   EXPECT_NE(s.message().find("--kv-cache-bytes"), std::string_view::npos) << s;
 }
 
+TEST_F(EngineLoopTest, SubmitRefusesAPlanThatDoesNotFitItsRequest) {
+  LoopOptions lo;
+  lo.kv_cache_bytes = int64_t{1} << 30;
+  std::unique_ptr<EngineLoop> loop = NewLoop(lo);
+  const std::vector<int32_t> ref_ids = Prompt(3, 6);
+  store::RecordHandle ref = Reference(ref_ids);
+  const int64_t n = static_cast<int64_t>(ref_ids.size());
+  auto submit = [&](store::RecordHandle r, engine::ReusePlan plan) {
+    auto req = std::make_unique<LoopRequest>();
+    req->ids = ref_ids;
+    req->options = Greedy(2);
+    req->reference = std::move(r);
+    req->plan = std::move(plan);
+    req->done = [](absl::StatusOr<LoopResult>) {};
+    return loop->Submit(std::move(req));
+  };
+  const engine::ReuseConfig cfg;
+  struct Bad {
+    const char* what;
+    store::RecordHandle ref;
+    engine::ReusePlan plan;
+  };
+  const Bad bad[] = {
+      {"a reference without a plan", ref, engine::PlanNoReuse(n, cfg)},
+      {"a plan without a reference", nullptr, engine::PlanPrefixCopy(n, n - 1, cfg)},
+      {"a plan for another prompt", ref, engine::PlanPrefixCopy(n + 5, n, cfg)},
+  };
+  for (const Bad& b : bad) {
+    const absl::Status s = submit(b.ref, b.plan);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << b.what << ": " << s;
+    EXPECT_NE(s.message().find("plan"), std::string_view::npos) << b.what << ": " << s;
+  }
+  engine::ReusePlan all = engine::PlanPrefixCopy(n, n - 1, cfg);
+  all.copy_rows = n;  // the last token must be computed (its logits)
+  const absl::Status s = submit(ref, all);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("always computed"), std::string_view::npos) << s;
+  ASSERT_TRUE(loop->WaitIdle(60000));
+  EXPECT_EQ(loop->Stats().running, 0);
+}
+
 TEST_F(EngineLoopTest, RunnerOutOfMemoryPreemptsAndRetries) {
   constexpr int kRequests = 12, kMaxTokens = 8, kRoom = 3;
   std::vector<std::vector<int32_t>> prompts;
@@ -381,7 +431,7 @@ TEST_F(EngineLoopTest, RunnerOutOfMemoryPreemptsAndRetries) {
   // when the runner has no room for it).
   const std::vector<int32_t> hit_ids = Prompt(3, 6);
   store::RecordHandle ref = Reference(hit_ids);
-  const engine::TokenMatch match = Match(hit_ids, *ref);
+  const engine::ReusePlan plan = Plan(hit_ids, *ref);
   Results results(kRequests + 1);
   for (int i = 0; i <= kRequests; ++i) {
     auto r = std::make_unique<LoopRequest>();
@@ -389,7 +439,7 @@ TEST_F(EngineLoopTest, RunnerOutOfMemoryPreemptsAndRetries) {
     if (i == kRequests / 2) {
       r->ids = hit_ids;
       r->reference = ref;
-      r->match = match;
+      r->plan = plan;
       r->done = results.Slot(kRequests);
     } else {
       r->ids = prompts[(i - (i > kRequests / 2 ? 1 : 0)) % prompts.size()];
@@ -403,7 +453,7 @@ TEST_F(EngineLoopTest, RunnerOutOfMemoryPreemptsAndRetries) {
   ASSERT_TRUE(results.out[kRequests].ok()) << results.out[kRequests].status();
   EXPECT_TRUE(results.out[kRequests]->hit);
   EXPECT_EQ(results.out[kRequests]->gen.tokens,
-            Alone(hit_ids, Greedy(kMaxTokens), ref.get(), &match));
+            Alone(hit_ids, Greedy(kMaxTokens), ref.get(), &plan));
   EXPECT_GT(refusals.load(), 0);    // the runner did run out
   EXPECT_GT(stats.preemptions, 0);  // and the loop preempted rather than failing
   EXPECT_LE(runner->max_seen(), kRoom);
@@ -440,8 +490,9 @@ TEST_F(EngineLoopTest, RunnerOutOfMemoryPreemptsAndRetries) {
 }
 
 TEST_F(EngineLoopTest, RunnerOutOfMemoryKeepsAHitsPlan) {
-  // Room for one sequence: while a long miss decodes, a reuse hit (an exact repeat) and an
-  // exact-prefix request (the reference's prompt + a question) find no room for their rows
+  // Room for one sequence: while a long miss decodes, a selective reuse hit (the reference with
+  // a sentence left out) and an exact-prefix request (the reference's prompt + a question)
+  // find no room for their rows
   // (PrefillHit, CopyPrefix refused); they wait with their plans and run after it.
   LoopOptions lo;
   lo.kv_cache_bytes = int64_t{1} << 30;  // the loop's own budget never binds
@@ -454,7 +505,11 @@ TEST_F(EngineLoopTest, RunnerOutOfMemoryKeepsAHitsPlan) {
   const std::vector<int32_t> miss_ids = Prompt(0, 2);
   const std::vector<int32_t> ref_ids = Prompt(3, 6);
   store::RecordHandle ref = Reference(ref_ids);
-  const engine::TokenMatch match = Match(ref_ids, *ref);
+  std::vector<int32_t> edited = Prompt(3, 2);
+  const std::vector<int32_t> rest = Prompt(6, 3);
+  edited.insert(edited.end(), rest.begin() + 1, rest.end());  // no second BOS
+  const engine::ReusePlan plan = Plan(edited, *ref);
+  ASSERT_EQ(plan.kind, engine::ReuseKind::kSelective);
   std::vector<int32_t> extended = ref_ids;
   const std::vector<int32_t> question = Prompt(7, 1);
   extended.insert(extended.end(), question.begin() + 1, question.end());  // no second BOS
@@ -480,17 +535,19 @@ TEST_F(EngineLoopTest, RunnerOutOfMemoryKeepsAHitsPlan) {
     ASSERT_TRUE(cv.wait_for(lock, std::chrono::minutes(5), [&] { return streaming; }));
   }
   auto hit = std::make_unique<LoopRequest>();
-  hit->ids = ref_ids;
+  hit->ids = edited;
   hit->options = short_run;
   hit->reference = ref;
-  hit->match = match;
+  hit->plan = plan;
   hit->done = results.Slot(1);
   ASSERT_TRUE(loop->Submit(std::move(hit)).ok());
   auto prefix = std::make_unique<LoopRequest>();
   prefix->ids = extended;
   prefix->options = short_run;
   prefix->reference = ref;
-  prefix->prefix_rows = static_cast<int64_t>(ref_ids.size());
+  prefix->plan =
+      engine::PlanPrefixCopy(static_cast<int64_t>(extended.size()),
+                             static_cast<int64_t>(ref_ids.size()), engine::ReuseConfig{});
   prefix->done = results.Slot(2);
   ASSERT_TRUE(loop->Submit(std::move(prefix)).ok());
   ASSERT_TRUE(results.Wait(3));
@@ -503,8 +560,9 @@ TEST_F(EngineLoopTest, RunnerOutOfMemoryKeepsAHitsPlan) {
     ASSERT_TRUE(results.out[i].ok()) << i << ": " << results.out[i].status();
   EXPECT_EQ(results.out[0]->gen.tokens, Alone(miss_ids, long_run));
   EXPECT_TRUE(results.out[1]->hit);
-  EXPECT_EQ(results.out[1]->prefill.recomputed_tokens, engine::ReuseConfig{}.window);  // exact
-  EXPECT_EQ(results.out[1]->gen.tokens, Alone(ref_ids, short_run, ref.get(), &match));
+  EXPECT_EQ(results.out[1]->prefill.plan, engine::ReuseKind::kSelective);
+  EXPECT_GT(results.out[1]->prefill.reused_tokens, 0);
+  EXPECT_EQ(results.out[1]->gen.tokens, Alone(edited, short_run, ref.get(), &plan));
   EXPECT_TRUE(results.out[2]->hit);
   EXPECT_EQ(results.out[2]->copied_rows, static_cast<int64_t>(ref_ids.size()));
   EXPECT_EQ(results.out[2]->gen.tokens, Alone(extended, short_run));

@@ -9,7 +9,7 @@
 //    position or mask moves logits by O(1));
 //  - the default schedule counts the remainder only;
 //  - the fallback guard computes the remainder in full after the copied rows (still a hit);
-//  - the serving rule (serving::MatchHybridRemainder) sends a long matching remainder to the
+//  - the serving rule (serving::PlanHybridRemainder) sends a long matching remainder to the
 //    selective path and keeps a short one on the full-remainder path, also through the server's
 //    pipeline (serving::Pipeline with a real in-memory store).
 #include "engine/reuse/reuse_plan.h"
@@ -425,21 +425,23 @@ TEST_F(HybridSelectiveTest, ServingRuleSendsOnlyALongMatchingRemainderToTheSelec
       store::Namespace{"t", model_->fingerprint}, *std::move(ref), cfg, std::move(features));
   ASSERT_TRUE(rec.ok()) << rec.status();
   // The long reordered remainder matches: the selective path after the copied rows.
-  std::optional<TokenMatch> m = serving::MatchHybridRemainder(session, cfg, ids_, *rec, lcp_);
+  std::optional<ReusePlan> m = serving::PlanHybridRemainder(session, cfg, ids_, *rec, lcp_);
   ASSERT_TRUE(m.has_value());
-  EXPECT_EQ(m->ref_index.size(), ids_.size());
+  EXPECT_EQ(m->kind, ReuseKind::kHybridSelective);
+  EXPECT_EQ(m->n, static_cast<int64_t>(ids_.size()));
+  EXPECT_EQ(m->copy_rows, lcp_);
   // The reference's prompt plus a short question: its remainder stays on the full path.
   std::vector<int32_t> turn = ref_ids_;
   for (int32_t id : model_->tokenizer->Encode(" And then?", false)) turn.push_back(id);
   const int64_t copied = static_cast<int64_t>(ref_ids_.size());
-  EXPECT_FALSE(serving::MatchHybridRemainder(session, cfg, turn, *rec, copied).has_value());
+  EXPECT_FALSE(serving::PlanHybridRemainder(session, cfg, turn, *rec, copied).has_value());
   // So does the long one with the knob off, or a remainder shorter than it.
   ReuseConfig off = cfg;
   off.hybrid_selective_min_tokens = 0;
-  EXPECT_FALSE(serving::MatchHybridRemainder(session, off, ids_, *rec, lcp_).has_value());
+  EXPECT_FALSE(serving::PlanHybridRemainder(session, off, ids_, *rec, lcp_).has_value());
   ReuseConfig high = cfg;
   high.hybrid_selective_min_tokens = static_cast<int32_t>(ids_.size() - lcp_) + 1;
-  EXPECT_FALSE(serving::MatchHybridRemainder(session, high, ids_, *rec, lcp_).has_value());
+  EXPECT_FALSE(serving::PlanHybridRemainder(session, high, ids_, *rec, lcp_).has_value());
 }
 
 // The server's pipeline (serving/pipeline.h) with the knob on: a miss publishes its turn; the

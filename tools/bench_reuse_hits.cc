@@ -94,21 +94,12 @@ absl::StatusOr<ServedDecision> ServedPath::Decide(std::span<const int32_t> ids) 
       best.record != nullptr &&
       HitRule::Hits(best.match.similarity, options_.serving.reuse.hit_threshold);
   d.hit = HitRule::Decide(n, d.prefix_tokens, semantic_hit);
-  if (d.hit.kind == serving::HitKind::kSemantic) {
-    d.record = std::move(best.record);
-    d.match = std::move(best.match);
-  } else if (d.hit.kind != serving::HitKind::kMiss) {
-    // A hybrid's long remainder that matches the stored turn: the selective path after the copy.
-    if (d.hit.kind == serving::HitKind::kHybrid) {
-      std::optional<engine::TokenMatch> m = serving::MatchHybridRemainder(
-          session_, options_.serving.reuse, ids, *prefix.record, d.hit.exact_rows);
-      if (m.has_value()) {
-        d.hit.selective_remainder = true;
-        d.match = *std::move(m);
-      }
-    }
-    d.record = std::move(prefix.record);
-  }
+  // The plan as the server makes it (a hybrid's long remainder matched against the stored turn).
+  d.record = d.hit.kind == serving::HitKind::kSemantic ? std::move(best.record)
+             : d.hit.kind != serving::HitKind::kMiss   ? std::move(prefix.record)
+                                                       : nullptr;
+  d.plan =
+      serving::PlanHit(&d.hit, session_, options_.serving.reuse, ids, d.record.get(), best.match);
   d.lookup_ms = MsSince(t0);
   return d;
 }
@@ -125,19 +116,19 @@ absl::StatusOr<ServedPrefill> ServedPath::Prefill(const ServedDecision& d,
   ServedPrefill out;
   const int64_t n_layers = model_.config.n_layers;
   const auto t0 = Clock::now();
-  const bool selective = d.hit.kind == serving::HitKind::kSemantic || d.hit.selective_remainder;
+  const bool selective = d.plan.rearranges();
   if (selective) {
     absl::StatusOr<engine::PrefillStats> st =
-        runner_->PrefillHit(**seq, ids, d.record->ids, d.record->kv, d.match, logits, nullptr);
+        runner_->PrefillHit(**seq, ids, d.record->ids, d.record->kv, d.plan, logits, nullptr);
     if (!st.ok()) return st.status();
     out.stats = *std::move(st);
   } else {
     // The engine loop's admission: copy the exact prefix, then prefill the rest in chunks.
-    int64_t done = 0;
-    if (d.hit.exact_rows > 0) {
-      if (auto s = runner_->CopyPrefix(**seq, d.record->kv, d.hit.exact_rows); !s.ok()) return s;
-      done = d.hit.exact_rows;
+    const int64_t copied = d.plan.kind == engine::ReuseKind::kCopyPrefix ? d.plan.copy_rows : 0;
+    if (copied > 0) {
+      if (auto s = runner_->CopyPrefix(**seq, d.record->kv, copied); !s.ok()) return s;
     }
+    int64_t done = copied;
     std::vector<int32_t> pos(n);
     std::iota(pos.begin(), pos.end(), 0);
     while (done < n) {
@@ -150,11 +141,10 @@ absl::StatusOr<ServedPrefill> ServedPath::Prefill(const ServedDecision& d,
       done += chunk;
     }
     out.stats.mode = engine::PrefillMode::kFull;
-    out.stats.hit = d.hit.exact_rows > 0;
+    out.stats.hit = copied > 0;
     out.stats.prompt_tokens = n;
-    out.stats.plan =
-        d.hit.exact_rows > 0 ? engine::ReuseKind::kCopyPrefix : engine::ReuseKind::kNone;
-    engine::SetPrefixCopyStats(n, d.hit.exact_rows, n_layers, &out.stats);
+    out.stats.plan = d.plan.kind;
+    engine::SetPrefixCopyStats(n, copied, n_layers, &out.stats);
   }
   out.prefill_ms = MsSince(t0);
   absl::StatusOr<engine::KvCache> kv = runner_->TakeKv(**seq);

@@ -8,13 +8,14 @@
 //   same functions (serving/hit_lookup.h): the exact-prefix lookup (LookupExactPrefix) first,
 //   then the semantic candidates (FindBestCandidate: the prompt-level index, ranked by the
 //   token matcher on a CpuServingSession) when serving::HitRule asks for them, and
-//   HitRule::Decide turns that into exact / hybrid / semantic / miss;
-//   ServedPath::Prefill runs the decision through a serving::CpuBatchRunner as the engine loop
-//   does for a request alone: an exact prefix is copied (BatchRunner::CopyPrefix) and the rest
-//   prefilled in chunks of the loop's default batch budget (LoopOptions::max_batch_tokens), a
-//   semantic hit, or a hybrid whose long remainder matches (HitDecision::selective_remainder),
-//   goes through BatchRunner::PrefillHit (the engine::ReusePlan the runner builds: selective or
-//   hybrid-selective), a miss is prefilled in chunks.
+//   HitRule::Decide turns that into exact / hybrid / semantic / miss, and serving::PlanHit into
+//   the engine::ReusePlan the server's engine loop would carry;
+//   ServedPath::Prefill runs that plan through a serving::CpuBatchRunner as the engine loop
+//   does for a request alone: a kCopyPrefix plan's rows are copied (BatchRunner::CopyPrefix) and
+//   the rest prefilled in chunks of the loop's default batch budget
+//   (LoopOptions::max_batch_tokens), a rearranging plan (a semantic hit's selective path, or a
+//   hybrid whose long remainder matches: HitDecision::selective_remainder) goes through
+//   BatchRunner::PrefillHit, a miss is prefilled in chunks.
 //
 // Not thread-safe (one bench thread). Borrows the model.
 #ifndef SEMSHARE_TOOLS_BENCH_REUSE_HITS_H_
@@ -30,6 +31,7 @@
 #include "engine/backend.h"
 #include "engine/kv_cache.h"
 #include "engine/model/model.h"
+#include "engine/reuse/reuse_plan.h"
 #include "engine/reuse/reuse_prefill.h"
 #include "engine/reuse/serving_session.h"
 #include "serving/batch_runner.h"
@@ -57,7 +59,7 @@ struct ServedDecision {
   float similarity = -1;         // the best semantic candidate's (< 0: none scored)
   double lookup_ms = 0;          // exact + semantic lookup, matching included
   store::RecordHandle record;    // what the chosen path reads (null on a miss)
-  engine::TokenMatch match;      // kSemantic, selective_remainder: the match against `record`
+  engine::ReusePlan plan;        // serving::PlanHit's: what the prefill executes
 };
 
 struct ServedPrefill {

@@ -106,6 +106,21 @@ absl::StatusOr<PrefillStats> CudaServingSession::PrefillHit(std::span<const int3
                                                             float* logits) {
   const int64_t n = static_cast<int64_t>(ids.size());
   SEMSHARE_STATUS_RETURN(CheckMatch(match, n, static_cast<int64_t>(ref_ids.size())));
+  // The hit's plan (engine/reuse/reuse_plan.h), as the CPU path builds and executes it.
+  absl::StatusOr<PrefillStats> st =
+      PrefillPlan(ids, ref_ids, ref_kv, PlanReuse(ids, ref_ids, match, reuse_), logits);
+  if (!st.ok()) return st;
+  if (st->hit) st->ref_index = match.ref_index;
+  st->similarity = match.similarity;
+  return st;
+}
+
+absl::StatusOr<PrefillStats> CudaServingSession::PrefillPlan(std::span<const int32_t> ids,
+                                                             std::span<const int32_t> ref_ids,
+                                                             const KvCache& ref_kv,
+                                                             const ReusePlan& plan, float* logits) {
+  const int64_t n = static_cast<int64_t>(ids.size());
+  SEMSHARE_STATUS_RETURN(CheckPlan(plan, n, static_cast<int64_t>(ref_ids.size())));
   SEMSHARE_STATUS_RETURN(
       CheckReference(ref_ids, ref_kv, config_.n_layers, config_.n_kv_heads * config_.head_dim));
   // The session's device current for the pinning (cudaHostAlloc / cudaFreeHost would otherwise
@@ -116,8 +131,6 @@ absl::StatusOr<PrefillStats> CudaServingSession::PrefillHit(std::span<const int3
     (void)cudaStreamSynchronize(ctx_->copy_stream());  // a failed upload may still read pinned_
     return ref.status();
   }
-  // The hit's plan (engine/reuse/reuse_plan.h), as the CPU path builds and executes it.
-  const ReusePlan plan = PlanReuse(ids, ref_ids, match, reuse_);
   if (plan.kind == ReuseKind::kCopyPrefix || plan.kind == ReuseKind::kHybridSelective) {
     // Its prefix rows as they are, copied on the device into the request's cache, the rest
     // computed after them, no retention. A kHybridSelective plan's remainder is computed in
@@ -137,9 +150,8 @@ absl::StatusOr<PrefillStats> CudaServingSession::PrefillHit(std::span<const int3
     st.plan = plan.kind;
     st.remainder_in_full = plan.kind == ReuseKind::kHybridSelective;
     st.hit = true;
-    st.similarity = match.similarity;
+    st.similarity = plan.rearranges() ? plan.remainder_similarity : 1.0f;
     st.prompt_tokens = n;
-    st.ref_index = match.ref_index;
     SetPrefixCopyStats(n, exact, config_.n_layers, &st);
     st.kv_bytes = cache_.ByteSize();
     st.kv_bytes_peak = st.kv_bytes;
@@ -152,8 +164,7 @@ absl::StatusOr<PrefillStats> CudaServingSession::PrefillHit(std::span<const int3
     (void)cudaStreamSynchronize(ctx_->copy_stream());
     return s;
   }
-  if (st.hit) st.ref_index = match.ref_index;
-  st.similarity = match.similarity;
+  st.similarity = plan.remainder_similarity;
   return st;
 }
 

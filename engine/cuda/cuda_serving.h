@@ -53,6 +53,9 @@ class CudaServingSession final : public ServingSession {
   absl::StatusOr<PrefillStats> PrefillHit(std::span<const int32_t> ids,
                                           std::span<const int32_t> ref_ids, const KvCache& ref_kv,
                                           const TokenMatch& match, float* logits) override;
+  absl::StatusOr<PrefillStats> PrefillPlan(std::span<const int32_t> ids,
+                                           std::span<const int32_t> ref_ids, const KvCache& ref_kv,
+                                           const ReusePlan& plan, float* logits) override;
   absl::Status Step(int32_t id, float* logits) override;
   int64_t KvBytes() const override { return cache_.ByteSize(); }
   absl::StatusOr<KvCache> TakeKv() override;

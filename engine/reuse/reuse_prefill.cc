@@ -37,6 +37,34 @@ absl::Status CheckMatch(const TokenMatch& match, int64_t n, int64_t m) {
   return absl::OkStatus();
 }
 
+absl::Status CheckPlan(const ReusePlan& plan, int64_t n, int64_t m) {
+  if (plan.n != n || static_cast<int64_t>(plan.forced.size()) != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prefill: the plan covers ", plan.n, " tokens, the prompt ", n));
+  }
+  if (plan.kind == ReuseKind::kNone) {
+    return absl::InvalidArgumentError("prefill: a hit's plan must reuse its reference (kind none)");
+  }
+  if (plan.copy_rows < 0 || plan.copy_rows >= n || plan.copy_rows > m) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prefill: the plan copies ", plan.copy_rows, " rows of a ", m, "-row reference into a ", n,
+        "-token prompt (at most both, and the last token is always computed)"));
+  }
+  if (plan.kind == ReuseKind::kCopyPrefix) return plan.config.Validate();
+  const int64_t r = n - plan.copy_rows;
+  if (static_cast<int64_t>(plan.src.size()) != r || static_cast<int64_t>(plan.delta.size()) != r) {
+    return absl::InvalidArgumentError(absl::StrCat("prefill: the plan rearranges ", plan.src.size(),
+                                                   " rows; its prompt leaves ", r));
+  }
+  for (int32_t src : plan.src) {
+    if (src < 0 || src >= m) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("prefill: the plan names reference row ", src, " of ", m));
+    }
+  }
+  return plan.config.Validate();
+}
+
 absl::Status CheckReference(std::span<const int32_t> ref_ids, const KvCache& ref_kv,
                             int64_t n_layers, int64_t kv_dim) {
   if (ref_kv.n_layers() != n_layers || ref_kv.kv_dim() != kv_dim) {
@@ -123,7 +151,8 @@ absl::StatusOr<PrefillStats> ReusePrefiller::Prefill(std::span<const int32_t> id
       if (st.hit) st.ref_index = match.ref_index;
     }
     absl::Status s =
-        st.hit ? HitPrefill(ids, reference->ids, reference->kv, match, cache, logits, &st)
+        st.hit ? RunPlan(ids, PlanReuse(ids, reference->ids, match, config_), reference->kv, cache,
+                         logits, &st)
                : SelectivePrefill(ids, PlanNoReuse(n, config_), nullptr, cache, logits, &st);
     if (!s.ok()) return s;
   }
@@ -137,31 +166,43 @@ absl::StatusOr<PrefillStats> ReusePrefiller::PrefillHit(std::span<const int32_t>
                                                         const KvCache& ref_kv,
                                                         const TokenMatch& match, KvCache* cache,
                                                         float* logits) {
+  const int64_t n = static_cast<int64_t>(ids.size());
+  if (auto s = config_.Validate(); !s.ok()) return s;
+  if (auto s = CheckMatch(match, n, static_cast<int64_t>(ref_ids.size())); !s.ok()) return s;
+  absl::StatusOr<PrefillStats> st =
+      PrefillPlan(ids, ref_ids, ref_kv, PlanReuse(ids, ref_ids, match, config_), cache, logits);
+  if (!st.ok()) return st;
+  st->similarity = match.similarity;
+  if (st->hit) st->ref_index = match.ref_index;  // (a fallback guard's prefill reused nothing)
+  return st;
+}
+
+absl::StatusOr<PrefillStats> ReusePrefiller::PrefillPlan(std::span<const int32_t> ids,
+                                                         std::span<const int32_t> ref_ids,
+                                                         const KvCache& ref_kv,
+                                                         const ReusePlan& plan, KvCache* cache,
+                                                         float* logits) {
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t n = static_cast<int64_t>(ids.size());
   if (auto s = CheckPrefillArgs(ids, *cache); !s.ok()) return s;
-  if (auto s = config_.Validate(); !s.ok()) return s;
-  if (auto s = CheckMatch(match, n, static_cast<int64_t>(ref_ids.size())); !s.ok()) return s;
+  if (auto s = CheckPlan(plan, n, static_cast<int64_t>(ref_ids.size())); !s.ok()) return s;
   if (auto s = CheckReference(ref_ids, ref_kv, model_.config.n_layers, cache->kv_dim()); !s.ok()) {
     return s;
   }
   PrefillStats st;
   st.mode = PrefillMode::kSemShare;
   st.prompt_tokens = n;
-  st.similarity = match.similarity;
+  st.similarity = plan.rearranges() ? plan.remainder_similarity : 1.0f;
   st.hit = true;
-  st.ref_index = match.ref_index;
-  if (auto s = HitPrefill(ids, ref_ids, ref_kv, match, cache, logits, &st); !s.ok()) return s;
+  if (auto s = RunPlan(ids, plan, ref_kv, cache, logits, &st); !s.ok()) return s;
   FinishStats(*cache, &st);
   st.prefill_ms = MsSince(t0);
   return st;
 }
 
-absl::Status ReusePrefiller::HitPrefill(std::span<const int32_t> ids,
-                                        std::span<const int32_t> ref_ids, const KvCache& ref_kv,
-                                        const TokenMatch& match, KvCache* cache, float* logits,
-                                        PrefillStats* st) {
-  const ReusePlan plan = PlanReuse(ids, ref_ids, match, config_);
+absl::Status ReusePrefiller::RunPlan(std::span<const int32_t> ids, const ReusePlan& plan,
+                                     const KvCache& ref_kv, KvCache* cache, float* logits,
+                                     PrefillStats* st) {
   st->plan = plan.kind;
   if (plan.kind == ReuseKind::kCopyPrefix) {
     return PrefixPrefill(ids, ref_kv, plan.copy_rows, cache, logits, st);
@@ -220,7 +261,7 @@ absl::Status ReusePrefiller::SelectivePrefill(std::span<const int32_t> ids, cons
   bool reuse = hit;  // false from the layer where the guard falls back (then stays so)
   // Retention scores come from the queries of the last w tokens, which are forced: the last w
   // rows of every recompute set.
-  const int64_t w = std::min<int64_t>({config_.window, n, r});
+  const int64_t w = std::min<int64_t>({plan.config.window, n, r});
   if (hit && c0 > 0) cache->AssignPrefix(*ref_kv, c0);  // every layer's copied rows
 
   std::vector<int32_t> set = plan.FirstSet();  // S_l, ascending positions (== row indices)

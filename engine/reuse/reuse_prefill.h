@@ -77,6 +77,10 @@ void SetPrefixCopyStats(int64_t n, int64_t rows, int64_t n_layers, PrefillStats*
 // InvalidArgument unless `match` covers the n prompt tokens and names only reference rows
 // below m.
 absl::Status CheckMatch(const TokenMatch& match, int64_t n, int64_t m);
+// InvalidArgument unless `plan` is a hit's (a kind other than kNone) for n prompt tokens
+// against a reference of m rows: rows it copies and rearranged rows it names below m, the last
+// token left to compute, its config valid.
+absl::Status CheckPlan(const ReusePlan& plan, int64_t n, int64_t m);
 // InvalidArgument unless ref_kv is shaped [n_layers, kv_dim] and every layer holds one row per
 // reference token (an untrimmed reference, as MakeReference and a published miss make it).
 absl::Status CheckReference(std::span<const int32_t> ref_ids, const KvCache& ref_kv,
@@ -106,6 +110,15 @@ class ReusePrefiller {
                                           std::span<const int32_t> ref_ids, const KvCache& ref_kv,
                                           const TokenMatch& match, KvCache* cache, float* logits);
 
+  // The same with the plan made already (the serving pipeline makes it once per hit, from its
+  // match or its exact prefix, and the engine loop carries it here): `plan` (its config
+  // included, which governs the schedule) executed against the reference, checked by
+  // CheckPlan. Stats as PrefillHit's, similarity = the plan's remainder_similarity (1 for a
+  // prefix copy) and no ref_index.
+  absl::StatusOr<PrefillStats> PrefillPlan(std::span<const int32_t> ids,
+                                           std::span<const int32_t> ref_ids, const KvCache& ref_kv,
+                                           const ReusePlan& plan, KvCache* cache, float* logits);
+
   // The sketch/match step alone (what a lookup pays), for ranking candidates.
   TokenSketch Sketch(std::span<const int32_t> ids) const { return matcher_.Sketch(ids); }
   TokenMatch Match(const TokenSketch& target, const TokenSketch& reference) const {
@@ -123,10 +136,10 @@ class ReusePrefiller {
   // `cache` and computes the rest of ids at positions rows..n-1 (prefix mode, exact reuse).
   absl::Status PrefixPrefill(std::span<const int32_t> ids, const KvCache& ref_kv, int64_t rows,
                              KvCache* cache, float* logits, PrefillStats* st);
-  // A semshare hit (arguments checked): its ReusePlan (PlanReuse) executed.
-  absl::Status HitPrefill(std::span<const int32_t> ids, std::span<const int32_t> ref_ids,
-                          const KvCache& ref_kv, const TokenMatch& match, KvCache* cache,
-                          float* logits, PrefillStats* st);
+  // A hit's plan (arguments checked) executed: kCopyPrefix by PrefixPrefill, a rearranging
+  // kind by SelectivePrefill.
+  absl::Status RunPlan(std::span<const int32_t> ids, const ReusePlan& plan, const KvCache& ref_kv,
+                       KvCache* cache, float* logits, PrefillStats* st);
 
   // snapkv and semshare: layer-by-layer prefill of the tokens `plan` computes (kNone: all of
   // them, no reference; a rearranging kind: a shrinking set, with ref_kv), attending over the

@@ -41,6 +41,13 @@ absl::StatusOr<PrefillStats> CpuServingSession::PrefillHit(std::span<const int32
   return prefiller_.PrefillHit(ids, ref_ids, ref_kv, match, &cache_, logits);
 }
 
+absl::StatusOr<PrefillStats> CpuServingSession::PrefillPlan(std::span<const int32_t> ids,
+                                                            std::span<const int32_t> ref_ids,
+                                                            const KvCache& ref_kv,
+                                                            const ReusePlan& plan, float* logits) {
+  return prefiller_.PrefillPlan(ids, ref_ids, ref_kv, plan, &cache_, logits);
+}
+
 absl::Status CpuServingSession::Step(int32_t id, float* logits) {
   const int32_t p = cache_.next_position();
   return prefiller_.forward().Forward({&id, 1}, {&p, 1}, cache_, logits);

@@ -53,6 +53,12 @@ class ServingSession {
                                                   std::span<const int32_t> ref_ids,
                                                   const KvCache& ref_kv, const TokenMatch& match,
                                                   float* logits) = 0;
+  // A hit whose plan the caller made (ReusePrefiller::PrefillPlan: the serving pipeline makes
+  // it once per hit): `plan` executed against the reference.
+  virtual absl::StatusOr<PrefillStats> PrefillPlan(std::span<const int32_t> ids,
+                                                   std::span<const int32_t> ref_ids,
+                                                   const KvCache& ref_kv, const ReusePlan& plan,
+                                                   float* logits) = 0;
   // One decode step: token `id` at the next position; its logits to logits[vocab].
   virtual absl::Status Step(int32_t id, float* logits) = 0;
   // Bytes of K and V the request holds (on the device for a device session).
@@ -79,6 +85,9 @@ class CpuServingSession final : public ServingSession {
   absl::StatusOr<PrefillStats> PrefillHit(std::span<const int32_t> ids,
                                           std::span<const int32_t> ref_ids, const KvCache& ref_kv,
                                           const TokenMatch& match, float* logits) override;
+  absl::StatusOr<PrefillStats> PrefillPlan(std::span<const int32_t> ids,
+                                           std::span<const int32_t> ref_ids, const KvCache& ref_kv,
+                                           const ReusePlan& plan, float* logits) override;
   absl::Status Step(int32_t id, float* logits) override;
   int64_t KvBytes() const override { return cache_.ByteSize(); }
   absl::StatusOr<KvCache> TakeKv() override;

@@ -137,8 +137,7 @@ TEST_F(CudaLoopTest, SixteenRequestsWithHitsAndCancellationsEndAsAsked) {
     std::vector<int32_t> ids{};
     engine::GenerateOptions opt{};
     store::RecordHandle ref{};
-    int64_t prefix_rows = 0;
-    engine::TokenMatch match{};
+    engine::ReusePlan plan{};  // what serving::PlanHit makes (kNone without a reference)
     bool cancel = false;
     bool prefill_only = false;
   };
@@ -153,16 +152,20 @@ TEST_F(CudaLoopTest, SixteenRequestsWithHitsAndCancellationsEndAsAsked) {
   const store::RecordHandle ref = Reference(ref_ids);
   std::vector<int32_t> extended = ref_ids;
   for (int32_t t : RandomIds(20, vocab, seed_ + 101)) extended.push_back(t);
-  cases.push_back({extended, Greedy(8), ref, static_cast<int64_t>(ref_ids.size())});
+  cases.push_back(
+      {extended, Greedy(8), ref,
+       engine::PlanPrefixCopy(static_cast<int64_t>(extended.size()),
+                              static_cast<int64_t>(ref_ids.size()), engine::ReuseConfig{})});
   // A semantic hit: the reference edited (a span moved, ~10% replaced).
   const std::vector<int32_t> edited = EditedIds(ref_ids, vocab, seed_ + 102);
-  cases.push_back({edited, Greedy(8), ref, 0, Match(edited, *ref)});
+  cases.push_back({edited, Greedy(8), ref,
+                   engine::PlanReuse(edited, ref_ids, Match(edited, *ref), engine::ReuseConfig{})});
   // Two cancelled mid-decode.
-  cases.push_back({RandomIds(12, vocab, seed_ + 103), Greedy(200), {}, 0, {}, true});
-  cases.push_back({RandomIds(20, vocab, seed_ + 104), Greedy(200), {}, 0, {}, true});
+  cases.push_back({RandomIds(12, vocab, seed_ + 103), Greedy(200), {}, {}, true});
+  cases.push_back({RandomIds(20, vocab, seed_ + 104), Greedy(200), {}, {}, true});
   // A prefill-only request whose KV comes back (AddReference's path through the loop).
   const std::vector<int32_t> add_ids = RandomIds(70, vocab, seed_ + 105);
-  cases.push_back({add_ids, Greedy(1), {}, 0, {}, false, true});
+  cases.push_back({add_ids, Greedy(1), {}, {}, false, true});
   cases.push_back({RandomIds(33, vocab, seed_ + 106), Greedy(12)});
   ASSERT_EQ(cases.size(), 16u);
 
@@ -179,8 +182,7 @@ TEST_F(CudaLoopTest, SixteenRequestsWithHitsAndCancellationsEndAsAsked) {
     r->ids = cases[i].ids;
     r->options = cases[i].opt;
     r->reference = cases[i].ref;
-    r->prefix_rows = cases[i].prefix_rows;
-    r->match = cases[i].match;
+    r->plan = cases[i].plan;
     r->prefill_only = cases[i].prefill_only;
     r->keep_kv = cases[i].prefill_only;
     if (cases[i].cancel) {
