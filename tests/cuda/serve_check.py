@@ -8,7 +8,8 @@ shapes, fewer layers, small enough to carry) and drives it with the real C++ cli
   1. a miss (250-token prompt, greedy, 16 tokens): published to the store;
   2. a paraphrase of it: must be a hit that reuses tokens (the device selective prefill with
      the reference KV uploaded from the store's host record);
-  3. the first prompt again: an exact-reuse hit computing only the last 32 tokens;
+  3. the first prompt again: an exact hit (the store's exact-prefix index: every prompt row but
+     the last copied, the last one computed for its logits);
   4. a streamed request;
   5. 8 concurrent requests through 2 workers (two device sessions sharing the weights);
   6. /metrics: request counters, and for cuda the GPU memory gauges above zero;
@@ -154,6 +155,20 @@ class Server:
         res["_stdout"] = r.stdout
         return res
 
+    def wait_published(self, entries, timeout_s=60):
+        """Until the store holds `entries` records in any tier (semshare_cache_store_entries,
+        refreshed once a second), within the budget."""
+        t0 = time.time()
+        timeout_s = self.deadline.left(timeout_s)
+        while True:
+            have = sum(metric_values(self.metrics(), "semshare_cache_store_entries"))
+            if have >= entries:
+                return
+            if time.time() - t0 > timeout_s:
+                raise RuntimeError(f"the store holds {have} records after {timeout_s:.0f} s, "
+                                   f"expected {entries}: {self.tail()}")
+            time.sleep(0.1)
+
     def metrics(self):
         with NO_PROXY.open(f"http://127.0.0.1:{self.mport}/metrics",
                            timeout=self.deadline.left(10)) as r:
@@ -192,19 +207,21 @@ def run_backend(args, backend, workdir, deadline):
         res["miss"] = miss
         if miss["cache"]["result"] != "miss" or not miss["cache"].get("published"):
             fail(f"first request: expected a published miss, got {miss['cache']}")
-        time.sleep(1.0)  # the publish is asynchronous
+        srv.wait_published(1)  # the publish is asynchronous
         hit = srv.call("generate", "Note: " + a, tag="hit")
         res["hit"] = hit
         if hit["cache"]["result"] != "hit" or int(hit["usage"].get("reusedTokens", 0)) <= 0:
             fail(f"paraphrase: expected a hit reusing tokens, got {hit['cache']} {hit['usage']}")
-        # The miss's prompt again: exact reuse (the prefix rows as stored, the last 32 tokens
-        # computed). The CPU gives the miss's text bit for bit; on the GPU the window's GEMMs
-        # may pick other cuBLAS algorithms than the full prefill's, so there it is a note.
+        # The miss's prompt again: an exact hit on its published turn (every prompt row but the
+        # last copied as stored, the last computed for its logits). The CPU gives the miss's
+        # text bit for bit; on the GPU the last row's GEMMs may pick other cuBLAS algorithms
+        # than the full prefill's, so there it is a note.
         again = srv.call("generate", a, tag="repeat")
         res["repeat"] = again
         recomputed = int(again["usage"].get("recomputedTokens", 0))
-        if again["cache"]["result"] != "hit" or recomputed != 32:
-            fail(f"repeat: expected an exact-reuse hit computing 32 tokens, got {again['cache']} "
+        if (again["cache"]["result"] != "hit" or again["cache"].get("kind") != "exact"
+                or recomputed != 1):
+            fail(f"repeat: expected an exact hit computing 1 token, got {again['cache']} "
                  f"{again['usage']}")
         if backend == "cpu" and again["text"] != miss["text"]:
             fail(f"repeat: text {again['text']!r} differs from the miss's {miss['text']!r}")
