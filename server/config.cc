@@ -105,6 +105,11 @@ const std::vector<Knob>& Knobs() {
        "on a semantic hit, the first N tokens of every run of reused reference rows are "
        "recomputed at every layer and never evicted (0: none; docs/server.md)",
        0, kI32},
+      {"extend-runs", &ServerConfig::extend_runs, "0|1",
+       "on a semantic hit, tokens the matcher scattered over other occurrences of their id are "
+       "gathered from the reference run of their neighbours (0: the match as it is; "
+       "docs/server.md)",
+       0, 1},
       {"similarity-threshold", &ServerConfig::similarity_threshold, "X",
        "token-level similarity a reference needs for a hit", 0.0, 1.0},
       {"lookup-candidates", &ServerConfig::lookup_candidates, "N",

@@ -601,6 +601,8 @@ int BenchReuseCommand(int argc, char** argv) {
       {"run-start-tokens",
        "ReuseConfig.run_start_tokens: the first N tokens of every run of rearranged rows "
        "recomputed at every layer and never evicted (0: none)"},
+      {"no-extend-runs",
+       "ReuseConfig.extend_runs = false: the matcher's match as it is (no run extension)", true},
       {"retention", "ReuseConfig.retention: none|exponential|constant|increasing"},
       {"rho", "ReuseConfig.retention_rho"},
       {"gamma", "ReuseConfig.retention_gamma"},
@@ -727,6 +729,7 @@ int BenchReuseCommand(int argc, char** argv) {
     b.retention = *s;
   }
   if (args->Bool("no-ecache-rope")) b.ecache_rope = false;
+  if (args->Bool("no-extend-runs")) b.extend_runs = false;
   if (auto s = b.Validate(); !s.ok()) return fail(s.message(), 2);
   o.json = args->Str("json");
   o.plots = args->Str("plots");
@@ -880,6 +883,7 @@ int BenchReuseCommand(int argc, char** argv) {
                       {"sink", b.sink},
                       {"recompute_min_tokens", b.recompute_min_tokens},
                       {"run_start_tokens", b.run_start_tokens},
+                      {"extend_runs", b.extend_runs},
                       {"ecache_rope", b.ecache_rope},
                       {"retention", engine::RetentionScheduleName(b.retention)},
                       {"retention_rho", b.retention_rho},

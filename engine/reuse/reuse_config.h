@@ -96,8 +96,26 @@ struct ReuseConfig {
   // each spliced chunk, which were computed as the start of another context): the first
   // `run_start_tokens` tokens of every run of rearranged rows (a stretch gathered from
   // consecutive reference rows; ReusePlan::forced) are forced like the sink and window:
-  // recomputed at every layer and never evicted. 0 = none (the paper's schedule).
+  // recomputed at every layer and never evicted. 0 = none (the paper's schedule), the default:
+  // on the matcher's match the median run is one token, so k = 2 already recomputed 84-93% of
+  // the tokens at every layer (speedup ~1x); after run extension, runs of reordered passages
+  // are ~14 tokens, yet forcing the first 1-2 tokens of each barely moved their perplexity
+  // ratio (MRPC 1k median 1.154 -> 1.140 for k = 2 on runs of >= 4 tokens, at 5.1x instead of
+  // 7.2x); the loss is not at the run starts for this model (docs/benchmarks.md, "Run starts
+  // recomputed").
   int32_t run_start_tokens = 0;
+  // Run extension (ExtendRuns, reuse_plan.h): before the plan is made, a target token whose id
+  // is the reference token right after (or, at a run's start, right before) its neighbour's
+  // matched row is gathered from that row, so that a passage the matcher scattered over other
+  // occurrences of the same tokens comes from one contiguous stretch of the reference. The
+  // matcher picks among a common token's occurrences (" the", ",") almost at random, since the
+  // E-cache barely separates positions: on the bench pairs the median run is 1 token even
+  // for reordered passages (1.3-1.4 on average; 14 after extension on reorder pairs). On, at
+  // no cost in recomputed tokens, the median perplexity ratio went from 1.58 to 1.15 (MRPC,
+  // 1k tokens), 1.074 to 1.004 (MRPC, 2k), 1.28 to 1.10 and 1.45 to 1.16 (shipped corpus, 1k
+  // and 2k), 14 of 16 pairs better (docs/benchmarks.md, "Run starts recomputed"). Off = the
+  // matcher's match as it is (the paper's).
+  bool extend_runs = true;
 
   // Fallback guard (the paper leaves adaptive thresholds open): after layer 0 of a selective
   // hit, the mean over the prompt of each token's layer-0 KV deviation (||K - K~|| + ||V - V~||,
