@@ -110,6 +110,11 @@ const std::vector<Knob>& Knobs() {
        "gathered from the reference run of their neighbours (0: the match as it is; "
        "docs/server.md)",
        0, 1},
+      {"exact-run-tokens", &ServerConfig::exact_run_tokens, "N",
+       "on a semantic hit, stretches of at least N tokens shared verbatim with the stored "
+       "prompt reuse one occurrence each, token for token (0: the LSH's match as it is; "
+       "docs/server.md)",
+       0, kI32},
       {"similarity-threshold", &ServerConfig::similarity_threshold, "X",
        "token-level similarity a reference needs for a hit", 0.0, 1.0},
       {"lookup-candidates", &ServerConfig::lookup_candidates, "N",

@@ -4,7 +4,8 @@
 // identical prompts map every token to itself; reordered passages map tokens to the same ids at
 // their moved positions; paraphrases score above unrelated text, which misses the default
 // threshold; without E-cache rotation repeated tokens collapse onto their earliest occurrence;
-// codes are a pure function of the seed; empty and single-token prompts are handled.
+// codes are a pure function of the seed; empty and single-token prompts are handled; exact runs
+// first (AlignExactRuns) map shared stretches onto one occurrence each.
 #include "engine/reuse/token_matcher.h"
 
 #include <cblas.h>
@@ -243,6 +244,74 @@ TEST_F(TokenMatcherTest, ReorderedPassagesMapToTheSameTokensAtTheirMovedPosition
   // leaves their rows at cosine ~0.6-0.7, where 8-bit bands collide in only some bands.
   EXPECT_GE(unique_moved / static_cast<double>(unique), 0.7) << unique_moved << " of " << unique;
   EXPECT_GE(m.similarity, 0.8f);
+
+  // Exact runs first (ReuseConfig::exact_run_tokens' default): each passage is a run shared
+  // verbatim with the reference, so every token, repeated ids included, goes to its moved
+  // position.
+  // A run may also go on into the next passage's first tokens where that passage starts like
+  // the reference's next one (the same ids after the same context): rows as right, not moved.
+  TokenMatch aligned = m;
+  AlignExactRuns(target, ref, ReuseConfig{}.exact_run_tokens, &aligned);
+  int64_t aligned_same = 0, aligned_moved = 0;
+  for (size_t i = 0; i < target.size(); ++i) {
+    aligned_same += ref[aligned.ref_index[i]] == target[i];
+    aligned_moved += aligned.ref_index[i] == moved[i];
+  }
+  EXPECT_EQ(aligned_same, static_cast<int64_t>(target.size()));
+  EXPECT_GE(aligned_moved / n, 0.99) << aligned_moved << " of " << n;  // seen: all but 1
+  EXPECT_EQ(aligned.matched, static_cast<int64_t>(target.size()));
+}
+
+TEST(AlignExactRunsTest, SharedStretchesMapOntoOneOccurrenceTokenForToken) {
+  // Two reference sentences share "11 12 13" in other contexts; the target has the second
+  // sentence then the first. The LSH-like match sends every repeated id to its first occurrence.
+  const std::vector<int32_t> ref = {10, 11, 12, 13, 14, 20, 11, 12, 13, 21};
+  const std::vector<int32_t> target = {20, 11, 12, 13, 21, 10, 11, 12, 13, 14, 99};
+  TokenMatch m;
+  m.ref_index = {5, 1, 2, 3, 9, 0, 1, 2, 3, 4, -1};
+  m.cosine = {0.9f, 0.8f, 0.8f, 0.8f, 0.9f, 0.9f, 0.9f, 0.9f, 0.9f, 0.9f, 0.0f};
+  TokenMatch a = m;
+  AlignExactRuns(target, ref, 4, &a);
+  EXPECT_EQ(a.ref_index, (std::vector<int32_t>{5, 6, 7, 8, 9, 0, 1, 2, 3, 4, -1}));
+  EXPECT_EQ(a.cosine, m.cosine);  // the same ids: the cosines are kept
+  EXPECT_EQ(a.matched, 10);
+  EXPECT_NEAR(a.similarity, 8.7f / 11.0f, 1e-6f);
+
+  // Stretches shorter than min_run keep the LSH's match; 0 and a match of another length
+  // change nothing.
+  for (int64_t min_run : {6, 0, -1}) {
+    TokenMatch b = m;
+    AlignExactRuns(target, ref, min_run, &b);
+    EXPECT_EQ(b.ref_index, m.ref_index) << "min_run " << min_run;
+    EXPECT_EQ(b.cosine, m.cosine) << "min_run " << min_run;
+  }
+  TokenMatch shorter = m;
+  shorter.ref_index.pop_back();
+  shorter.cosine.pop_back();
+  const TokenMatch before = shorter;
+  AlignExactRuns(target, ref, 4, &shorter);
+  EXPECT_EQ(shorter.ref_index, before.ref_index);
+
+  // The longest shared stretch wins; among equally long ones, the LSH's choice (or where the
+  // previous run goes on); an unmatched token inside a run is matched (cosine 1).
+  const std::vector<int32_t> ref2 = {1, 2, 3, 4, 9, 1, 2, 3, 4, 5, 6, 7, 1, 2, 3, 4, 5, 6, 8};
+  const std::vector<int32_t> t2 = {1, 2, 3, 4, 5, 6, 7};
+  TokenMatch m2;
+  m2.ref_index = {12, 13, 14, 15, -1, 17, 18};
+  m2.cosine = {1, 1, 1, 1, 0, 1, 0.5f};
+  AlignExactRuns(t2, ref2, 4, &m2);
+  EXPECT_EQ(m2.ref_index, (std::vector<int32_t>{5, 6, 7, 8, 9, 10, 11}));  // 7 beats 6 (at 12)
+  EXPECT_EQ(m2.cosine[4], 1.0f);
+  EXPECT_EQ(m2.matched, 7);
+  const std::vector<int32_t> t3 = {1, 2, 3, 4, 5, 6};
+  TokenMatch m3;
+  m3.ref_index = {12, 13, 14, 15, 16, 17};
+  m3.cosine.assign(6, 1.0f);
+  AlignExactRuns(t3, ref2, 4, &m3);  // at 5 and at 12 equally long: the LSH chose 12
+  EXPECT_EQ(m3.ref_index, (std::vector<int32_t>{12, 13, 14, 15, 16, 17}));
+  m3.ref_index = {5, 13, 14, 15, 16, 17};
+  AlignExactRuns(t3, ref2, 4, &m3);  // its first token chose 5
+  EXPECT_EQ(m3.ref_index, (std::vector<int32_t>{5, 6, 7, 8, 9, 10}));
 }
 
 TEST_F(TokenMatcherTest, ParaphrasesScoreAboveUnrelatedTextWhichMisses) {

@@ -314,8 +314,8 @@ absl::Status RunShape(ec::CudaContext& ctx, const std::string& shape,
       const engine::TokenMatch& match = *matched;
       const double match_s = Seconds(t0);
       engine::PrefillStats st;
-      SEMSHARE_STATUS_RETURN(
-          fwd.SelectivePrefill(ids, &ref_dev, &match, cfg, kv, logits.data(), &st));
+      SEMSHARE_STATUS_RETURN(fwd.SelectivePrefill(ids, engine::PlanReuse(ids, ref_ids, match, cfg),
+                                                  &ref_dev, kv, logits.data(), &st));
       double s = 0;
       SEMSHARE_BENCH_ASSIGN(s, timer.Stop());
       if (r > 0) {

@@ -240,14 +240,22 @@ class PairRunner {
 // full prefill). Deviation per matched token and layer: ||K - K~||_2 + ||V - V~||_2.
 Json KvDeviation(ReusePrefiller& p, const engine::Reference& ref, std::span<const int32_t> ids,
                  const KvCache& truth) {
-  const engine::TokenMatch match = p.Match(p.Sketch(ids), p.Sketch(ref.ids));
+  engine::TokenMatch match = p.Match(p.Sketch(ids), p.Sketch(ref.ids));
+  engine::AlignExactRuns(ids, ref.ids, p.config().exact_run_tokens, &match);  // as PlanReuse
   const int64_t n = static_cast<int64_t>(ids.size()), kv_dim = truth.kv_dim();
   const auto& attn = p.forward().attention();
   std::vector<int32_t> rows, delta;
   double abs_shift = 0;
-  int64_t to_first8 = 0;
+  int64_t to_first8 = 0, same_token = 0, same_context = 0;
+  std::vector<uint8_t> ctx;  // per matched row: its token and the previous one equal the ref's
   for (int64_t i = 0; i < n; ++i) {
     if (match.ref_index[i] < 0) continue;
+    const int32_t r = match.ref_index[i];
+    const bool same = ids[i] == ref.ids[r];
+    const bool c = same && i > 0 && r > 0 && ids[i - 1] == ref.ids[r - 1];
+    same_token += same;
+    same_context += c;
+    ctx.push_back(c);
     rows.push_back(static_cast<int32_t>(i));
     delta.push_back(static_cast<int32_t>(i - match.ref_index[i]));
     abs_shift += std::abs(delta.back());
@@ -255,6 +263,7 @@ Json KvDeviation(ReusePrefiller& p, const engine::Reference& ref, std::span<cons
   }
   const int64_t k_rows = static_cast<int64_t>(rows.size());
   std::vector<double> per_layer(truth.n_layers(), 0.0);
+  double dev_ctx = 0, dev_noctx = 0;
   std::vector<float> k(k_rows * kv_dim);
   for (int64_t l = 0; l < truth.n_layers() && k_rows > 0; ++l) {
     const engine::LayerKv& t = truth.layer(l);
@@ -276,6 +285,7 @@ Json KvDeviation(ReusePrefiller& p, const engine::Reference& ref, std::span<cons
         dv += b * b;
       }
       sum += std::sqrt(dk) + std::sqrt(dv);
+      (ctx[j] ? dev_ctx : dev_noctx) += std::sqrt(dk) + std::sqrt(dv);
     }
     per_layer[l] = sum / k_rows;
   }
@@ -287,6 +297,12 @@ Json KvDeviation(ReusePrefiller& p, const engine::Reference& ref, std::span<cons
           {"matched_fraction", static_cast<double>(match.matched) / std::max<int64_t>(n, 1)},
           {"mean_abs_shift", k_rows ? abs_shift / k_rows : 0.0},
           {"fraction_mapped_to_first_8", k_rows ? static_cast<double>(to_first8) / k_rows : 0.0},
+          {"same_token_fraction", k_rows ? static_cast<double>(same_token) / k_rows : 0.0},
+          {"same_context_fraction", k_rows ? static_cast<double>(same_context) / k_rows : 0.0},
+          {"deviation_mean_same_context",
+           same_context ? dev_ctx / same_context / truth.n_layers() : 0.0},
+          {"deviation_mean_other",
+           k_rows - same_context ? dev_noctx / (k_rows - same_context) / truth.n_layers() : 0.0},
           {"deviation_mean", mean},
           {"deviation_layer0", per_layer.empty() ? 0.0 : per_layer[0]},
           {"deviation_per_layer", per_layer}};
@@ -603,6 +619,9 @@ int BenchReuseCommand(int argc, char** argv) {
        "recomputed at every layer and never evicted (0: none)"},
       {"no-extend-runs",
        "ReuseConfig.extend_runs = false: the matcher's match as it is (no run extension)", true},
+      {"exact-run-tokens",
+       "ReuseConfig.exact_run_tokens: stretches of at least N tokens shared verbatim with the "
+       "reference map onto one occurrence each (AlignExactRuns; 0: the LSH's match as it is)"},
       {"retention", "ReuseConfig.retention: none|exponential|constant|increasing"},
       {"rho", "ReuseConfig.retention_rho"},
       {"gamma", "ReuseConfig.retention_gamma"},
@@ -711,7 +730,8 @@ int BenchReuseCommand(int argc, char** argv) {
     int32_t* out;
   };
   for (const CountFlag& f : {CountFlag{"recompute-min-tokens", &b.recompute_min_tokens},
-                             CountFlag{"run-start-tokens", &b.run_start_tokens}}) {
+                             CountFlag{"run-start-tokens", &b.run_start_tokens},
+                             CountFlag{"exact-run-tokens", &b.exact_run_tokens}}) {
     if (!args->Has(f.name)) continue;
     auto v = args->Int(f.name);
     if (!v.ok() || *v < 0 || *v > (int64_t{1} << 30))
@@ -884,6 +904,7 @@ int BenchReuseCommand(int argc, char** argv) {
                       {"recompute_min_tokens", b.recompute_min_tokens},
                       {"run_start_tokens", b.run_start_tokens},
                       {"extend_runs", b.extend_runs},
+                      {"exact_run_tokens", b.exact_run_tokens},
                       {"ecache_rope", b.ecache_rope},
                       {"retention", engine::RetentionScheduleName(b.retention)},
                       {"retention_rho", b.retention_rho},

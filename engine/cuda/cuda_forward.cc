@@ -290,17 +290,6 @@ absl::Status CudaForward::Retain(const void* q_window, const int32_t* qpos_d, in
   return absl::OkStatus();
 }
 
-absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, DeviceKvCache* reference,
-                                           const TokenMatch* match, const ReuseConfig& config,
-                                           DeviceKvCache& cache, float* logits, PrefillStats* st) {
-  const bool hit = reference != nullptr && match != nullptr;
-  const ReusePlan plan = hit ? PlanSelective(*match, config, 0)
-                             : PlanNoReuse(static_cast<int64_t>(ids.size()), config);
-  SEMSHARE_STATUS_RETURN(SelectivePrefill(ids, plan, hit ? reference : nullptr, cache, logits, st));
-  if (st->hit) st->ref_index = match->ref_index;
-  return absl::OkStatus();
-}
-
 absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, const ReusePlan& plan,
                                            DeviceKvCache* reference, DeviceKvCache& cache,
                                            float* logits, PrefillStats* st) {

@@ -51,21 +51,16 @@ class CudaForward {
                                         DeviceKvCache& cache, float temperature, int top_k,
                                         float top_p, float u);
 
-  // As ReusePrefiller's snapkv/semshare path (positions 0..n-1, empty cache): with `reference`
-  // (device KV of the reference prompt, positions 0..m-1 in every layer) and `match` (the plan:
-  // match.ref_index[n], from TokenMatcher), layer 0 is computed for all tokens and deeper
-  // layers for a shrinking set chosen by KV deviation; without a reference, every token at
-  // every layer. Retention per config. Fills st like ReusePrefiller (timings excluded).
-  // InvalidArgument when the match does not cover the prompt or names a row past the reference.
+  // As ReusePrefiller's snapkv/semshare path (positions 0..n-1, empty cache): executes `plan`
+  // (engine/reuse/reuse_plan.h: PlanReuse of a hit's match, or PlanNoReuse; its rows,
+  // schedule, guard and retention; its config) for ids[plan.n]: kSelective with `reference`
+  // (device KV of the reference prompt, positions 0..m-1 in every layer): layer 0 is computed
+  // for all tokens and deeper layers for a shrinking set chosen by KV deviation; kNone without
+  // one, every token at every layer. Fills st like ReusePrefiller (timings excluded).
+  // InvalidArgument when the plan does not cover the prompt or names a row past the reference.
   // With a reference uploaded by StartUpload, waits for each of its layers before reading it.
-  // (The selective plan of `match`, PlanSelective, or PlanNoReuse without one, executed.)
-  absl::Status SelectivePrefill(std::span<const int32_t> ids, DeviceKvCache* reference,
-                                const TokenMatch* match, const ReuseConfig& config,
-                                DeviceKvCache& cache, float* logits, PrefillStats* st);
-  // Executes `plan` (engine/reuse/reuse_plan.h: its rows, schedule, guard and retention; its
-  // config) for ids[plan.n]: kSelective with `reference`, kNone without. Plans that copy rows
-  // (kCopyPrefix, kHybridSelective) are Unimplemented here: the session copies exact prefixes
-  // itself, and the selective path on a remainder runs on the CPU only.
+  // Plans that copy rows (kCopyPrefix, kHybridSelective) are Unimplemented here: the session
+  // copies exact prefixes itself, and the selective path on a remainder runs on the CPU only.
   absl::Status SelectivePrefill(std::span<const int32_t> ids, const ReusePlan& plan,
                                 DeviceKvCache* reference, DeviceKvCache& cache, float* logits,
                                 PrefillStats* st);

@@ -107,6 +107,9 @@ absl::Status ReuseConfig::Validate() const {
   // alpha = 0 would empty the recompute set after layer 1 except forced tokens; allowed is
   // (0, 1] so that the set shrinks geometrically but never grows.
   if (!(alpha > 0.0f && alpha <= 1.0f)) return OutOfRange("alpha", alpha, "in (0, 1]");
+  if (exact_run_tokens < 0) {
+    return OutOfRange("exact_run_tokens", exact_run_tokens, ">= 0 (0 = the LSH's match as it is)");
+  }
   if (recompute_min_tokens < 0) {
     return OutOfRange("recompute_min_tokens", recompute_min_tokens, ">= 0 (0 = no floor)");
   }

@@ -65,6 +65,15 @@ struct ReuseConfig {
   // text as a full prefill, for less work than the selective path (which computes every token
   // at layer 0). Off = the ablation that sends repeats through the selective path.
   bool exact_reuse = true;
+  // Exact runs first (AlignExactRuns, token_matcher.h): before a selective plan is made, every
+  // stretch of at least this many tokens that the prompt shares verbatim with the reference is
+  // mapped onto one verbatim occurrence of it, token for token, rather than each token onto the
+  // occurrence of its id that the LSH preferred (often another sentence's). A reference row
+  // carries its context from layer 1 on, so the aligned rows are the ones whose reused KV is
+  // right. 4 (default): on MRPC-built pairs the median perplexity ratio went from 1.58 to 1.13
+  // at 1k tokens and from 1.074 to 1.003 at 2k at the same speedup; 2 and 3 measured the same
+  // as 4 (docs/benchmarks.md, "Exact runs first"). 0 = the LSH's match as it is.
+  int32_t exact_run_tokens = 4;
 
   // Hybrid with the selective path on the remainder (ReusePlan kHybridSelective,
   // engine/reuse/reuse_plan.h): a hit whose prompt shares an exact prefix [0, lcp) with the

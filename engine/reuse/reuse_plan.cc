@@ -186,14 +186,17 @@ ReusePlan PlanReuse(std::span<const int32_t> ids, std::span<const int32_t> ref_i
     p.kind = ReuseKind::kCopyPrefix;  // even with 0 rows copied: computed as a repeat, no retention
     return p;
   }
+  // Exact runs first: shared verbatim stretches onto one occurrence each (AlignExactRuns).
+  TokenMatch aligned = match;
+  AlignExactRuns(ids, ref_ids, config.exact_run_tokens, &aligned);
   // The hybrid: an exact prefix, then a long remainder that matches the reference.
   const int64_t lcp = CommonPrefix(ids, ref_ids, n - 1);
   if (config.hybrid_selective_min_tokens > 0 && lcp > 0 &&
       n - lcp >= config.hybrid_selective_min_tokens) {
-    ReusePlan p = PlanSelective(match, config, lcp);
+    ReusePlan p = PlanSelective(aligned, config, lcp);
     if (p.remainder_similarity >= config.hit_threshold) return p;
   }
-  return PlanSelective(match, config, 0);
+  return PlanSelective(aligned, config, 0);
 }
 
 ReusePlan PlanSelective(const TokenMatch& match, const ReuseConfig& config, int64_t copy_rows) {

@@ -120,6 +120,8 @@ TokenMatch ExtendRuns(std::span<const int32_t> ids, std::span<const int32_t> ref
 // the n tokens and name rows below m: CheckMatch): kCopyPrefix when exact reuse applies, else
 // kHybridSelective when its rule above holds, else kSelective; rearranging from
 // ExtendRuns(ids, ref_ids, match) when config.extend_runs.
+// kHybridSelective when its rule above holds, else kSelective; a rearranging plan gathers from
+// the match re-aligned by AlignExactRuns (config.exact_run_tokens), not from `match` as it is.
 ReusePlan PlanReuse(std::span<const int32_t> ids, std::span<const int32_t> ref_ids,
                     const TokenMatch& match, const ReuseConfig& config);
 // The selective plan of `match` (its n = match.ref_index.size() tokens) with rows

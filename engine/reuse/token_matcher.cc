@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <unordered_map>
 
 #include "engine/cpu/fast_math.h"
 
@@ -219,6 +220,69 @@ TokenMatch TokenMatcher::Match(const TokenSketch& target, const TokenSketch& ref
   }
   out.similarity = static_cast<float>(total / static_cast<double>(n));
   return out;
+}
+
+void AlignExactRuns(std::span<const int32_t> ids, std::span<const int32_t> ref_ids, int64_t min_run,
+                    TokenMatch* match) {
+  const int64_t n = static_cast<int64_t>(ids.size()), m = static_cast<int64_t>(ref_ids.size());
+  if (min_run <= 0 || n < min_run || m < min_run ||
+      static_cast<int64_t>(match->ref_index.size()) != n) {
+    return;
+  }
+  // Reference positions by the hash of the min_run tokens starting there.
+  const auto gram = [min_run](const int32_t* t) {
+    uint64_t h = 0x9e3779b97f4a7c15ull;
+    for (int64_t j = 0; j < min_run; ++j) {
+      h = (h ^ static_cast<uint32_t>(t[j])) * 0x100000001b3ull;
+    }
+    return h;
+  };
+  std::unordered_map<uint64_t, std::vector<int32_t>> starts;
+  starts.reserve(static_cast<size_t>(m));
+  for (int64_t r = 0; r + min_run <= m; ++r) {
+    starts[gram(ref_ids.data() + r)].push_back(static_cast<int32_t>(r));
+  }
+  const auto common = [&](int64_t i, int64_t r) {
+    int64_t l = 0;
+    while (i + l < n && r + l < m && ids[i + l] == ref_ids[r + l]) ++l;
+    return l;
+  };
+  int64_t expect = -1;  // where the previous run would continue in the reference
+  for (int64_t i = 0; i + min_run <= n;) {
+    const auto it = starts.find(gram(ids.data() + i));
+    int64_t best_r = -1, best_len = 0, best_dist = 0;
+    if (it != starts.end()) {
+      const int64_t anchor = expect >= 0 ? expect : match->ref_index[i];
+      for (int32_t r : it->second) {
+        const int64_t len = common(i, r);
+        const int64_t dist = anchor >= 0 ? std::abs(r - anchor) : r;
+        if (len > best_len || (len == best_len && dist < best_dist)) {
+          best_r = r;
+          best_len = len;
+          best_dist = dist;
+        }
+      }
+    }
+    if (best_len < min_run) {
+      expect = -1;
+      ++i;
+      continue;
+    }
+    for (int64_t j = 0; j < best_len; ++j) {
+      match->ref_index[i + j] = static_cast<int32_t>(best_r + j);
+      if (match->cosine[i + j] <= 0.0f) match->cosine[i + j] = 1.0f;  // was unmatched
+    }
+    i += best_len;
+    expect = best_r + best_len;
+  }
+  double total = 0;
+  match->matched = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (match->ref_index[i] < 0) continue;
+    ++match->matched;
+    total += match->cosine[i];
+  }
+  match->similarity = static_cast<float>(total / static_cast<double>(n));
 }
 
 }  // namespace semshare::engine

@@ -138,7 +138,7 @@ void CudaForwardTest::SelectiveParity(engine::RopeStyle style) {
     engine::KvCache cc = pc.forward().NewCache();
     auto sc = pc.Prefill(ids, &*ref, &cc, lc.data());
     ASSERT_TRUE(sc.ok() && sc->hit);
-    // The plan: the CPU matcher's token match.
+    // The plan: PlanReuse of the CPU matcher's token match, as the CPU prefill makes it.
     const engine::TokenMatch match = pc.Match(pc.Sketch(ids), ref->sketch);
 
     engine::cuda::PinnedKv pinned;
@@ -146,7 +146,8 @@ void CudaForwardTest::SelectiveParity(engine::RopeStyle style) {
     DeviceKvCache dref = fg.NewCache(), cg = fg.NewCache();
     ASSERT_TRUE(dref.StartUpload(pinned).ok());  // overlapped with layer 0 below
     engine::PrefillStats sg;
-    auto s = fg.SelectivePrefill(ids, &dref, &match, cfg, cg, lg.data(), &sg);
+    auto s = fg.SelectivePrefill(ids, engine::PlanReuse(ids, ref_ids, match, cfg), &dref, cg,
+                                 lg.data(), &sg);
     ASSERT_TRUE(s.ok()) << s;
     EXPECT_TRUE(sg.hit);
     // Set sizes and retained row counts follow from counts alone, so they match exactly.
@@ -185,7 +186,9 @@ void CudaForwardTest::SelectiveParity(engine::RopeStyle style) {
   auto ss = ps.Prefill(ids, nullptr, &cs, lc.data());
   ASSERT_TRUE(ss.ok());
   engine::PrefillStats gst;
-  ASSERT_TRUE(fg.SelectivePrefill(ids, nullptr, nullptr, snap, gs, lg.data(), &gst).ok());
+  ASSERT_TRUE(fg.SelectivePrefill(ids, engine::PlanNoReuse(static_cast<int64_t>(ids.size()), snap),
+                                  nullptr, gs, lg.data(), &gst)
+                  .ok());
   EXPECT_EQ(gst.layer_rows, ss->layer_rows);
   EXPECT_LT(gst.layer_rows.back(), static_cast<int64_t>(ids.size()));  // retention evicted
   // Which low-mass rows retention evicts can differ at bf16 near-ties: 5e-2 as above.
