@@ -619,6 +619,9 @@ int BenchReuseCommand(int argc, char** argv) {
        "recomputed at every layer and never evicted (0: none)"},
       {"no-extend-runs",
        "ReuseConfig.extend_runs = false: the matcher's match as it is (no run extension)", true},
+      {"retention-min-rows",
+       "ReuseConfig.retention_min_rows: retention keeps at least this many rows per layer "
+       "(prompts up to it keep every row)"},
       {"exact-run-tokens",
        "ReuseConfig.exact_run_tokens: stretches of at least N tokens shared verbatim with the "
        "reference map onto one occurrence each (AlignExactRuns; 0: the LSH's match as it is)"},
@@ -731,7 +734,8 @@ int BenchReuseCommand(int argc, char** argv) {
   };
   for (const CountFlag& f : {CountFlag{"recompute-min-tokens", &b.recompute_min_tokens},
                              CountFlag{"run-start-tokens", &b.run_start_tokens},
-                             CountFlag{"exact-run-tokens", &b.exact_run_tokens}}) {
+                             CountFlag{"exact-run-tokens", &b.exact_run_tokens},
+                             CountFlag{"retention-min-rows", &b.retention_min_rows}}) {
     if (!args->Has(f.name)) continue;
     auto v = args->Int(f.name);
     if (!v.ok() || *v < 0 || *v > (int64_t{1} << 30))
@@ -905,6 +909,7 @@ int BenchReuseCommand(int argc, char** argv) {
                       {"run_start_tokens", b.run_start_tokens},
                       {"extend_runs", b.extend_runs},
                       {"exact_run_tokens", b.exact_run_tokens},
+                      {"retention_min_rows", b.retention_min_rows},
                       {"ecache_rope", b.ecache_rope},
                       {"retention", engine::RetentionScheduleName(b.retention)},
                       {"retention_rho", b.retention_rho},
