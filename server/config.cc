@@ -105,11 +105,6 @@ const std::vector<Knob>& Knobs() {
        "on a semantic hit, the first N tokens of every run of reused reference rows are "
        "recomputed at every layer and never evicted (0: none; docs/server.md)",
        0, kI32},
-      {"extend-runs", &ServerConfig::extend_runs, "0|1",
-       "on a semantic hit, tokens the matcher scattered over other occurrences of their id are "
-       "gathered from the reference run of their neighbours (0: the match as it is; "
-       "docs/server.md)",
-       0, 1},
       {"exact-run-tokens", &ServerConfig::exact_run_tokens, "N",
        "on a semantic hit, stretches of at least N tokens shared verbatim with the stored "
        "prompt reuse one occurrence each, token for token (0: the LSH's match as it is; "

@@ -53,8 +53,6 @@ struct ServerConfig {
   int32_t hybrid_selective_min_tokens = engine::ReuseConfig{}.hybrid_selective_min_tokens;
   // engine::ReuseConfig::run_start_tokens (0: none; its default and why there).
   int32_t run_start_tokens = engine::ReuseConfig{}.run_start_tokens;
-  // engine::ReuseConfig::extend_runs as 0 or 1 (its default and why there).
-  int32_t extend_runs = engine::ReuseConfig{}.extend_runs ? 1 : 0;
   // engine::ReuseConfig::exact_run_tokens (0: off; its default and why there).
   int32_t exact_run_tokens = engine::ReuseConfig{}.exact_run_tokens;
   float similarity_threshold = 0.8f;

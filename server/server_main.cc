@@ -181,7 +181,6 @@ int Main(int argc, char** argv) {
   po.serving.reuse.min_reuse_tokens = config.min_reuse_tokens;
   po.serving.reuse.hybrid_selective_min_tokens = config.hybrid_selective_min_tokens;
   po.serving.reuse.run_start_tokens = config.run_start_tokens;
-  po.serving.reuse.extend_runs = config.extend_runs != 0;
   po.serving.reuse.exact_run_tokens = config.exact_run_tokens;
   po.serving.lookup_candidates = config.lookup_candidates;
   po.serving.max_prompt_tokens =

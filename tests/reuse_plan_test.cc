@@ -241,36 +241,26 @@ TEST(ReusePlanTest, RunStartTokensForceTheFirstTokensOfEveryRearrangedRun) {
   EXPECT_EQ(PlanNoReuse(30, cfg).forced, std::vector<uint8_t>(30, 0));
 }
 
-// Run extension (ReuseConfig::extend_runs): a token the matcher gathered from another
-// occurrence of its id, and an unmatched one, join the run on their left when the reference
-// continues it with their id; a run start joins the run on its right the same way; a matched
-// run of two or more is never taken apart; a token whose id the reference lacks stays unmatched.
-TEST(ReusePlanTest, ExtendRunsGathersScatteredTokensFromTheirNeighboursRun) {
+// Exact runs first (ReuseConfig::exact_run_tokens, AlignExactRuns): the plan gathers a
+// stretch the prompt shares verbatim with the reference from one occurrence of it, token for
+// token, where the matcher scattered it over other occurrences of the same ids; a token whose
+// id the reference lacks stays unmatched; with the knob at 0 the plan is the match's.
+TEST(ReusePlanTest, PlanReuseGathersSharedStretchesFromOneOccurrence) {
   const std::vector<int32_t> ref = {10, 11, 12, 13, 14, 15, 16, 17, 18, 11, 12, 15};
   const std::vector<int32_t> ids = {10, 11, 12, 13, 20, 15, 16, 17, 18};
   TokenMatch m;
   m.ref_index = {0, 9, 2, -1, -1, 11, 6, 7, 8};
   m.cosine = {1, 1, 1, 0, 0, 1, 1, 1, 1};
   m.matched = 7;
-  const TokenMatch e = ExtendRuns(ids, ref, m);
-  EXPECT_EQ(e.ref_index, (std::vector<int32_t>{0, 1, 2, 3, -1, 5, 6, 7, 8}));
-  EXPECT_EQ(e.cosine, m.cosine);
-  EXPECT_EQ(e.matched, 8);
-  // A matched run of three (4..6) is kept although token 1 could continue row 0.
-  const std::vector<int32_t> ref2 = {1, 2, 3, 9, 2, 3, 4};
-  TokenMatch m2;
-  m2.ref_index = {0, 4, 5, 6};
-  m2.cosine = {1, 1, 1, 1};
-  EXPECT_EQ(ExtendRuns(std::vector<int32_t>{1, 2, 3, 4}, ref2, m2).ref_index, m2.ref_index);
-  // The plan gathers from the extended match only when the knob is on.
   ReuseConfig cfg;
   cfg.exact_reuse = false;
-  cfg.extend_runs = false;
+  cfg.exact_run_tokens = 0;
   EXPECT_EQ(PlanReuse(ids, ref, m, cfg).src, (std::vector<int32_t>{0, 9, 2, 0, 0, 11, 6, 7, 8}));
-  cfg.extend_runs = true;
+  cfg.exact_run_tokens = 4;
   const ReusePlan p = PlanReuse(ids, ref, m, cfg);
   EXPECT_EQ(p.src, (std::vector<int32_t>{0, 1, 2, 3, 0, 5, 6, 7, 8}));
   EXPECT_EQ(p.delta, (std::vector<int32_t>{0, 0, 0, 0, 0, 0, 0, 0, 0}));
+  EXPECT_EQ(p.forced[4], 1);  // 20: unmatched, computed at every layer
 }
 
 class HybridSelectiveTest : public ::testing::Test {

@@ -617,8 +617,6 @@ int BenchReuseCommand(int argc, char** argv) {
       {"run-start-tokens",
        "ReuseConfig.run_start_tokens: the first N tokens of every run of rearranged rows "
        "recomputed at every layer and never evicted (0: none)"},
-      {"no-extend-runs",
-       "ReuseConfig.extend_runs = false: the matcher's match as it is (no run extension)", true},
       {"retention-min-rows",
        "ReuseConfig.retention_min_rows: retention keeps at least this many rows per layer "
        "(prompts up to it keep every row)"},
@@ -753,7 +751,6 @@ int BenchReuseCommand(int argc, char** argv) {
     b.retention = *s;
   }
   if (args->Bool("no-ecache-rope")) b.ecache_rope = false;
-  if (args->Bool("no-extend-runs")) b.extend_runs = false;
   if (auto s = b.Validate(); !s.ok()) return fail(s.message(), 2);
   o.json = args->Str("json");
   o.plots = args->Str("plots");
@@ -907,7 +904,6 @@ int BenchReuseCommand(int argc, char** argv) {
                       {"sink", b.sink},
                       {"recompute_min_tokens", b.recompute_min_tokens},
                       {"run_start_tokens", b.run_start_tokens},
-                      {"extend_runs", b.extend_runs},
                       {"exact_run_tokens", b.exact_run_tokens},
                       {"retention_min_rows", b.retention_min_rows},
                       {"ecache_rope", b.ecache_rope},

@@ -70,9 +70,12 @@ struct ReuseConfig {
   // mapped onto one verbatim occurrence of it, token for token, rather than each token onto the
   // occurrence of its id that the LSH preferred (often another sentence's). A reference row
   // carries its context from layer 1 on, so the aligned rows are the ones whose reused KV is
-  // right. 4 (default): on MRPC-built pairs the median perplexity ratio went from 1.58 to 1.13
-  // at 1k tokens and from 1.074 to 1.003 at 2k at the same speedup; 2 and 3 measured the same
-  // as 4 (docs/benchmarks.md, "Exact runs first"). 0 = the LSH's match as it is.
+  // right. 4 (default), at the same speedup: median perplexity ratio 1.326 -> 1.130 at 1k
+  // tokens and 1.106 -> 1.040 at 2k on 8 MRPC-built pairs per length, 1.283 -> 1.097 and
+  // 1.448 -> 1.112 on 4 of the shipped corpus's; 2 and 3 measured as 4; a neighbour-run
+  // extension measured the same on MRPC and worse on the shipped corpus's reordered passages
+  // (1.891 / 1.167 against 1.458 / 1.007) and was replaced by this (docs/benchmarks.md, "Exact
+  // runs first"). 0 = the LSH's match as it is.
   int32_t exact_run_tokens = 4;
 
   // Hybrid with the selective path on the remainder (ReusePlan kHybridSelective,
@@ -107,24 +110,12 @@ struct ReuseConfig {
   // consecutive reference rows; ReusePlan::forced) are forced like the sink and window:
   // recomputed at every layer and never evicted. 0 = none (the paper's schedule), the default:
   // on the matcher's match the median run is one token, so k = 2 already recomputed 84-93% of
-  // the tokens at every layer (speedup ~1x); after run extension, runs of reordered passages
-  // are ~14 tokens, yet forcing the first 1-2 tokens of each barely moved their perplexity
-  // ratio (MRPC 1k median 1.154 -> 1.140 for k = 2 on runs of >= 4 tokens, at 5.1x instead of
-  // 7.2x); the loss is not at the run starts for this model (docs/benchmarks.md, "Run starts
-  // recomputed").
+  // the tokens at every layer (speedup ~1x); with runs re-aligned (a neighbour-run extension
+  // that exact_run_tokens replaced), runs of reordered passages are 10-20 tokens, yet forcing
+  // the first 1-2 tokens of each barely moved their perplexity ratio (MRPC 1k median 1.154 ->
+  // 1.140 for k = 2 on runs of >= 4 tokens, at 5.1x instead of 7.2x); the loss is not at the
+  // run starts for this model (docs/benchmarks.md, "Run starts recomputed").
   int32_t run_start_tokens = 0;
-  // Run extension (ExtendRuns, reuse_plan.h): before the plan is made, a target token whose id
-  // is the reference token right after (or, at a run's start, right before) its neighbour's
-  // matched row is gathered from that row, so that a passage the matcher scattered over other
-  // occurrences of the same tokens comes from one contiguous stretch of the reference. The
-  // matcher picks among a common token's occurrences (" the", ",") almost at random, since the
-  // E-cache barely separates positions: on the bench pairs the median run is 1 token even
-  // for reordered passages (1.3-1.4 on average; 14 after extension on reorder pairs). On, at
-  // no cost in recomputed tokens, the median perplexity ratio went from 1.58 to 1.15 (MRPC,
-  // 1k tokens), 1.074 to 1.004 (MRPC, 2k), 1.28 to 1.10 and 1.45 to 1.16 (shipped corpus, 1k
-  // and 2k), 14 of 16 pairs better (docs/benchmarks.md, "Run starts recomputed"). Off = the
-  // matcher's match as it is (the paper's).
-  bool extend_runs = true;
 
   // Fallback guard (the paper leaves adaptive thresholds open): after layer 0 of a selective
   // hit, the mean over the prompt of each token's layer-0 KV deviation (||K - K~|| + ||V - V~||,
@@ -149,8 +140,13 @@ struct ReuseConfig {
   // rows, so prompts up to that length are not trimmed and the share kept grows as prompts
   // shrink (RetentionBudget in retention.h). 1024: at ~1k tokens the 0.57x budget alone cost
   // perplexity ratios up to 6.7 on the bench pairs (snapkv); at 2k the deep layers keep 1024
-  // rows instead of ~650 (KV after prefill ~0.61x instead of 0.57x).
-  int32_t retention_min_rows = 1024;
+  // rows instead of ~650 (KV after prefill ~0.61x instead of 0.57x). 2048 (default since exact
+  // runs first made the reuse itself good enough at 2k for retention to dominate the loss):
+  // with 1024, one of 8 MRPC pairs at 2k lost 1.68x in perplexity ratio to retention alone
+  // (snapkv 2.44x); keeping every row of prompts up to 2k took the median from 1.040 to 1.001
+  // (9 of 12 pairs of both corpora better, 3 worse) at the same speedup, for KV after prefill
+  // 1.0x instead of 0.61x at 2k (docs/benchmarks.md, "Exact runs first").
+  int32_t retention_min_rows = 2048;
 
   // InvalidArgument naming the first knob out of range.
   absl::Status Validate() const;

@@ -150,35 +150,8 @@ ReusePlan PlanPrefixCopy(int64_t n, int64_t prefix_tokens, const ReuseConfig& co
   return p;
 }
 
-TokenMatch ExtendRuns(std::span<const int32_t> ids, std::span<const int32_t> ref_ids,
-                      const TokenMatch& match) {
-  TokenMatch out = match;
-  std::vector<int32_t>& r = out.ref_index;
-  const int64_t n = static_cast<int64_t>(r.size());
-  const int64_t m = static_cast<int64_t>(ref_ids.size());
-  if (static_cast<int64_t>(ids.size()) != n) return out;  // not this prompt's match
-  auto has_id = [&](int64_t i, int64_t row) {
-    return row >= 0 && row < m && ref_ids[row] == ids[i];
-  };
-  for (int64_t i = 1; i < n; ++i) {
-    if (r[i - 1] < 0 || r[i] == r[i - 1] + 1) continue;
-    const bool starts_run = r[i] >= 0 && i + 1 < n && r[i + 1] == r[i] + 1;
-    if (!starts_run && has_id(i, r[i - 1] + 1)) r[i] = r[i - 1] + 1;
-  }
-  for (int64_t i = n - 2; i >= 0; --i) {
-    if (r[i + 1] < 0 || r[i] == r[i + 1] - 1) continue;
-    const bool continues = r[i] >= 0 && i > 0 && r[i] == r[i - 1] + 1;
-    if (!continues && has_id(i, r[i + 1] - 1)) r[i] = r[i + 1] - 1;
-  }
-  out.matched = std::count_if(r.begin(), r.end(), [](int32_t v) { return v >= 0; });
-  return out;
-}
-
 ReusePlan PlanReuse(std::span<const int32_t> ids, std::span<const int32_t> ref_ids,
-                    const TokenMatch& match_in, const ReuseConfig& config) {
-  const TokenMatch extended =
-      config.extend_runs ? ExtendRuns(ids, ref_ids, match_in) : TokenMatch{};
-  const TokenMatch& match = config.extend_runs ? extended : match_in;
+                    const TokenMatch& match, const ReuseConfig& config) {
   const int64_t n = static_cast<int64_t>(ids.size());
   if (const int64_t exact = config.exact_reuse ? ExactReuseRows(ids, ref_ids, config.window) : -1;
       exact >= 0) {

@@ -107,19 +107,8 @@ int64_t RecomputeKeep(const ReuseConfig& config, int64_t n, int64_t s, int64_t l
 // it (ReuseConfig::fallback_deviation).
 bool GuardFallsBack(const ReuseConfig& config, std::span<const float> dev, float* mean);
 
-// `match` with its runs extended over tokens whose ids continue them (ReuseConfig::extend_runs):
-// left to right, token i (not itself the start of a matched run of two or more) is matched to
-// ref_index[i - 1] + 1 when that reference token has its id; then right to left, token i that
-// does not continue the run on its left is matched to ref_index[i + 1] - 1 when that reference
-// token has its id. Cosines are kept; `matched` counts the matched tokens after it. (A match
-// that does not cover ids is returned as it is.)
-TokenMatch ExtendRuns(std::span<const int32_t> ids, std::span<const int32_t> ref_ids,
-                      const TokenMatch& match);
-
 // The plan of a hit on a reference (ids[n] against ref_ids[m] with `match`, which must cover
 // the n tokens and name rows below m: CheckMatch): kCopyPrefix when exact reuse applies, else
-// kHybridSelective when its rule above holds, else kSelective; rearranging from
-// ExtendRuns(ids, ref_ids, match) when config.extend_runs.
 // kHybridSelective when its rule above holds, else kSelective; a rearranging plan gathers from
 // the match re-aligned by AlignExactRuns (config.exact_run_tokens), not from `match` as it is.
 ReusePlan PlanReuse(std::span<const int32_t> ids, std::span<const int32_t> ref_ids,

@@ -129,9 +129,6 @@ void CudaForwardTest::SelectiveParity(engine::RopeStyle style) {
     engine::ReuseConfig cfg;
     cfg.hit_threshold = 0.0f;  // force a hit on the random model
     cfg.recompute_ratio = k.recompute_ratio;
-    // The CPU side plans with PlanReuse, this side executes the matcher's match (PlanSelective):
-    // the same plan only without run extension (ReuseConfig::extend_runs).
-    cfg.extend_runs = false;
     engine::ReusePrefiller pc(*model, cpu_, cfg);
     auto ref = pc.MakeReference(ref_ids);
     ASSERT_TRUE(ref.ok());
