@@ -312,6 +312,26 @@ TEST(AlignExactRunsTest, SharedStretchesMapOntoOneOccurrenceTokenForToken) {
   m3.ref_index = {5, 13, 14, 15, 16, 17};
   AlignExactRuns(t3, ref2, 4, &m3);  // its first token chose 5
   EXPECT_EQ(m3.ref_index, (std::vector<int32_t>{5, 6, 7, 8, 9, 10}));
+
+  // A stretch repeated all over the reference (4,000 rows of one 4-token pattern, every row a
+  // candidate of every gram): 64 occurrences are compared per run start, and the runs still
+  // cover the prompt with their own ids, each from one stretch.
+  std::vector<int32_t> rep_ref, rep_ids;
+  for (int i = 0; i < 1000; ++i) rep_ref.insert(rep_ref.end(), {1, 2, 3, 4});
+  for (int i = 0; i < 700; ++i) rep_ids.insert(rep_ids.end(), {1, 2, 3, 4});
+  rep_ids.push_back(9);
+  for (int i = 0; i < 300; ++i) rep_ids.insert(rep_ids.end(), {1, 2, 3, 4});
+  TokenMatch rm;
+  rm.ref_index.assign(rep_ids.size(), -1);
+  rm.cosine.assign(rep_ids.size(), 0.0f);
+  AlignExactRuns(rep_ids, rep_ref, 4, &rm);
+  EXPECT_EQ(rm.matched, static_cast<int64_t>(rep_ids.size()) - 1);
+  EXPECT_EQ(rm.ref_index[2800], -1);  // 9: not in the reference
+  for (size_t i = 0; i < rep_ids.size(); ++i) {
+    if (rep_ids[i] == 9) continue;
+    ASSERT_EQ(rep_ref[rm.ref_index[i]], rep_ids[i]) << i;
+    if (i > 0 && i != 2801) ASSERT_EQ(rm.ref_index[i], rm.ref_index[i - 1] + 1) << i;
+  }
 }
 
 TEST_F(TokenMatcherTest, ParaphrasesScoreAboveUnrelatedTextWhichMisses) {

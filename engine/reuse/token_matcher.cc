@@ -222,6 +222,10 @@ TokenMatch TokenMatcher::Match(const TokenSketch& target, const TokenSketch& ref
   return out;
 }
 
+namespace {
+constexpr int64_t kMaxRunCandidates = 64;  // occurrences of a gram AlignExactRuns compares
+}  // namespace
+
 void AlignExactRuns(std::span<const int32_t> ids, std::span<const int32_t> ref_ids, int64_t min_run,
                     TokenMatch* match) {
   const int64_t n = static_cast<int64_t>(ids.size()), m = static_cast<int64_t>(ref_ids.size());
@@ -253,7 +257,19 @@ void AlignExactRuns(std::span<const int32_t> ids, std::span<const int32_t> ref_i
     int64_t best_r = -1, best_len = 0, best_dist = 0;
     if (it != starts.end()) {
       const int64_t anchor = expect >= 0 ? expect : match->ref_index[i];
-      for (int32_t r : it->second) {
+      // At most kMaxRunCandidates occurrences, the ones around the anchor (a gram repeated all
+      // over the reference would otherwise cost O(m) comparisons of up to a run each per
+      // start): every candidate's common run is at most the chosen one, which the parse then
+      // skips, so the whole parse compares at most kMaxRunCandidates * n tokens.
+      const std::vector<int32_t>& at = it->second;  // ascending
+      const int64_t k = static_cast<int64_t>(at.size());
+      const int64_t mid =
+          std::lower_bound(at.begin(), at.end(), std::max<int64_t>(anchor, 0)) - at.begin();
+      const int64_t lo = std::clamp<int64_t>(mid - kMaxRunCandidates / 2, 0,
+                                             std::max<int64_t>(k - kMaxRunCandidates, 0));
+      const int64_t hi = std::min(k, lo + kMaxRunCandidates);
+      for (int64_t c = lo; c < hi; ++c) {
+        const int64_t r = at[c];
         const int64_t len = common(i, r);
         const int64_t dist = anchor >= 0 ? std::abs(r - anchor) : r;
         if (len > best_len || (len == best_len && dist < best_dist)) {

@@ -52,11 +52,13 @@ class TokenMatcher {
 // verbatim occurrence of it, token for token (ref_index[i + j] = r + j), instead of each token
 // to whichever occurrence of its id the LSH preferred. A greedy left-to-right parse (as LZ77):
 // at each position the occurrence with the longest common run wins (ties: the one closest to
-// where the previous run would continue, else to the LSH's choice); shorter stretches keep the
-// LSH's match. Why: a token's reference KV carries its reference context from layer 1 on; the
-// same token id after other tokens is a different row (the bench's ablation measures ~5x the
-// KV deviation for tokens whose previous token differs). Cosines are kept (the matched token is
-// the same id); `matched` and `similarity` are recomputed. min_run <= 0: unchanged.
+// where the previous run would continue, else to the LSH's choice; of a stretch that occurs
+// more than 64 times, the 64 occurrences nearest that point are compared, which bounds the
+// parse at 64 * n token comparisons); shorter stretches keep the LSH's match. Why: a token's
+// reference KV carries its reference context from layer 1 on; the same token id after other tokens
+// is a different row (the bench's ablation measures ~5x the KV deviation for tokens whose previous
+// token differs). Cosines are kept (the matched token is the same id); `matched` and `similarity`
+// are recomputed. min_run <= 0: unchanged.
 void AlignExactRuns(std::span<const int32_t> ids, std::span<const int32_t> ref_ids, int64_t min_run,
                     TokenMatch* match);
 
