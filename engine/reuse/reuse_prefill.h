@@ -49,7 +49,9 @@ struct PrefillStats {
   // n - copied_rows remainder), ||K - K~|| + ||V - V~|| at layer 0 (fresh vs rearranged
   // reference KV); the rearrangement-quality ablation reads it. Empty otherwise.
   std::vector<float> layer0_deviation;  // [n] (or [n - copied_rows])
-  std::vector<int32_t> ref_index;       // [n] matched reference token, -1 unmatched (hits)
+  // [n] the token matcher's match (hits): matched reference token, -1 unmatched. As matched,
+  // before PlanReuse's AlignExactRuns: the rows the prefill gathered are the plan's (src).
+  std::vector<int32_t> ref_index;
   // Selective hits: the mean of layer0_deviation, which the fallback guard compares with
   // ReuseConfig::fallback_deviation. fallback: the guard judged the match poor and the prefill
   // went on as a full one (hit = false, reused_tokens = 0, every row kept); the server counts it
