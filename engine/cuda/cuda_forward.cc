@@ -327,14 +327,21 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, const R
     return absl::InvalidArgumentError(
         absl::StrCat("prefill: the plan covers ", plan.n, " tokens, the prompt ", n));
   }
-  if (plan.copy_rows != 0 || plan.kind == ReuseKind::kCopyPrefix) {
-    // The session copies exact prefixes itself (CudaServingSession::PrefillHit); the selective
-    // path on a remainder after copied rows is the CPU's only.
-    return absl::UnimplementedError(absl::StrCat("CUDA selective prefill: a ",
-                                                 ReuseKindName(plan.kind),
-                                                 " plan (copied rows) is not supported"));
+  if (plan.kind == ReuseKind::kCopyPrefix) {
+    // The session copies exact prefixes itself (CudaServingSession::PrefillPlan).
+    return absl::UnimplementedError(
+        "CUDA selective prefill: a copy_prefix plan is the session's (CopyPrefixFrom + Forward)");
   }
   const bool hit = reference != nullptr && plan.rearranges();
+  // Rows [0, c0) are the reference's, copied and never computed nor evicted (kHybridSelective);
+  // rows [c0, n) are computed at layer 0, as the CPU path's SelectivePrefill.
+  const int64_t c0 = plan.copy_rows;
+  const int64_t r = n - c0;
+  if (c0 < 0 || c0 >= n || (c0 > 0 && !hit)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prefill: the plan copies ", c0, " rows of a ", n,
+        "-token prompt (fewer than the prompt, and only from a reference it rearranges)"));
+  }
   bool reuse = hit;  // false from layer 0 on when the fallback guard judges the match poor
   if (hit) {
     if (reference->n_layers() != c.n_layers || reference->kv_dim() != kvd_) {
@@ -345,14 +352,19 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, const R
         return absl::InvalidArgumentError("prefill: reference layers differ in rows (trimmed?)");
       }
     }
-    if (static_cast<int64_t>(plan.src.size()) != n ||
+    if (c0 > reference->rows()) {
+      return absl::InvalidArgumentError(absl::StrCat("prefill: the plan copies ", c0, " rows of a ",
+                                                     reference->rows(), "-row reference"));
+    }
+    if (static_cast<int64_t>(plan.src.size()) != r ||
+        static_cast<int64_t>(plan.delta.size()) != r ||
         std::any_of(plan.src.begin(), plan.src.end(),
                     [&](int32_t r) { return r < 0 || r >= reference->rows(); })) {
       return absl::InvalidArgumentError(absl::StrCat(
           "prefill: the plan names reference rows past its ", reference->rows(), " rows"));
     }
   }
-  const int64_t window = std::min<int64_t>(config.window, n);
+  const int64_t window = std::min<int64_t>({config.window, n, r});
   const int64_t row_bytes = 2 * kvd_ * 2;
   cudaStream_t sm = ctx_.stream();
   DevicePool& p = ctx_.pool();
@@ -392,18 +404,21 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, const R
     }
   } clear_on_error{cache};
 
-  // The plan's rows (copy_rows is 0 here: every row is computed at layer 0).
+  // The plan's rows: src/delta for the r computed rows [c0, n), the ids of those rows, the
+  // positions 0..n-1 of every row (the rearranged layers' pos), the first set (c0..n-1).
   const std::vector<uint8_t>& forced = plan.forced;
   if (hit) {
     std::copy(plan.src.begin(), plan.src.end(), src_h);
     std::copy(plan.delta.begin(), plan.delta.end(), delta_h);
   }
   std::vector<int32_t> set = plan.FirstSet();
-  std::copy(ids.begin(), ids.end(), ids_h);
-  std::copy(set.begin(), set.end(), iota_h);
+  std::copy(ids.begin() + c0, ids.end(), ids_h);
+  std::iota(iota_h, iota_h + n, 0);
   std::copy(set.begin(), set.end(), set_h);
 
   SEMSHARE_STATUS_RETURN(Reserve(n));
+  // The copied rows first (every layer, after the reference's upload of it), then room for n.
+  if (c0 > 0) SEMSHARE_STATUS_RETURN(cache.CopyPrefixFrom(*reference, c0));
   SEMSHARE_STATUS_RETURN(cache.ReserveAll(n));
   // xs_ and x_ swap below, so both must hold Reserve()'s reserved_ rows (which may exceed n):
   // a later Forward trusts reserved_ and writes that many rows into x_.
@@ -419,15 +434,15 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, const R
     SEMSHARE_STATUS_RETURN(p.EnsureSize(src_, n * 4));
     SEMSHARE_STATUS_RETURN(p.EnsureSize(delta_, n * 4));
   }
-  SEMSHARE_STATUS_RETURN(ctx_.Upload(ids_.data(), ids_h, n * 4));
+  SEMSHARE_STATUS_RETURN(ctx_.Upload(ids_.data(), ids_h, r * 4));
   SEMSHARE_STATUS_RETURN(ctx_.Upload(iota_.data(), iota_h, n * 4));
-  SEMSHARE_STATUS_RETURN(ctx_.Upload(set_.data(), set_h, n * 4));
+  SEMSHARE_STATUS_RETURN(ctx_.Upload(set_.data(), set_h, r * 4));
   if (hit) {
-    SEMSHARE_STATUS_RETURN(ctx_.Upload(src_.data(), src_h, n * 4));
-    SEMSHARE_STATUS_RETURN(ctx_.Upload(delta_.data(), delta_h, n * 4));
+    SEMSHARE_STATUS_RETURN(ctx_.Upload(src_.data(), src_h, r * 4));
+    SEMSHARE_STATUS_RETURN(ctx_.Upload(delta_.data(), delta_h, r * 4));
   }
   SEMSHARE_CUDA_RETURN(k::EmbedGather<float>(model_.tok_embd.data(), c.vocab_size, d_,
-                                             ids_.as<int32_t>(), n, x_.as<float>(), sm));
+                                             ids_.as<int32_t>(), r, x_.as<float>(), sm));
 
   int64_t held_rows = 0;
   st->mode = config.mode;
@@ -442,14 +457,15 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, const R
     const int32_t* set_d = set_.as<int32_t>();
     SEMSHARE_STATUS_RETURN(Qkv(l, x_.as<float>(), set_d, s));
     if (reuse) {
-      // Rearranged reference rows: K~[i] = Rot(i - pi(i)) K_R[pi(i)], V~[i] = V_R[pi(i)].
+      // Rearranged reference rows after the copied ones: K~[i] = Rot(i - pi(i)) K_R[pi(i)],
+      // V~[i] = V_R[pi(i)] for i in [c0, n).
       SEMSHARE_STATUS_RETURN(reference->WaitLayer(l));
       const DeviceLayerKv& ref = reference->layer(l);
-      SEMSHARE_CUDA_RETURN(
-          k::GatherRerotate<bf16>(ref.k.as<bf16>(), src_.as<int32_t>(), delta_.as<int32_t>(), n,
-                                  RopeArgsFor(model_, c.n_kv_heads, true), kv.k.as<bf16>(), sm));
-      SEMSHARE_CUDA_RETURN(
-          k::GatherRows<bf16>(ref.v.as<bf16>(), kvd_, src_.as<int32_t>(), n, kv.v.as<bf16>(), sm));
+      SEMSHARE_CUDA_RETURN(k::GatherRerotate<bf16>(
+          ref.k.as<bf16>(), src_.as<int32_t>(), delta_.as<int32_t>(), r,
+          RopeArgsFor(model_, c.n_kv_heads, true), At<bf16>(kv.k, c0 * kvd_), sm));
+      SEMSHARE_CUDA_RETURN(k::GatherRows<bf16>(ref.v.as<bf16>(), kvd_, src_.as<int32_t>(), r,
+                                               At<bf16>(kv.v, c0 * kvd_), sm));
       SEMSHARE_CUDA_RETURN(
           cudaMemcpyAsync(kv.pos.data(), iota_.data(), n * 4, cudaMemcpyDeviceToDevice, sm));
       kv.rows = n;
@@ -467,13 +483,13 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, const R
       SEMSHARE_CUDA_RETURN((k::RowDistance<bf16, bf16>(vcur_.as<bf16>(), kvd_, tmp_rows_.as<bf16>(),
                                                        kvd_, s, kvd_, true, dev_.as<float>(), sm)));
       if (l == 0) {  // read from dev0_h after a later synchronisation
-        SEMSHARE_STATUS_RETURN(ctx_.Download(dev0_h, dev_.data(), s * 4));
+        SEMSHARE_STATUS_RETURN(ctx_.Download(dev0_h, dev_.data(), s * 4));  // s == r
         if (config.fallback_deviation > 0.0f) {
           // The fallback guard (GuardFallsBack, as the CPU path): it needs them now. On a
           // fallback the fresh rows scattered below replace every rearranged one and every
           // later layer computes every token without retention: a full prefill.
           SEMSHARE_STATUS_RETURN(ctx_.Sync());
-          if (plan.FallsBack({dev0_h, static_cast<size_t>(n)}, &st->guard_deviation)) {
+          if (plan.FallsBack({dev0_h, static_cast<size_t>(r)}, &st->guard_deviation)) {
             reuse = false;
             st->fallback = true;
           }
@@ -484,11 +500,17 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, const R
       SEMSHARE_CUDA_RETURN(
           k::ScatterRows<bf16>(vcur_.as<bf16>(), kvd_, set_d, s, kv.v.as<bf16>(), sm));
     } else {
-      SEMSHARE_STATUS_RETURN(StoreKv(set_d, s, &kv, 0));  // set == all tokens
-      kv.rows = s;
-      kv.host_pos = set;
+      // set == every computed token, after the copied rows (c0 of them when this layer's were
+      // copied from the reference: a hybrid's layers after a fallback).
+      SEMSHARE_STATUS_RETURN(StoreKv(set_d, s, &kv, c0));
+      kv.rows = c0 + s;
+      kv.host_pos.resize(c0);
+      kv.host_pos.insert(kv.host_pos.end(), set.begin(), set.end());
     }
-    st->kv_bytes_peak = std::max(st->kv_bytes_peak, (held_rows + n) * row_bytes);
+    // This layer's n rows, the finished layers' retained ones and the copied rows of the
+    // layers still to come (as the CPU path counts them).
+    st->kv_bytes_peak =
+        std::max(st->kv_bytes_peak, (held_rows + n + c0 * (layers - 1 - l)) * row_bytes);
     SEMSHARE_STATUS_RETURN(Attend(l, x_.as<float>(), set_d, s, kv));
     if (plan.Retains() && !st->fallback) {
       SEMSHARE_STATUS_RETURN(Retain(At<bf16>(q_, (s - window) * qd_), set_d + (s - window), window,
@@ -526,12 +548,17 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, const R
       SEMSHARE_STATUS_RETURN(ctx_.Upload(set_.data(), set_h, count * 4));  // queued, no wait
     }
   }
+  st->copied_rows = hit ? c0 : 0;
   if (reuse) {
     st->hit = true;
-    st->recomputed_tokens = st->layer_computed.size() > 1 ? st->layer_computed[1] : n;
+    st->recomputed_tokens = st->layer_computed.size() > 1 ? st->layer_computed[1] : r;
     st->reused_tokens = n - st->recomputed_tokens;
   } else {
-    st->recomputed_tokens = n;
+    // A miss, or a fallback: a hybrid keeps its copied rows (still a hit), a selective hit
+    // became a full prefill.
+    st->recomputed_tokens = n - st->copied_rows;
+    st->reused_tokens = st->copied_rows;
+    st->hit = st->copied_rows > 0;
   }
   st->prompt_tokens = n;
   st->plan = plan.kind;
@@ -541,8 +568,8 @@ absl::Status CudaForward::SelectivePrefill(std::span<const int32_t> ids, const R
   SEMSHARE_STATUS_RETURN(
       logits != nullptr ? Logits(At<float>(x_, (static_cast<int64_t>(set.size()) - 1) * d_), logits)
                         : ctx_.Sync());
-  if (hit) {  // layer 0 computed all n tokens
-    st->layer0_deviation.assign(dev0_h, dev0_h + n);
+  if (hit) {  // layer 0 computed all r rows after the copied ones
+    st->layer0_deviation.assign(dev0_h, dev0_h + r);
     plan.FallsBack(st->layer0_deviation, &st->guard_deviation);  // the mean, as the CPU's
   }
   std::vector<int32_t> kept_pos;

@@ -55,12 +55,13 @@ class CudaForward {
   // (engine/reuse/reuse_plan.h: PlanReuse of a hit's match, or PlanNoReuse; its rows,
   // schedule, guard and retention; its config) for ids[plan.n]: kSelective with `reference`
   // (device KV of the reference prompt, positions 0..m-1 in every layer): layer 0 is computed
-  // for all tokens and deeper layers for a shrinking set chosen by KV deviation; kNone without
-  // one, every token at every layer. Fills st like ReusePrefiller (timings excluded).
-  // InvalidArgument when the plan does not cover the prompt or names a row past the reference.
-  // With a reference uploaded by StartUpload, waits for each of its layers before reading it.
-  // Plans that copy rows (kCopyPrefix, kHybridSelective) are Unimplemented here: the session
-  // copies exact prefixes itself, and the selective path on a remainder runs on the CPU only.
+  // for all tokens and deeper layers for a shrinking set chosen by KV deviation;
+  // kHybridSelective the same for rows [copy_rows, n), after rows [0, copy_rows) copied from
+  // the reference (never recomputed nor evicted); kNone without one, every token at every
+  // layer. Fills st like ReusePrefiller (timings excluded). InvalidArgument when the plan does
+  // not cover the prompt, names a row past the reference or copies rows without one. With a
+  // reference uploaded by StartUpload, waits for each of its layers before reading it.
+  // kCopyPrefix plans are Unimplemented here: the session copies exact prefixes itself.
   absl::Status SelectivePrefill(std::span<const int32_t> ids, const ReusePlan& plan,
                                 DeviceKvCache* reference, DeviceKvCache& cache, float* logits,
                                 PrefillStats* st);

@@ -131,11 +131,10 @@ absl::StatusOr<PrefillStats> CudaServingSession::PrefillPlan(std::span<const int
     (void)cudaStreamSynchronize(ctx_->copy_stream());  // a failed upload may still read pinned_
     return ref.status();
   }
-  if (plan.kind == ReuseKind::kCopyPrefix || plan.kind == ReuseKind::kHybridSelective) {
+  if (plan.kind == ReuseKind::kCopyPrefix) {
     // Its prefix rows as they are, copied on the device into the request's cache, the rest
-    // computed after them, no retention. A kHybridSelective plan's remainder is computed in
-    // full here too (the selective path after copied rows is the CPU's only; exact, and
-    // counted: PrefillStats::remainder_in_full).
+    // computed after them, no retention. (A kHybridSelective plan copies its prefix rows in
+    // SelectivePrefill and runs the selective path on the remainder, as the CPU path.)
     const int64_t exact = plan.copy_rows;
     std::vector<int32_t> pos(n - exact);
     std::iota(pos.begin(), pos.end(), static_cast<int32_t>(exact));
@@ -148,9 +147,8 @@ absl::StatusOr<PrefillStats> CudaServingSession::PrefillPlan(std::span<const int
     PrefillStats st;
     st.mode = PrefillMode::kSemShare;
     st.plan = plan.kind;
-    st.remainder_in_full = plan.kind == ReuseKind::kHybridSelective;
     st.hit = true;
-    st.similarity = plan.rearranges() ? plan.remainder_similarity : 1.0f;
+    st.similarity = 1.0f;
     st.prompt_tokens = n;
     SetPrefixCopyStats(n, exact, config_.n_layers, &st);
     st.kv_bytes = cache_.ByteSize();

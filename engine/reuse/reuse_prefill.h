@@ -63,10 +63,6 @@ struct PrefillStats {
   // reference (kCopyPrefix, kHybridSelective), included in reused_tokens.
   ReuseKind plan = ReuseKind::kNone;
   int64_t copied_rows = 0;
-  // A kHybridSelective plan whose remainder the backend computed in full after the copied rows
-  // (the CUDA session: the selective path after copied rows is the CPU's only). Exact, not
-  // lossy; counted so that a benchmark or the server can tell.
-  bool remainder_in_full = false;
   double match_ms = 0;    // sketch + token matching
   double prefill_ms = 0;  // everything, match included
 };

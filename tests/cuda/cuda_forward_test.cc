@@ -6,7 +6,8 @@
 // CPU's token so that one near-tie flip does not derail the rest). Bounds as in
 // cuda_backend_test.cc: 3e-2 for logits (bf16 GEMM operands and bf16 KV at every layer), 5e-2
 // for the selective path (its recompute set follows a deviation ranking bf16 may reorder).
-// Also: the selective path with the adjacent RoPE pairing of GGUF llama models; head_dim 128
+// Also: the selective path with the adjacent RoPE pairing of GGUF llama models; a hybrid plan
+// (copied prefix rows, the selective path on the remainder, and its fallback); head_dim 128
 // with a ~4k-token prompt (flash prefill, chunked and whole) and split-KV decode after it;
 // PinnedKv::FromDevice.
 #include "engine/cuda/cuda_forward.h"
@@ -217,6 +218,94 @@ TEST_F(CudaForwardTest, SelectivePrefillSamePlanAndRetentionMatchCpuGgufLlamaAdj
 // 63 key tiles per block in one chunk, and again in 1024-token chunks (later chunks attend to
 // the rows of earlier ones: m > n); then 16 decode steps, whose attention over ~4k rows takes the
 // split-KV kernel and its combine (checked: this shape has a workspace). Both RoPE styles.
+// A kHybridSelective plan (issue 15): rows [0, 120) copied from the reference, the selective
+// path on the remainder attending over them, as the CPU executes the same plan
+// (ReusePrefiller::PrefillPlan); then the same plan with a guard that always falls back (the
+// remainder computed in full after the copied rows, still a hit).
+TEST_F(CudaForwardTest, HybridSelectivePlanMatchesCpu) {
+  auto model = SmallLlama(seed_, engine::RopeStyle::kAdjacent);
+  const int64_t vocab = model->config.vocab_size;
+  const auto ref_ids = RandomIds(300, vocab, seed_ + 1);
+  constexpr int64_t kCopy = 120;
+  // The reference's first kCopy tokens, then an edited, partly reordered rest.
+  std::vector<int32_t> ids = EditedIds(ref_ids, vocab, seed_ + 2);
+  std::copy_n(ref_ids.begin(), kCopy, ids.begin());
+  const int64_t n = static_cast<int64_t>(ids.size());
+  auto dm = DeviceModel::Upload(*ctx_, *model);
+  ASSERT_TRUE(dm.ok()) << dm.status();
+  CudaForward fg(*ctx_, **dm);
+  engine::LlamaForward fc(*model, cpu_);
+  std::vector<float> lc(vocab), lg(vocab, std::nanf(""));
+  for (const bool fall_back : {false, true}) {
+    SCOPED_TRACE(fall_back ? "guard falls back" : "selective remainder");
+    engine::ReuseConfig cfg;
+    cfg.hit_threshold = 0.0f;  // force a hit on the random model
+    cfg.fallback_deviation = fall_back ? 1e-6f : 0.0f;
+    engine::ReusePrefiller pc(*model, cpu_, cfg);
+    auto ref = pc.MakeReference(ref_ids);
+    ASSERT_TRUE(ref.ok());
+    const engine::ReusePlan plan =
+        engine::PlanSelective(pc.Match(pc.Sketch(ids), ref->sketch), cfg, kCopy);
+    ASSERT_EQ(plan.kind, engine::ReuseKind::kHybridSelective);
+    engine::KvCache cc = pc.forward().NewCache();
+    auto sc = pc.PrefillPlan(ids, ref_ids, ref->kv, plan, &cc, lc.data());
+    ASSERT_TRUE(sc.ok()) << sc.status();
+
+    engine::cuda::PinnedKv pinned;
+    ASSERT_TRUE(pinned.From(ref->kv).ok());
+    DeviceKvCache dref = fg.NewCache(), cg = fg.NewCache();
+    ASSERT_TRUE(dref.StartUpload(pinned).ok());
+    engine::PrefillStats sg;
+    auto s = fg.SelectivePrefill(ids, plan, &dref, cg, lg.data(), &sg);
+    ASSERT_TRUE(s.ok()) << s;
+    EXPECT_TRUE(sg.hit);
+    EXPECT_EQ(sg.fallback, fall_back);
+    EXPECT_EQ(sg.fallback, sc->fallback);
+    EXPECT_EQ(sg.copied_rows, kCopy);
+    EXPECT_EQ(sg.copied_rows, sc->copied_rows);
+    EXPECT_EQ(sg.layer_computed, sc->layer_computed);
+    EXPECT_EQ(sg.layer_rows, sc->layer_rows);
+    EXPECT_EQ(sg.recomputed_tokens, sc->recomputed_tokens);
+    EXPECT_EQ(sg.reused_tokens, sc->reused_tokens);
+    EXPECT_EQ(sg.layer_computed[0], n - kCopy);  // layer 0: the remainder only
+    if (fall_back) {
+      EXPECT_EQ(sg.recomputed_tokens, n - kCopy);
+    } else {
+      EXPECT_LT(sg.recomputed_tokens, n - kCopy);  // the remainder's path is selective
+    }
+    ASSERT_EQ(sg.layer0_deviation.size(), static_cast<size_t>(n - kCopy));
+    EXPECT_LT(RelDiff(sg.layer0_deviation, sc->layer0_deviation), 5e-2);
+    EXPECT_LT(RelDiff(lg, lc), 5e-2);
+    // The copied rows are the reference's (bf16 on the device), and every layer lists its
+    // positions in order from 0.
+    engine::KvCache back;
+    ASSERT_TRUE(cg.ToHost(&back).ok());
+    const int64_t kvd = back.kv_dim();
+    for (int64_t l = 0; l < back.n_layers(); ++l) {
+      const auto& g = back.layer(l);
+      ASSERT_GE(g.rows(), kCopy);
+      EXPECT_EQ(g.rows(), cc.layer(l).rows()) << "layer " << l;
+      for (int64_t i = 0; i < kCopy; ++i) ASSERT_EQ(g.pos[i], i) << "layer " << l;
+      EXPECT_TRUE(std::is_sorted(g.pos.begin(), g.pos.end())) << "layer " << l;
+      const std::vector<float> gk(g.k.begin(), g.k.begin() + kCopy * kvd);
+      const std::vector<float> rk(ref->kv.layer(l).k.begin(),
+                                  ref->kv.layer(l).k.begin() + kCopy * kvd);
+      EXPECT_LT(RelDiff(gk, rk), 1e-2) << "layer " << l;
+    }
+    ExpectSameGreedyDecode(lc, lg, static_cast<int32_t>(n), 16, 5e-2, [&](int32_t tok, int32_t p) {
+      SEMSHARE_STATUS_RETURN(fc.Forward({&tok, 1}, {&p, 1}, cc, lc.data()));
+      return fg.Forward({&tok, 1}, {&p, 1}, cg, lg.data());
+    });
+  }
+  // A plan that copies rows needs the reference; a copy_prefix plan is the session's.
+  engine::ReuseConfig cfg;
+  engine::PrefillStats st;
+  DeviceKvCache c1 = fg.NewCache();
+  engine::ReusePlan bad = engine::PlanPrefixCopy(n, kCopy, cfg);
+  EXPECT_EQ(fg.SelectivePrefill(ids, bad, nullptr, c1, nullptr, &st).code(),
+            absl::StatusCode::kUnimplemented);
+}
+
 TEST_F(CudaForwardTest, Long4kPromptHeadDim128FlashPrefillAndSplitKvDecodeMatchCpu) {
   for (auto style : {engine::RopeStyle::kHalfSplit, engine::RopeStyle::kAdjacent}) {
     SCOPED_TRACE(style == engine::RopeStyle::kAdjacent ? "adjacent rope" : "half-split rope");
