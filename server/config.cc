@@ -94,8 +94,8 @@ const std::vector<Knob>& Knobs() {
       {"redis-ttl-seconds", &ServerConfig::redis_ttl_seconds, "N",
        "expiry of references in Redis (0: none)", 0, kI32},
       {"min-reuse-tokens", &ServerConfig::min_reuse_tokens, "N",
-       "shorter prompts skip lookup and are not published (2048: below it reuse costs quality "
-       "on small models, docs/benchmarks.md)",
+       "shorter prompts skip the lossy semantic lookup; exact-prefix reuse applies at any "
+       "length (1024: below it semantic reuse costs quality on small models, docs/server.md)",
        1, kI32},
       {"hybrid-selective-min-tokens", &ServerConfig::hybrid_selective_min_tokens, "N",
        "a remainder after an exact prefix at least this long that matches the stored turn takes "
@@ -104,6 +104,10 @@ const std::vector<Knob>& Knobs() {
       {"run-start-tokens", &ServerConfig::run_start_tokens, "N",
        "on a semantic hit, the first N tokens of every run of reused reference rows are "
        "recomputed at every layer and never evicted (0: none; docs/server.md)",
+       0, kI32},
+      {"recompute-min-tokens", &ServerConfig::recompute_min_tokens, "N",
+       "on a semantic hit, every layer recomputes at least N tokens (all of a shorter prompt) "
+       "(0: the paper's decaying schedule alone; docs/server.md)",
        0, kI32},
       {"exact-run-tokens", &ServerConfig::exact_run_tokens, "N",
        "on a semantic hit, stretches of at least N tokens shared verbatim with the stored "

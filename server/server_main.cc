@@ -182,6 +182,7 @@ int Main(int argc, char** argv) {
   po.serving.reuse.hybrid_selective_min_tokens = config.hybrid_selective_min_tokens;
   po.serving.reuse.run_start_tokens = config.run_start_tokens;
   po.serving.reuse.exact_run_tokens = config.exact_run_tokens;
+  po.serving.reuse.recompute_min_tokens = config.recompute_min_tokens;
   po.serving.lookup_candidates = config.lookup_candidates;
   po.serving.max_prompt_tokens =
       config.max_prompt_tokens > 0 ? config.max_prompt_tokens : model.config.max_context;

@@ -66,10 +66,13 @@ Constructed Swapped() {
   return c;
 }
 
+// A 40-token prompt's knobs: a small sink and window, and the paper's schedule without the
+// default floor (recompute_min_tokens, which would recompute all 40 at every layer).
 ReuseConfig Knobs() {
   ReuseConfig cfg;
   cfg.window = 4;
   cfg.sink = 4;
+  cfg.recompute_min_tokens = 0;
   cfg.hybrid_selective_min_tokens = 16;
   return cfg;
 }
@@ -201,6 +204,7 @@ TEST(ReusePlanTest, RunStartTokensForceTheFirstTokensOfEveryRearrangedRun) {
   ReuseConfig cfg;
   cfg.sink = 0;
   cfg.window = 0;
+  cfg.recompute_min_tokens = 0;  // the paper's schedule on 30 tokens
   // k = 0 (the default): only the unmatched token, and the copied rows of a hybrid.
   ASSERT_EQ(ReuseConfig{}.run_start_tokens, 0);
   EXPECT_EQ(ForcedOf(PlanSelective(m, cfg, 0)), (std::vector<int32_t>{14}));

@@ -477,6 +477,7 @@ TEST_F(ReusePrefillTest, GuardFallsBackToFullPrefillOnAPoorMatchOnly) {
 
   ReuseConfig off = defaults;
   off.fallback_deviation = 0.0f;
+  off.recompute_min_tokens = 0;  // the floor would recompute every token of this short prompt
   ReusePrefiller po(*model_, be, off);
   auto forced = hit(po, unrelated, &cache);
   ASSERT_TRUE(forced.ok()) << forced.status();

@@ -98,12 +98,15 @@ struct ReuseConfig {
   float recompute_ratio = 0.4f;
   float alpha = 0.8f;
   // Length-aware floor of that schedule: no layer recomputes fewer than
-  // min(n, recompute_min_tokens) tokens (RecomputeKeep in reuse_prefill.h). A fixed count is a
-  // larger share of a short prompt (25% of 1k tokens at every layer for 256, 12.5% of 2k) and a
-  // bounded cost on a long one. 0 (default) = the paper's schedule alone: at 1k tokens a floor
-  // of 256 improved the perplexity ratio on 6 of 8 pairs but halved the speedup, and 512 still
-  // left 1.5-2.4 on the hard pairs (docs/benchmarks.md, issue 15).
-  int32_t recompute_min_tokens = 0;
+  // min(n, recompute_min_tokens) tokens (RecomputeKeep in reuse_plan.h). A fixed count is a
+  // larger share of a short prompt (19% of 1k tokens at every layer for 192, 9% of 2k, 5% of
+  // 4k, where the paper's schedule reaches it only past layer 10) and a bounded cost on a long
+  // one. 192 (default since 2026-12-06, with exact runs first): on 8 MRPC-built pairs per length
+  // the median perplexity ratio went 1.130 -> 1.028 at 1k tokens (speedup 7.0x -> 3.8x) and
+  // stayed 1.001 -> 1.000 at 2k (7.5x -> 5.4x); on 4 of the shipped corpus's 1.097 -> 1.068 and
+  // 1.187 -> 1.067; 128 left 1k at 1.069, 256 and 384 gained nothing on 192 for 3.1x / 2.4x
+  // (docs/benchmarks.md, "A recompute floor"). 0 = the paper's schedule alone.
+  int32_t recompute_min_tokens = 192;
   // Run starts (EPIC / CacheBlend: the loss of spliced KV concentrates on the first tokens of
   // each spliced chunk, which were computed as the start of another context): the first
   // `run_start_tokens` tokens of every run of rearranged rows (a stretch gathered from

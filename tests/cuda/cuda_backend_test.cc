@@ -212,6 +212,7 @@ TEST_F(CudaBackendTest, SelectivePrefillWithRetentionMatchesCpu) {
     engine::ReuseConfig cfg;
     cfg.hit_threshold = 0.0f;  // force a hit on the random model
     cfg.recompute_ratio = k.recompute_ratio;
+    cfg.recompute_min_tokens = k.recompute_min_tokens;
     engine::ReusePrefiller pc(*model, cpu_, cfg), pg(*model, *gpu_, cfg);
     auto rc = pc.MakeReference(ref_ids);
     auto rg = pg.MakeReference(ref_ids);

@@ -130,6 +130,7 @@ void CudaForwardTest::SelectiveParity(engine::RopeStyle style) {
     engine::ReuseConfig cfg;
     cfg.hit_threshold = 0.0f;  // force a hit on the random model
     cfg.recompute_ratio = k.recompute_ratio;
+    cfg.recompute_min_tokens = k.recompute_min_tokens;
     engine::ReusePrefiller pc(*model, cpu_, cfg);
     auto ref = pc.MakeReference(ref_ids);
     ASSERT_TRUE(ref.ok());
@@ -241,6 +242,7 @@ TEST_F(CudaForwardTest, HybridSelectivePlanMatchesCpu) {
     engine::ReuseConfig cfg;
     cfg.hit_threshold = 0.0f;  // force a hit on the random model
     cfg.fallback_deviation = fall_back ? 1e-6f : 0.0f;
+    cfg.recompute_min_tokens = 0;  // the remainder is 180 tokens: the paper's schedule on it
     engine::ReusePrefiller pc(*model, cpu_, cfg);
     auto ref = pc.MakeReference(ref_ids);
     ASSERT_TRUE(ref.ok());

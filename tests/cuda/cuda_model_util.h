@@ -77,18 +77,21 @@ inline std::vector<int32_t> EditedIds(const std::vector<int32_t>& ref, int64_t v
 }
 
 // The two recompute schedules the selective-prefill parity tests run with the same plan on both
-// sides, each with its logits bound. recompute_ratio 0: every layer past 0 recomputes the forced
-// tokens alone (sink, window, unmatched), so both sides recompute the same sets by construction
-// and the full-prefill bound 3e-2 applies. The default schedule fills the rest of its room with
+// sides, each with its logits bound. recompute_ratio 0 and no floor: every layer past 0
+// recomputes the forced tokens alone (sink, window, unmatched), so both sides recompute the same
+// sets by construction and the full-prefill bound 3e-2 applies. The default schedule (its ratio
+// and its recompute_min_tokens floor) fills the rest of its room with
 // the matched tokens of highest layer-0 deviation, which for a token matched to its own id is
 // rounding alone (float on the CPU, bf16 on the device): which of those are recomputed differs,
 // and a swapped token moves the logits a little, hence 5e-2.
 struct ScheduleCase {
   float recompute_ratio;
+  int32_t recompute_min_tokens;
   double bound;
 };
 inline std::vector<ScheduleCase> ParitySchedules() {
-  return {{0.0f, 3e-2}, {engine::ReuseConfig{}.recompute_ratio, 5e-2}};
+  const engine::ReuseConfig d;
+  return {{0.0f, 0, 3e-2}, {d.recompute_ratio, d.recompute_min_tokens, 5e-2}};
 }
 
 // Relative L2 distance of two float vectors.
