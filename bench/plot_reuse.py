@@ -7,7 +7,11 @@ Writes into --out:
   ablation_retention.png   perplexity ratio vs retention ratio rho per schedule (if measured)
   ablation_ecache.png      per-layer deviation of the rearranged KV, E-cache RoPE on vs off
                            (if measured)
-Exit status 2 on an unreadable or malformed JSON file.
+With --sweep, the JSON files are runs of one pair set that differ in one ReuseConfig knob
+(their "config"), and it writes instead:
+  knob_sweep.png           per length, median perplexity ratio vs median speedup of semshare
+                           over full, one point per run, labelled with the knob's value
+Exit status 2 on an unreadable or malformed JSON file, or sweep runs that differ in no knob.
 """
 import argparse
 import json
@@ -124,20 +128,74 @@ def ablation_ecache(data, out):
     return path
 
 
+def knob_sweep(runs, out):
+    """runs: [(name, data)] of one pair set, differing in one ReuseConfig knob."""
+    keys = sorted({k for _, d in runs for k in d["config"]})
+    knobs = [k for k in keys if len({json.dumps(d["config"].get(k)) for _, d in runs}) > 1]
+    if not knobs:
+        raise ValueError("the sweep's runs differ in no ReuseConfig knob")
+    lengths = sorted({r["length"] for _, d in runs for r in d["records"] if r["mode"] == "semshare"})
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for length, color in zip(lengths, ["tab:blue", "tab:orange", "tab:green", "tab:red",
+                                       "tab:purple", "tab:brown"]):
+        pts = []
+        for _, d in runs:
+            rs = [r for r in d["records"] if r["mode"] == "semshare" and r["length"] == length]
+            if rs:
+                label = ", ".join(f"{d['config'][k]}" for k in knobs)
+                pts.append((statistics.median(r["speedup"] for r in rs),
+                            statistics.median(r["ppl_ratio"] for r in rs), label))
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=color,
+                label=f"{length} tokens")
+        for x, y, label in pts:
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("TTFT speedup vs full (median over pairs)")
+    ax.set_ylabel("perplexity ratio (median over pairs)")
+    ax.set_title(f"semshare by {', '.join(knobs)}")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = os.path.join(out, "knob_sweep.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def load(path):
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if data.get("suite") != "reuse" or "summary" not in data or "records" not in data:
+        raise ValueError("not the JSON of `semshare bench --suite reuse`")
+    return data
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("json", help="output of semshare bench --suite reuse --json")
+    ap.add_argument("json", nargs="+", help="output of semshare bench --suite reuse --json")
     ap.add_argument("--out", required=True, help="directory for the PNG files")
+    ap.add_argument("--sweep", action="store_true",
+                    help="the files are runs differing in one knob: plot knob_sweep.png")
     a = ap.parse_args()
-    try:
-        with open(a.json, encoding="utf-8") as f:
-            data = json.load(f)
-        if data.get("suite") != "reuse" or "summary" not in data or "records" not in data:
-            raise ValueError("not the JSON of `semshare bench --suite reuse`")
-    except (OSError, ValueError) as e:
-        print(f"plot_reuse.py: {a.json}: {e}", file=sys.stderr)
+    if len(a.json) > 1 and not a.sweep:
+        print("plot_reuse.py: several JSON files need --sweep", file=sys.stderr)
         return 2
+    runs = []
+    for path in a.json:
+        try:
+            runs.append((path, load(path)))
+        except (OSError, ValueError) as e:
+            print(f"plot_reuse.py: {path}: {e}", file=sys.stderr)
+            return 2
     os.makedirs(a.out, exist_ok=True)
+    if a.sweep:
+        try:
+            print(f"wrote {knob_sweep(runs, a.out)}")
+        except ValueError as e:
+            print(f"plot_reuse.py: {e}", file=sys.stderr)
+            return 2
+        return 0
+    data = runs[0][1]
     for fn in (ttft_vs_length, quality_vs_speedup, ablation_retention, ablation_ecache):
         path = fn(data, a.out)
         if path:
