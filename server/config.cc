@@ -95,7 +95,8 @@ const std::vector<Knob>& Knobs() {
        "expiry of references in Redis (0: none)", 0, kI32},
       {"min-reuse-tokens", &ServerConfig::min_reuse_tokens, "N",
        "shorter prompts skip the lossy semantic lookup; exact-prefix reuse applies at any "
-       "length (1024: below it semantic reuse costs quality on small models, docs/server.md)",
+       "length (960: below ~1k tokens semantic reuse costs quality on small models, "
+       "docs/server.md)",
        1, kI32},
       {"hybrid-selective-min-tokens", &ServerConfig::hybrid_selective_min_tokens, "N",
        "a remainder after an exact prefix at least this long that matches the stored turn takes "

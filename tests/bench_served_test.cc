@@ -48,7 +48,7 @@ class ServedPathTest : public ::testing::Test {
   // copied prefix takes several chunks.
   static ServedOptions Options() {
     ServedOptions o;
-    o.serving.reuse.min_reuse_tokens = 1024;  // the server's --min-reuse-tokens default
+    o.serving.reuse.min_reuse_tokens = 960;  // the server's --min-reuse-tokens default
     o.chunk = 8;
     return o;
   }
@@ -134,7 +134,7 @@ TEST_F(ServedPathTest, ChatTurnIsHybridAndMatchesFullPrefill) {
 }
 
 // A paraphrase shares only the instruction (under one block): never an exact or hybrid hit;
-// at 512 tokens the semantic gate (1024) is not reached either, so it misses. The repeated
+// at 512 tokens the semantic gate (960) is not reached either, so it misses. The repeated
 // reference is exact: every row but the last copied.
 TEST_F(ServedPathTest, ParaphraseIsNotExactAndRepeatIs) {
   PairOptions po;

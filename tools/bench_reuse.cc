@@ -607,7 +607,7 @@ int BenchReuseCommand(int argc, char** argv) {
       {"min-reuse-tokens",
        "the served path's semantic gate (serving::HitRule; the server's --min-reuse-tokens "
        "default)",
-       false, false, "1024"},
+       false, false, "960"},
       {"hybrid-selective-min-tokens",
        "ReuseConfig.hybrid_selective_min_tokens: a remainder after an exact prefix at least this "
        "long that matches the reference takes the selective path (0: never)"},
