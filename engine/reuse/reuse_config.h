@@ -101,11 +101,11 @@ struct ReuseConfig {
   // min(n, recompute_min_tokens) tokens (RecomputeKeep in reuse_plan.h). A fixed count is a
   // larger share of a short prompt (19% of 1k tokens at every layer for 192, 9% of 2k, 5% of
   // 4k, where the paper's schedule reaches it only past layer 10) and a bounded cost on a long
-  // one. 192 (default since 2026-12-06, with exact runs first): on 8 MRPC-built pairs per length
-  // the median perplexity ratio went 1.130 -> 1.028 at 1k tokens (speedup 7.0x -> 3.8x) and
-  // stayed 1.001 -> 1.000 at 2k (7.5x -> 5.4x); on 4 of the shipped corpus's 1.097 -> 1.068 and
-  // 1.187 -> 1.067; 128 left 1k at 1.069, 256 and 384 gained nothing on 192 for 3.1x / 2.4x
-  // (docs/benchmarks.md, "A recompute floor"). 0 = the paper's schedule alone.
+  // one. 192 (default since 2026-12-06, with exact runs first): on 16 MRPC-built pairs per
+  // length the median perplexity ratio went 1.134 -> 1.047 at 1k tokens (speedup 6.6x -> 3.7x)
+  // and stayed 1.001 -> 1.000 at 2k (7.7x -> 5.6x); on 4 of the shipped corpus's 1.097 -> 1.068
+  // and 1.187 -> 1.067; in an 8-pair sweep 128 left 1k at 1.069, and 256 and 384 gained little
+  // on 192 for 3.1x / 2.4x (docs/benchmarks.md, "A recompute floor"). 0 = the paper's schedule.
   int32_t recompute_min_tokens = 192;
   // Run starts (EPIC / CacheBlend: the loss of spliced KV concentrates on the first tokens of
   // each spliced chunk, which were computed as the start of another context): the first
