@@ -31,6 +31,15 @@ COLORS = {"full": "tab:gray", "prefix": "tab:blue", "snapkv": "tab:orange", "sem
 MARKERS = {"paraphrase": "o", "reorder": "s", "repeat": "D", "user": "^", "chat": "v"}
 
 
+def save(fig, out, name):
+    """Writes the figure as out/name and returns that path."""
+    fig.tight_layout()
+    path = os.path.join(out, name)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def ttft_vs_length(data, out):
     kinds = sorted({s["kind"] for s in data["summary"]})
     fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
@@ -47,11 +56,7 @@ def ttft_vs_length(data, out):
         ax.set_title(f"TTFT vs length: {kind}")
         ax.grid(True, alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    path = os.path.join(out, "ttft_vs_length.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, out, "ttft_vs_length.png")
 
 
 def quality_vs_speedup(data, out):
@@ -72,11 +77,7 @@ def quality_vs_speedup(data, out):
     axes[0].axhline(1.10, color="red", lw=0.8, ls="--", label="target 1.10")
     axes[1].legend(fontsize=7)
     fig.suptitle("quality vs speedup (every pair)")
-    fig.tight_layout()
-    path = os.path.join(out, "quality_vs_speedup.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, out, "quality_vs_speedup.png")
 
 
 def ablation_retention(data, out):
@@ -97,11 +98,7 @@ def ablation_retention(data, out):
         ax.set_title(f"retention schedules: {mode}")
         ax.grid(True, alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    path = os.path.join(out, "ablation_retention.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, out, "ablation_retention.png")
 
 
 def ablation_ecache(data, out):
@@ -121,11 +118,7 @@ def ablation_ecache(data, out):
     ax.set_title("rearranged KV vs true KV")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = os.path.join(out, "ablation_ecache.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, out, "ablation_ecache.png")
 
 
 def knob_sweep(runs, out):
@@ -155,11 +148,7 @@ def knob_sweep(runs, out):
     ax.set_title(f"semshare by {', '.join(knobs)}")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = os.path.join(out, "knob_sweep.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, out, "knob_sweep.png")
 
 
 def load(path):
