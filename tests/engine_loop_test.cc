@@ -43,6 +43,15 @@
 namespace semshare::serving {
 namespace {
 
+// The defaults but the paper's schedule alone: these prompts are a few hundred tokens at most,
+// which the default recompute floor (ReuseConfig::recompute_min_tokens, 192) would recompute
+// whole at every layer, leaving no selective path to check.
+engine::ReuseConfig LoopReuse() {
+  engine::ReuseConfig c;
+  c.recompute_min_tokens = 0;
+  return c;
+}
+
 constexpr const char* kSentences[] = {
     "The river flooded the old market town after three days of heavy rain.",
     "Engineers at the port said the new cranes would double the number of ships unloaded.",
@@ -99,7 +108,7 @@ class EngineLoopTest : public ::testing::Test {
       EXPECT_TRUE(r.ok()) << r.status();
       return r.ok() ? r->tokens : std::vector<int32_t>{};
     }
-    engine::ReusePrefiller p(*model_, be, engine::ReuseConfig{});
+    engine::ReusePrefiller p(*model_, be, LoopReuse());
     engine::KvCache cache = p.forward().NewCache();
     std::vector<float> logits(model_->config.vocab_size);
     auto st = p.PrefillPlan(ids, ref->ids, ref->kv, *plan, &cache, logits.data());
@@ -112,30 +121,29 @@ class EngineLoopTest : public ::testing::Test {
   // A store record of `ids` (full prefill), as the pipeline publishes a miss.
   store::RecordHandle Reference(const std::vector<int32_t>& ids) const {
     engine::CpuBackend be;
-    engine::ReusePrefiller p(*model_, be, engine::ReuseConfig{});
+    engine::ReusePrefiller p(*model_, be, LoopReuse());
     auto ref = p.MakeReference(ids);
     EXPECT_TRUE(ref.ok()) << ref.status();
-    auto rec =
-        store::RecordFromReference(store::Namespace{"t", model_->fingerprint}, *std::move(ref),
-                                   engine::ReuseConfig{}, store::PromptFeatures(ids));
+    auto rec = store::RecordFromReference(store::Namespace{"t", model_->fingerprint},
+                                          *std::move(ref), LoopReuse(), store::PromptFeatures(ids));
     EXPECT_TRUE(rec.ok()) << rec.status();
     return std::make_shared<const store::Record>(*std::move(rec));
   }
 
   engine::TokenMatch Match(const std::vector<int32_t>& ids, const store::Record& ref) const {
     engine::CpuBackend be;
-    engine::ReusePrefiller p(*model_, be, engine::ReuseConfig{});
+    engine::ReusePrefiller p(*model_, be, LoopReuse());
     return p.Match(p.Sketch(ids), p.Sketch(ref.ids));
   }
   // The plan the pipeline makes of a semantic hit on `ref` (serving::PlanHit: PlanReuse).
   engine::ReusePlan Plan(const std::vector<int32_t>& ids, const store::Record& ref) const {
-    return engine::PlanReuse(ids, ref.ids, Match(ids, ref), engine::ReuseConfig{});
+    return engine::PlanReuse(ids, ref.ids, Match(ids, ref), LoopReuse());
   }
 
   std::unique_ptr<EngineLoop> NewLoop(const LoopOptions& o) const {
     return std::make_unique<EngineLoop>(
-        NewCpuBatchRunner(*model_, std::make_unique<engine::CpuBackend>(), engine::ReuseConfig{}),
-        o, nullptr);
+        NewCpuBatchRunner(*model_, std::make_unique<engine::CpuBackend>(), LoopReuse()), o,
+        nullptr);
   }
 
   std::unique_ptr<EngineLoop> NewLoop(const LoopOptions& o,
@@ -423,8 +431,8 @@ TEST_F(EngineLoopTest, RunnerOutOfMemoryPreemptsAndRetries) {
   lo.kv_cache_bytes = int64_t{1} << 30;  // the loop's own budget never binds
   std::atomic<int> refusals{0};
   auto limited = std::make_unique<SeqLimitedRunner>(
-      NewCpuBatchRunner(*model_, std::make_unique<engine::CpuBackend>(), engine::ReuseConfig{}),
-      kRoom, &refusals);
+      NewCpuBatchRunner(*model_, std::make_unique<engine::CpuBackend>(), LoopReuse()), kRoom,
+      &refusals);
   SeqLimitedRunner* runner = limited.get();
   std::unique_ptr<EngineLoop> loop = NewLoop(lo, std::move(limited));
   // Misses, and in the middle a reuse hit (an exact repeat of a reference: its plan is kept
@@ -470,10 +478,9 @@ TEST_F(EngineLoopTest, RunnerOutOfMemoryPreemptsAndRetries) {
   // idle (nothing retried forever).
   std::atomic<int> none_refusals{0};
   std::unique_ptr<EngineLoop> full = NewLoop(
-      lo,
-      std::make_unique<SeqLimitedRunner>(
-          NewCpuBatchRunner(*model_, std::make_unique<engine::CpuBackend>(), engine::ReuseConfig{}),
-          0, &none_refusals));
+      lo, std::make_unique<SeqLimitedRunner>(
+              NewCpuBatchRunner(*model_, std::make_unique<engine::CpuBackend>(), LoopReuse()), 0,
+              &none_refusals));
   Results one(1);
   auto r = std::make_unique<LoopRequest>();
   r->ids = prompts[0];
@@ -497,8 +504,7 @@ TEST_F(EngineLoopTest, RunnerOutOfMemoryKeepsAHitsPlan) {
   LoopOptions lo;
   lo.kv_cache_bytes = int64_t{1} << 30;  // the loop's own budget never binds
   auto limited = std::make_unique<SeqLimitedRunner>(
-      NewCpuBatchRunner(*model_, std::make_unique<engine::CpuBackend>(), engine::ReuseConfig{}), 1,
-      nullptr);
+      NewCpuBatchRunner(*model_, std::make_unique<engine::CpuBackend>(), LoopReuse()), 1, nullptr);
   SeqLimitedRunner* runner = limited.get();
   std::unique_ptr<EngineLoop> loop = NewLoop(lo, std::move(limited));
 
@@ -545,9 +551,8 @@ TEST_F(EngineLoopTest, RunnerOutOfMemoryKeepsAHitsPlan) {
   prefix->ids = extended;
   prefix->options = short_run;
   prefix->reference = ref;
-  prefix->plan =
-      engine::PlanPrefixCopy(static_cast<int64_t>(extended.size()),
-                             static_cast<int64_t>(ref_ids.size()), engine::ReuseConfig{});
+  prefix->plan = engine::PlanPrefixCopy(static_cast<int64_t>(extended.size()),
+                                        static_cast<int64_t>(ref_ids.size()), LoopReuse());
   prefix->done = results.Slot(2);
   ASSERT_TRUE(loop->Submit(std::move(prefix)).ok());
   ASSERT_TRUE(results.Wait(3));

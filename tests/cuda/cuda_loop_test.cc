@@ -36,6 +36,15 @@
 namespace semshare::testing {
 namespace {
 
+// The defaults but the paper's schedule alone: these prompts are a few hundred tokens at most,
+// which the default recompute floor (ReuseConfig::recompute_min_tokens, 192) would recompute
+// whole at every layer, leaving no selective path to check.
+engine::ReuseConfig LoopReuse() {
+  engine::ReuseConfig c;
+  c.recompute_min_tokens = 0;
+  return c;
+}
+
 using serving::LoopRequest;
 using serving::LoopResult;
 
@@ -91,7 +100,7 @@ class CudaLoopTest : public GpuTest {
     if (IsSkipped() || HasFatalFailure()) return;
     model_ = ByteModel(seed_);
     ASSERT_NE(model_->tokenizer, nullptr);
-    auto rt = engine::MakeServingRuntime("cuda", *model_, engine::ReuseConfig{}, {});
+    auto rt = engine::MakeServingRuntime("cuda", *model_, LoopReuse(), {});
     ASSERT_TRUE(rt.ok()) << rt.status();
     runtime_ = *std::move(rt);
   }
@@ -111,19 +120,18 @@ class CudaLoopTest : public GpuTest {
   // A store record of `ids` computed on the CPU (as a published miss).
   store::RecordHandle Reference(const std::vector<int32_t>& ids) const {
     engine::CpuBackend be;
-    engine::ReusePrefiller p(*model_, be, engine::ReuseConfig{});
+    engine::ReusePrefiller p(*model_, be, LoopReuse());
     auto ref = p.MakeReference(ids);
     EXPECT_TRUE(ref.ok()) << ref.status();
-    auto rec =
-        store::RecordFromReference(store::Namespace{"t", model_->fingerprint}, *std::move(ref),
-                                   engine::ReuseConfig{}, store::PromptFeatures(ids));
+    auto rec = store::RecordFromReference(store::Namespace{"t", model_->fingerprint},
+                                          *std::move(ref), LoopReuse(), store::PromptFeatures(ids));
     EXPECT_TRUE(rec.ok()) << rec.status();
     return std::make_shared<const store::Record>(*std::move(rec));
   }
 
   engine::TokenMatch Match(const std::vector<int32_t>& ids, const store::Record& ref) const {
     engine::CpuBackend be;
-    engine::ReusePrefiller p(*model_, be, engine::ReuseConfig{});
+    engine::ReusePrefiller p(*model_, be, LoopReuse());
     return p.Match(p.Sketch(ids), p.Sketch(ref.ids));
   }
 
@@ -152,14 +160,13 @@ TEST_F(CudaLoopTest, SixteenRequestsWithHitsAndCancellationsEndAsAsked) {
   const store::RecordHandle ref = Reference(ref_ids);
   std::vector<int32_t> extended = ref_ids;
   for (int32_t t : RandomIds(20, vocab, seed_ + 101)) extended.push_back(t);
-  cases.push_back(
-      {extended, Greedy(8), ref,
-       engine::PlanPrefixCopy(static_cast<int64_t>(extended.size()),
-                              static_cast<int64_t>(ref_ids.size()), engine::ReuseConfig{})});
+  cases.push_back({extended, Greedy(8), ref,
+                   engine::PlanPrefixCopy(static_cast<int64_t>(extended.size()),
+                                          static_cast<int64_t>(ref_ids.size()), LoopReuse())});
   // A semantic hit: the reference edited (a span moved, ~10% replaced).
   const std::vector<int32_t> edited = EditedIds(ref_ids, vocab, seed_ + 102);
   cases.push_back({edited, Greedy(8), ref,
-                   engine::PlanReuse(edited, ref_ids, Match(edited, *ref), engine::ReuseConfig{})});
+                   engine::PlanReuse(edited, ref_ids, Match(edited, *ref), LoopReuse())});
   // Two cancelled mid-decode.
   cases.push_back({RandomIds(12, vocab, seed_ + 103), Greedy(200), {}, {}, true});
   cases.push_back({RandomIds(20, vocab, seed_ + 104), Greedy(200), {}, {}, true});
@@ -222,7 +229,7 @@ TEST_F(CudaLoopTest, SixteenRequestsWithHitsAndCancellationsEndAsAsked) {
   // The prefill-only request's KV: every prompt row, within the bf16 bound of the CPU's.
   const engine::KvCache& kv = results.out[14]->kv;
   engine::CpuBackend be;
-  engine::ReusePrefiller p(*model_, be, engine::ReuseConfig{});
+  engine::ReusePrefiller p(*model_, be, LoopReuse());
   auto cpu_ref = p.MakeReference(add_ids);
   ASSERT_TRUE(cpu_ref.ok()) << cpu_ref.status();
   ASSERT_EQ(kv.n_layers(), cpu_ref->kv.n_layers());
