@@ -140,10 +140,12 @@ absl::StatusOr<PrefillStats> CudaServingSession::PrefillPlan(std::span<const int
     std::iota(pos.begin(), pos.end(), static_cast<int32_t>(exact));
     absl::Status s = cache_.CopyPrefixFrom(**ref, exact);
     if (s.ok()) s = fwd_.Forward(ids.subspan(exact), pos, cache_, logits);
-    if (!s.ok()) {
-      (void)cudaStreamSynchronize(ctx_->copy_stream());  // pinned_ may still be read
-      return s;
-    }
+    // Also on success: with exact == 0 (a repeat of at most `window` tokens) CopyPrefixFrom
+    // waits for no layer, so the compute stream never ordered itself after the upload, and the
+    // next miss of the tier would refill pinned_ while the copy stream still reads it.
+    const cudaError_t drained = cudaStreamSynchronize(ctx_->copy_stream());
+    if (!s.ok()) return s;
+    SEMSHARE_CUDA_RETURN(drained);
     PrefillStats st;
     st.mode = PrefillMode::kSemShare;
     st.plan = plan.kind;
