@@ -5,12 +5,16 @@
 // The attention and retention kernels are in cuda_attention_test.cc.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <set>
+#include <span>
 
+#include "engine/sampling.h"
 #include "kernels/deviation.cuh"
 #include "kernels/embed.cuh"
 #include "kernels/kv_gather.cuh"
+#include "kernels/match.cuh"
 #include "kernels/retention.cuh"
 #include "kernels/rmsnorm.cuh"
 #include "kernels/rope.cuh"
@@ -658,6 +662,108 @@ TEST_F(KernelsTest, ArgmaxLargeVocabAndSamplingTies) {
       }
     }
   }
+}
+
+// Batched greedy (ArgmaxRows, BatchForward::ForwardGreedy's kernel) over several rows of a
+// Llama-3 vocabulary against the CPU's engine::Argmax row by row: the tie rule (lowest index)
+// must pick the same token as the host sampler. Rows: random; the maximum tied at three indices
+// spread over the row (different threads and warps hold them); every logit equal; every logit
+// -inf; -0.0 tied with +0.0 as the maximum; the maximum at the last index; a NaN past index 0
+// (the CPU's max_element skips it, the kernel never lets NaN win). A row's offset is
+// row * vocab, so a mistake in it shows as another row's answer.
+TEST_F(KernelsTest, ArgmaxRowsBatchedMatchesCpuArgmax) {
+  const int64_t vocab = 128256, n = 7;
+  std::vector<float> l = Uniform(n * vocab, seed_, -10, 10);
+  auto row = [&](int64_t i) { return l.begin() + i * vocab; };
+  row(1)[77777] = 30.0f;
+  row(1)[4242] = 30.0f;
+  row(1)[vocab - 2] = 30.0f;
+  std::fill(row(2), row(2) + vocab, 1.5f);
+  std::fill(row(3), row(3) + vocab, -std::numeric_limits<float>::infinity());
+  std::fill(row(4), row(4) + vocab, -1.0f);
+  row(4)[9001] = -0.0f;
+  row(4)[5000] = 0.0f;
+  row(4)[70000] = -0.0f;
+  row(5)[vocab - 1] = 40.0f;
+  row(6)[3] = std::numeric_limits<float>::quiet_NaN();
+  row(6)[100000] = 35.0f;
+  auto ld = Up(l);
+  auto out = Poisoned<int32_t>(n + 1);  // one slot past the rows: must stay unwritten
+  ASSERT_EQ(k::ArgmaxRows(ld.as<float>(), n, vocab, out.as<int32_t>(), stream()), cudaSuccess);
+  const auto got = Down<int32_t>(out, n + 1);
+  // The expected index where the row fixes it (-1: the random row 0, CPU only).
+  const std::vector<int32_t> want_fixed = {-1,    4242, 0, 0, 5000, static_cast<int32_t>(vocab - 1),
+                                           100000};
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t cpu = engine::Argmax(std::span<const float>(&*row(i), vocab));
+    EXPECT_EQ(got[i], cpu) << "row " << i;
+    if (want_fixed[i] >= 0) {
+      EXPECT_EQ(got[i], want_fixed[i]) << "row " << i;
+    }
+  }
+  EXPECT_EQ(got[n], -1) << "wrote past the last row";  // 0xFFFFFFFF poison
+}
+
+// Empty batches: every launcher given zero rows (zero elements) returns success without
+// launching (a grid of 0 blocks is cudaErrorInvalidConfiguration, which would also stay in the
+// thread's last error and be blamed on the next launch) and writes nothing. An engine
+// iteration, a decode step or a retention pass can hand a kernel an empty set.
+TEST_F(KernelsTest, EmptyBatchesLaunchNothing) {
+  auto out = Poisoned<float>(64);
+  auto outb = Poisoned<bf16>(64);
+  auto in = Up(Uniform(64, seed_));
+  auto inb = Up(ToBf16(Uniform(64, seed_ + 1)));
+  auto idx = Up(std::vector<int32_t>(8, 0));
+  auto idx_out = Poisoned<int32_t>(8);
+  auto cnt = Poisoned<int64_t>(1);
+  auto codes = Poisoned<uint32_t>(8);
+  float* o = out.as<float>();
+  bf16* ob = outb.as<bf16>();
+  const float* x = in.as<float>();
+  const bf16* xb = inb.as<bf16>();
+  const int32_t* ix = idx.as<int32_t>();
+  k::RopeArgs ra;
+  ra.heads = 2;
+  ra.head_dim = 8;
+  ra.rope_dim = 8;
+  ra.inv_freq = x;
+  cudaStream_t st = stream();
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_EQ((k::RmsNorm<float, bf16>(x, 16, x, 0, 16, 1e-5f, ob, st)), cudaSuccess);
+  EXPECT_EQ((k::Rope<float, float>(x, 16, ix, 0, ra, o, 16, nullptr, st)), cudaSuccess);
+  EXPECT_EQ(k::EmbedGather<float>(xb, 4, 16, ix, 0, o, st), cudaSuccess);
+  EXPECT_EQ((k::SwiGlu<float, float>(x, x, 0, o, st)), cudaSuccess);
+  EXPECT_EQ((k::SwiGluPacked<bf16, bf16>(xb, 0, 16, ob, st)), cudaSuccess);
+  EXPECT_EQ(k::AddInPlace(o, x, 0, st), cudaSuccess);
+  EXPECT_EQ(k::AddBias(o, x, 0, 16, st), cudaSuccess);
+  EXPECT_EQ((k::Convert<float, bf16>(x, 0, ob, st)), cudaSuccess);
+  EXPECT_EQ(k::Fill<float>(o, 0, 1.0f, st), cudaSuccess);
+  EXPECT_EQ(k::FillRandom<float>(o, 0, 1, 1.0f, 0.0f, st), cudaSuccess);
+  EXPECT_EQ(k::GatherRows<float>(x, 16, ix, 0, o, st), cudaSuccess);
+  EXPECT_EQ(k::ScatterRows<bf16>(xb, 16, ix, 0, ob, st), cudaSuccess);
+  EXPECT_EQ(k::GatherRerotate<bf16>(xb, ix, ix, 0, ra, ob, st), cudaSuccess);
+  EXPECT_EQ((k::RowDistance<float, float>(x, 16, x, 16, 0, 16, false, o, st)), cudaSuccess);
+  EXPECT_EQ(k::ArgmaxRows(x, 0, 16, idx_out.as<int32_t>(), st), cudaSuccess);
+  EXPECT_EQ(k::SimHashCodes(x, x, 0, 16, 2, 4, codes.as<uint32_t>(), st), cudaSuccess);
+  EXPECT_EQ(k::CompactRows<bf16>(xb, xb, ix, 16, ix, 0, ob, ob, idx_out.as<int32_t>(), st),
+            cudaSuccess);
+  EXPECT_EQ(k::EcacheRows(xb, 4, 16, ix, 0, nullptr, o, st), cudaSuccess);
+  EXPECT_EQ(k::PackCodes(x, 0, 2, 4, codes.as<uint32_t>(), st), cudaSuccess);
+  EXPECT_EQ(k::MatchCandidates(codes.as<uint32_t>(), codes.as<uint32_t>(), x, 8, 0, 8, 2, 0,
+                               idx_out.as<int32_t>(), o, st),
+            cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(st), cudaSuccess);
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_TRUE(AllNan(Down<float>(out, 64)));
+  EXPECT_TRUE(AllNan(DownBf16(outb, 64)));
+  for (int32_t v : Down<int32_t>(idx_out, 8)) EXPECT_EQ(v, -1);
+  for (uint32_t v : Down<uint32_t>(codes, 8)) EXPECT_EQ(v, 0xFFFFFFFFu);
+  // Selection over nothing: one block runs (the count is an output) and reports 0.
+  ASSERT_EQ(
+      k::SelectTopK(x, nullptr, 0, 5, true, idx_out.as<int32_t>(), nullptr, cnt.as<int64_t>(), st),
+      cudaSuccess);
+  EXPECT_EQ(Down<int64_t>(cnt, 1)[0], 0);
+  for (int32_t v : Down<int32_t>(idx_out, 8)) EXPECT_EQ(v, -1);
 }
 
 }  // namespace
