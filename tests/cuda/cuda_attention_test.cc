@@ -13,7 +13,10 @@
 #include <set>
 
 #include "kernels/attention.cuh"
+#include "kernels/kv_gather.cuh"
+#include "kernels/paged_attention.cuh"
 #include "kernels/retention.cuh"
+#include "kernels/rope.cuh"
 #include "tests/cuda/cuda_test_util.h"
 
 namespace semshare::testing {
@@ -452,6 +455,189 @@ TEST_F(KernelsTest, AttentionMassBf16WindowMaskedQuery) {
   // float accumulation of bf16-exact inputs
   EXPECT_LT(RelErr(got, RefAttentionMass(q, qp, kk, kp, s)), 1e-4);
   for (int64_t j = 0; j < m - w - window + 1; ++j) ASSERT_EQ(got[j], 0.0f) << j;  // out of window
+}
+
+// Empty batches through the attention entry points: zero query rows launch nothing (a grid of
+// 0 blocks is cudaErrorInvalidConfiguration) and write nothing; attention mass over zero
+// queries is zeros, over zero kv rows a no-op.
+TEST_F(KernelsTest, AttentionEmptyBatchesLaunchNothing) {
+  const int64_t heads = 4, kvh = 2, D = 64;
+  auto qd = Up(ToBf16(Uniform(heads * D, seed_))), kd = Up(ToBf16(Uniform(8 * kvh * D, seed_)));
+  auto pd = Up(std::vector<int32_t>(8, 0));
+  auto od = Poisoned<float>(heads * D);
+  auto ws = Poisoned<char>(1024);
+  cudaStream_t st = stream();
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  const auto s = MakeShape(0, 8, heads, kvh, D, 0);
+  ASSERT_TRUE(k::FlashPrefillSupported(s, qd.data(), kd.data(), kd.data()));
+  EXPECT_EQ(k::FlashPrefill<float>(qd.data(), pd.as<int32_t>(), kd.data(), kd.data(),
+                                   pd.as<int32_t>(), s, od.as<float>(), st),
+            cudaSuccess);
+  EXPECT_EQ(k::Attention<float>(qd.data(), pd.as<int32_t>(), kd.data(), kd.data(), pd.as<int32_t>(),
+                                s, od.as<float>(), ws.data(), 1024, st),
+            cudaSuccess);
+  EXPECT_EQ((k::GenericAttention<bf16, float>(qd.as<bf16>(), pd.as<int32_t>(), kd.as<bf16>(),
+                                              kd.as<bf16>(), pd.as<int32_t>(), s, od.as<float>(),
+                                              ws.data(), 1024, st)),
+            cudaSuccess);
+  k::PagedAttnShape ps;
+  ps.n = 0;
+  ps.n_seqs = 1;
+  ps.max_rows = 8;
+  ps.n_heads = heads;
+  ps.n_kv_heads = kvh;
+  ps.head_dim = D;
+  ps.block_size = 16;
+  ps.q_stride = ps.out_stride = heads * D;
+  ps.kv_stride = kvh * D;
+  EXPECT_EQ(
+      k::PagedAttention<float>(qd.data(), pd.as<int32_t>(), pd.as<int32_t>(), kd.data(), kd.data(),
+                               pd.as<int32_t>(), pd.as<int32_t>(), pd.as<int32_t>(),
+                               pd.as<int32_t>(), ps, od.as<float>(), ws.data(), 1024, st),
+      cudaSuccess);
+  EXPECT_EQ(k::ScatterInt32(pd.as<int32_t>(), pd.as<int32_t>(), 0, pd.as<int32_t>(), st),
+            cudaSuccess);
+  auto mass = Poisoned<float>(8);
+  EXPECT_EQ(k::AttentionMass<bf16>(qd.as<bf16>(), pd.as<int32_t>(), kd.as<bf16>(), pd.as<int32_t>(),
+                                   MakeShape(1, 0, heads, kvh, D, 0), mass.as<float>(),
+                                   ws.as<float>(), st),
+            cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(st), cudaSuccess);
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_TRUE(AllNan(Down<float>(od, heads * D)));
+  EXPECT_TRUE(AllNan(Down<float>(mass, 8)));  // no kv rows: nothing to write
+  EXPECT_EQ(k::AttentionMass<bf16>(qd.as<bf16>(), pd.as<int32_t>(), kd.as<bf16>(), pd.as<int32_t>(),
+                                   MakeShape(0, 8, heads, kvh, D, 0), mass.as<float>(),
+                                   ws.as<float>(), st),
+            cudaSuccess);
+  for (float x : Down<float>(mass, 8)) EXPECT_EQ(x, 0.0f);  // no queries: no mass
+}
+
+// A paged KV pool past 2^31 elements per layer array (the 8B shape's kv_stride 1024 and 131,136
+// pages of 16 rows: 2.15e9 bf16 elements, 4.3 GB each for K and V; a pool sized from ~100 GB of
+// free memory spans about as many per layer), one sequence's pages all beyond element 2^31 and
+// shuffled, one in the first pages. The batched forward's writes (K by ScatterRows, V by the
+// RoPE kernel's row scatter with rope_dim 0, positions by ScatterInt32), PagedAttention with
+// split KV over the 600-row sequence, and GatherRows back out (BatchForward::ToHost) all form
+// slot * kv_stride in 64 bits; a 32-bit product would wrap to a negative offset (an illegal
+// address) or another row. Float output against float64 on the bf16 values: 1e-4 (as
+// cuda_batch_test's paged kernel bound); the copies are exact.
+TEST_F(KernelsTest, PagedPoolPast2GiElements) {
+  constexpr int64_t kB = 16, heads = 32, kvh = 8, D = 128, kv_stride = kvh * D;
+  const int64_t low_pages = int64_t{1} << 31 >> 4 >> 10;  // pages below element 2^31: 131072
+  const int64_t pages = low_pages + 64;
+  const int64_t half_bytes = pages * kB * kv_stride * 2;
+  size_t free_b = 0, total_b = 0;
+  ASSERT_EQ(cudaMemGetInfo(&free_b, &total_b), cudaSuccess);
+  if (static_cast<int64_t>(free_b) < 2 * half_bytes + (int64_t{2} << 30)) {
+    GTEST_SKIP() << "needs ~11 GB of free device memory, " << free_b << " bytes free";
+  }
+  auto k_pool = ctx_->pool().Allocate(half_bytes);
+  ASSERT_TRUE(k_pool.ok()) << k_pool.status();
+  auto v_pool = ctx_->pool().Allocate(half_bytes);
+  ASSERT_TRUE(v_pool.ok()) << v_pool.status();
+  auto p_pool = ctx_->pool().Allocate(pages * kB * 4);
+  ASSERT_TRUE(p_pool.ok()) << p_pool.status();
+
+  // Sequence 0: 600 rows on 38 of the top 64 pages (shuffled); sequence 1: 40 rows on pages
+  // 2, 0, 1.
+  const std::vector<int64_t> rows = {600, 40};
+  std::mt19937_64 rng(seed_);
+  std::vector<int32_t> top(64);
+  std::iota(top.begin(), top.end(), static_cast<int32_t>(low_pages));
+  std::shuffle(top.begin(), top.end(), rng);
+  std::vector<int32_t> tables(top.begin(), top.begin() + 38);
+  const std::vector<int32_t> toff = {0, 38};
+  for (int32_t b : {2, 0, 1}) tables.push_back(b);
+  std::vector<int32_t> slots, kpos;  // per written row (sequence 0's rows, then sequence 1's)
+  for (int64_t s = 0; s < 2; ++s) {
+    for (int64_t j = 0; j < rows[s]; ++j) {
+      slots.push_back(tables[toff[s] + j / kB] * static_cast<int32_t>(kB) +
+                      static_cast<int32_t>(j % kB));
+      kpos.push_back(static_cast<int32_t>(j));
+    }
+  }
+  ASSERT_GE(static_cast<int64_t>(slots[0]) * kv_stride, int64_t{1} << 31);
+  const int64_t R = static_cast<int64_t>(slots.size());
+  const std::vector<float> kf = Bf16Values(Uniform(R * kv_stride, rng(), -2, 2));
+  const std::vector<float> vf = Bf16Values(Uniform(R * kv_stride, rng()));
+  std::vector<float> inv(D / 2, 1.0f);  // unused: rope_dim 0 copies
+  auto kin = Up(ToBf16(kf)), vin = Up(ToBf16(vf)), sd = Up(slots), pd = Up(kpos), fd = Up(inv);
+  cudaStream_t st = stream();
+  bf16* kp = k_pool->as<bf16>();
+  bf16* vp = v_pool->as<bf16>();
+  int32_t* pp = p_pool->as<int32_t>();
+  ASSERT_EQ(k::ScatterRows<bf16>(kin.as<bf16>(), kv_stride, sd.as<int32_t>(), R, kp, st),
+            cudaSuccess);
+  k::RopeArgs copy;
+  copy.heads = kvh;
+  copy.head_dim = D;
+  copy.rope_dim = 0;
+  copy.inv_freq = fd.as<float>();
+  ASSERT_EQ((k::Rope<bf16, bf16>(vin.as<bf16>(), kv_stride, pd.as<int32_t>(), R, copy, vp,
+                                 kv_stride, sd.as<int32_t>(), st)),
+            cudaSuccess);
+  ASSERT_EQ(k::ScatterInt32(pd.as<int32_t>(), sd.as<int32_t>(), R, pp, st), cudaSuccess);
+
+  // Queries: sequence 0's last 4 rows (a chunk) and sequence 1's last row (a decode step).
+  std::vector<int32_t> q_seq = {0, 0, 0, 0, 1}, q_pos = {596, 597, 598, 599, 39};
+  const int64_t n = static_cast<int64_t>(q_seq.size());
+  const std::vector<float> qf = Bf16Values(Uniform(n * heads * D, rng(), -2, 2));
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  std::vector<double> ref(n * heads * D, 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t s = q_seq[i], r0 = s == 0 ? 0 : rows[0];
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t g = h / (heads / kvh);
+      std::vector<double> sc;
+      for (int64_t j = 0; j <= q_pos[i]; ++j) {
+        double dot = 0;
+        for (int64_t d = 0; d < D; ++d) {
+          dot += double(qf[(i * heads + h) * D + d]) * kf[(r0 + j) * kv_stride + g * D + d];
+        }
+        sc.push_back(dot * scale);
+      }
+      const double mx = *std::max_element(sc.begin(), sc.end());
+      double sum = 0;
+      for (double& x : sc) sum += x = std::exp(x - mx);
+      for (int64_t d = 0; d < D; ++d) {
+        double o = 0;
+        for (size_t j = 0; j < sc.size(); ++j) o += sc[j] * vf[(r0 + j) * kv_stride + g * D + d];
+        ref[(i * heads + h) * D + d] = o / sum;
+      }
+    }
+  }
+  k::PagedAttnShape sh;
+  sh.n = n;
+  sh.n_seqs = 2;
+  sh.max_rows = rows[0];
+  sh.n_heads = heads;
+  sh.n_kv_heads = kvh;
+  sh.head_dim = D;
+  sh.block_size = kB;
+  sh.q_stride = sh.out_stride = heads * D;
+  sh.kv_stride = kv_stride;
+  sh.scale = scale;
+  const int64_t ws_bytes = k::PagedAttentionWorkspace(sh);
+  EXPECT_GT(ws_bytes, 0) << "the 600-row sequence should split the KV";
+  auto ws = Poisoned<char>(std::max<int64_t>(ws_bytes, 1));
+  auto qd = Up(ToBf16(qf)), qsd = Up(q_seq), qpd = Up(q_pos), td = Up(tables), od = Up(toff);
+  auto srd = Up(std::vector<int32_t>{static_cast<int32_t>(rows[0]), static_cast<int32_t>(rows[1])});
+  auto out = Poisoned<float>(n * heads * D);
+  ASSERT_EQ(k::PagedAttention<float>(qd.data(), qpd.as<int32_t>(), qsd.as<int32_t>(), kp, vp, pp,
+                                     td.as<int32_t>(), od.as<int32_t>(), srd.as<int32_t>(), sh,
+                                     out.as<float>(), ws.data(), ws_bytes, st),
+            cudaSuccess);
+  EXPECT_LT(RelErr(Down<float>(out, n * heads * D), ref), 1e-4);
+
+  // Every written row read back exactly, K and V.
+  auto kback = Poisoned<bf16>(R * kv_stride), vback = Poisoned<bf16>(R * kv_stride);
+  ASSERT_EQ(k::GatherRows<bf16>(kp, kv_stride, sd.as<int32_t>(), R, kback.as<bf16>(), st),
+            cudaSuccess);
+  ASSERT_EQ(k::GatherRows<bf16>(vp, kv_stride, sd.as<int32_t>(), R, vback.as<bf16>(), st),
+            cudaSuccess);
+  EXPECT_TRUE(DownBf16(kback, R * kv_stride) == kf);
+  EXPECT_TRUE(DownBf16(vback, R * kv_stride) == vf);
 }
 
 }  // namespace
