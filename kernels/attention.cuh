@@ -1,6 +1,6 @@
 // Attention of a set of queries (positions q_pos) over KV rows (positions k_pos, ascending):
 // out = softmax(q k^T * scale, masked) v, where row j is visible to query i iff
-// k_pos[j] <= q_pos[i] and (window == 0 or q_pos[i] - k_pos[j] < window). A query with no
+// k_pos[j] <= q_pos[i] and (window <= 0 or q_pos[i] - k_pos[j] < window). A query with no
 // visible row gets zeros. GQA: query head h reads kv head h / (n_heads / n_kv_heads).
 //
 // Two kernels:
@@ -36,7 +36,7 @@ struct AttnShape {
   int64_t kv_stride = 0;   // elements between consecutive kv rows (>= n_kv_heads * head_dim)
   int64_t out_stride = 0;  // elements between consecutive output rows
   float scale = 1.0f;
-  int64_t window = 0;  // 0 = unlimited
+  int64_t window = 0;  // <= 0: unlimited
 };
 
 // Whether FlashPrefill accepts these shapes and pointers.

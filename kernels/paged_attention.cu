@@ -13,8 +13,9 @@ namespace {
 
 constexpr int kWarps = 4;
 
+// window <= 0: unlimited (engine/backend.h's contract, as attention.cu and the CPU reference).
 __device__ __forceinline__ bool Visible(int32_t qpos, int32_t kpos, int64_t window) {
-  return kpos <= qpos && (window == 0 || static_cast<int64_t>(qpos) - kpos < window);
+  return kpos <= qpos && (window <= 0 || static_cast<int64_t>(qpos) - kpos < window);
 }
 
 // P: dims per lane (head_dim <= 32 * P); GM: query heads per block (a slice of the GQA group).

@@ -12,7 +12,7 @@
 //                     sequence's rows ascending, as engine/kv_cache.h requires);
 //   q:                [n, q_stride] bf16, query row i of sequence q_seq[i] at position q_pos[i];
 //   out:              [n, out_stride].
-// Row j is visible to query i iff pos(j) <= q_pos[i] and (window == 0 or q_pos[i] - pos(j) <
+// Row j is visible to query i iff pos(j) <= q_pos[i] and (window <= 0 or q_pos[i] - pos(j) <
 // window): causal by position, so a chunk's own K/V rows (written before the launch) mask
 // themselves. A query with no visible row gets zeros.
 //
@@ -50,7 +50,7 @@ struct PagedAttnShape {
   int64_t kv_stride = 0;   // elements between KV rows within a page (>= n_kv_heads * head_dim)
   int64_t out_stride = 0;  // elements between output rows (>= n_heads * head_dim)
   float scale = 1.0f;
-  int64_t window = 0;  // 0 = unlimited
+  int64_t window = 0;  // <= 0: unlimited
 };
 
 // Bytes of workspace PagedAttention uses for these shapes (0 when it needs none).

@@ -640,5 +640,73 @@ TEST_F(KernelsTest, PagedPoolPast2GiElements) {
   EXPECT_TRUE(DownBf16(vback, R * kv_stride) == vf);
 }
 
+// A window <= 0 is "no window" (engine/backend.h: the window applies when window > 0) in every
+// attention kernel: the paged kernel once treated only 0 so, and a negative window (a model
+// config the GGUF loader does not reject) hid every row from every query. The same inputs with
+// window -3 and 0 must give the same bits (flash, generic and paged), and not zeros.
+TEST_F(KernelsTest, NegativeWindowMeansUnlimited) {
+  constexpr int64_t kB = 16;
+  const int64_t rows = 40, n = 20, heads = 4, kvh = 2, D = 64;
+  const std::vector<int32_t> table = {1, 2, 0};
+  std::vector<int32_t> kpos(rows), pos_pages(table.size() * kB, -1), slot(rows);
+  for (int64_t j = 0; j < rows; ++j) {
+    kpos[j] = static_cast<int32_t>(j);
+    slot[j] = table[j / kB] * static_cast<int32_t>(kB) + static_cast<int32_t>(j % kB);
+    pos_pages[slot[j]] = kpos[j];
+  }
+  const auto kf = Bf16Values(Uniform(table.size() * kB * kvh * D, seed_, -2, 2));
+  const auto vf = Bf16Values(Uniform(table.size() * kB * kvh * D, seed_ + 1));
+  // The same rows contiguous in row order, for the flash and generic kernels.
+  std::vector<float> kc(rows * kvh * D), vc(rows * kvh * D);
+  for (int64_t j = 0; j < rows; ++j) {
+    std::copy_n(kf.begin() + slot[j] * kvh * D, kvh * D, kc.begin() + j * kvh * D);
+    std::copy_n(vf.begin() + slot[j] * kvh * D, kvh * D, vc.begin() + j * kvh * D);
+  }
+  const std::vector<int32_t> qp(kpos.end() - n, kpos.end()), q_seq(n, 0);
+  const auto qf = Bf16Values(Uniform(n * heads * D, seed_ + 2, -2, 2));
+  auto qd = Up(ToBf16(qf)), qpd = Up(qp), qsd = Up(q_seq);
+  auto kpd = Up(ToBf16(kf)), vpd = Up(ToBf16(vf)), ppd = Up(pos_pages), td = Up(table);
+  auto toff = Up(std::vector<int32_t>{0}), srows = Up(std::vector<int32_t>{int32_t{rows}});
+  auto kcd = Up(ToBf16(kc)), vcd = Up(ToBf16(vc)), kposd = Up(kpos);
+  // kernel 0: flash, 1: generic, 2: paged.
+  auto run = [&](int kernel, int64_t window) {
+    auto od = Poisoned<float>(n * heads * D);
+    cudaError_t e;
+    if (kernel < 2) {
+      const auto s = MakeShape(n, rows, heads, kvh, D, window);
+      e = kernel == 0 ? k::FlashPrefill<float>(qd.data(), qpd.as<int32_t>(), kcd.data(), vcd.data(),
+                                               kposd.as<int32_t>(), s, od.as<float>(), stream())
+                      : k::GenericAttention<bf16, float>(
+                            qd.as<bf16>(), qpd.as<int32_t>(), kcd.as<bf16>(), vcd.as<bf16>(),
+                            kposd.as<int32_t>(), s, od.as<float>(), nullptr, 0, stream());
+    } else {
+      k::PagedAttnShape sh;
+      sh.n = n;
+      sh.n_seqs = 1;
+      sh.max_rows = rows;
+      sh.n_heads = heads;
+      sh.n_kv_heads = kvh;
+      sh.head_dim = D;
+      sh.block_size = kB;
+      sh.q_stride = sh.out_stride = heads * D;
+      sh.kv_stride = kvh * D;
+      sh.scale = 1.0f / std::sqrt(static_cast<float>(D));
+      sh.window = window;
+      e = k::PagedAttention<float>(qd.data(), qpd.as<int32_t>(), qsd.as<int32_t>(), kpd.data(),
+                                   vpd.data(), ppd.as<int32_t>(), td.as<int32_t>(),
+                                   toff.as<int32_t>(), srows.as<int32_t>(), sh, od.as<float>(),
+                                   nullptr, 0, stream());
+    }
+    EXPECT_EQ(e, cudaSuccess) << "kernel " << kernel << " window " << window;
+    return Down<float>(od, n * heads * D);
+  };
+  const auto ref = RefAttention(qf, qp, kc, vc, kpos, MakeShape(n, rows, heads, kvh, D, 0));
+  for (int kernel : {0, 1, 2}) {
+    const auto full = run(kernel, 0);
+    EXPECT_LT(RelErr(full, ref), 1e-2) << "kernel " << kernel;  // flash: P in bf16
+    EXPECT_TRUE(run(kernel, -3) == full) << "kernel " << kernel << ": window -3 is not unlimited";
+  }
+}
+
 }  // namespace
 }  // namespace semshare::testing
