@@ -27,17 +27,21 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <iterator>
 #include <memory>
 #include <numeric>
 #include <random>
 #include <vector>
 
 #include "engine/backend_factory.h"
+#include "engine/cpu/cpu_backend.h"
 #include "engine/cuda/batch_forward.h"
 #include "engine/cuda/cuda_forward.h"
 #include "engine/cuda/device_kv.h"
 #include "engine/cuda/device_model.h"
 #include "engine/cuda/paged_kv.h"
+#include "engine/reuse/reuse_plan.h"
+#include "engine/reuse/reuse_prefill.h"
 #include "kernels/paged_attention.cuh"
 #include "serving/batch_runner.h"
 #include "tests/cuda/cuda_model_util.h"
@@ -527,6 +531,135 @@ TEST_F(BatchForwardTest, ExhaustionChangesNothingAndCopiesAreExact) {
   }
   EXPECT_EQ((*pool)->used_bytes(), 0);
   EXPECT_EQ((*pool)->free_blocks(), (*pool)->num_blocks());
+}
+
+// The server's hit path: a selective plan WITH retention (the floor retention_min_rows lowered so
+// that 300 tokens are trimmed: layers 1 and 2 keep fewer rows than layer 0, so the pages hold a
+// different row count per layer) run by CudaBatchRunner::PrefillHit (CudaForward's Retain, the
+// adoption of the trimmed device cache into the pages), then decoded in batches beside a plain
+// sequence's prefill and decode, against CpuBatchRunner doing the same. No other CUDA test sets
+// the floor below its default 2048, so without this one retention on the device (AttentionMass,
+// SelectTopK of the kept rows, CompactRows, the host position mapping) never runs in a test.
+// Bounds: 5e-2 on the logits, as ParitySchedules' second case: the rows retention evicts are the
+// lowest attention masses, computed from bf16 K on the device and float K on the CPU, so rows
+// whose masses are within that rounding of the cut may be kept on one side and evicted on the
+// other (hence also at most 10% of the evicted rows differing); such rows carry the least
+// attention, and moving one moves the logits a little.
+TEST_F(BatchForwardTest, SelectiveHitWithRetentionAdoptedAndDecodedMatchesCpu) {
+  const auto model = SmallLlama(seed_);
+  const engine::ModelConfig& c = model->config;
+  const int64_t vocab = c.vocab_size;
+  engine::ReuseConfig cfg;
+  cfg.recompute_ratio = 0.0f;  // ParitySchedules' first case: the same sets on both sides
+  cfg.recompute_min_tokens = 0;
+  cfg.retention_min_rows = 0;     // budgets ceil(300 * 0.9 * 0.965^l): retention trims
+  cfg.fallback_deviation = 0.0f;  // no guard: the path stays selective on the random model
+  const std::vector<int32_t> ref_ids = RandomIds(300, vocab, seed_ + 1);
+  const std::vector<int32_t> ids = EditedIds(ref_ids, vocab, seed_ + 2);
+  const int64_t n = static_cast<int64_t>(ids.size());
+  engine::CpuBackend be;
+  engine::ReusePrefiller pc(*model, be, cfg);
+  auto ref = pc.MakeReference(ref_ids);
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  const engine::ReusePlan plan =
+      engine::PlanReuse(ids, ref_ids, pc.Match(pc.Sketch(ids), ref->sketch), cfg);
+  ASSERT_EQ(plan.kind, engine::ReuseKind::kSelective);
+  ASSERT_TRUE(plan.Retains());
+
+  auto runtime = engine::MakeServingRuntime("cuda", *model, cfg, {});
+  ASSERT_TRUE(runtime.ok()) << runtime.status();
+  const int64_t row_bytes = c.n_layers * c.n_kv_heads * c.head_dim * 2 * 2;
+  int64_t kv_bytes = 1024 * row_bytes;
+  auto gpu = serving::NewCudaBatchRunner(*model, **runtime, &kv_bytes, 256, 4);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  auto cpu_backend = engine::MakeBackend("cpu");
+  ASSERT_TRUE(cpu_backend.ok());
+  auto cpu = serving::NewCpuBatchRunner(*model, *std::move(cpu_backend), cfg);
+
+  auto gs = (*gpu)->NewSeq(n + 16), go = (*gpu)->NewSeq(64);
+  auto cs = cpu->NewSeq(n + 16), co = cpu->NewSeq(64);
+  ASSERT_TRUE(gs.ok() && go.ok() && cs.ok() && co.ok());
+  std::vector<float> lg(vocab, std::nanf("")), lc(vocab), og(vocab, std::nanf("")), oc(vocab);
+  auto sg = (*gpu)->PrefillHit(**gs, ids, ref_ids, ref->kv, plan, lg.data(), {});
+  ASSERT_TRUE(sg.ok()) << sg.status();
+  auto sc = cpu->PrefillHit(**cs, ids, ref_ids, ref->kv, plan, lc.data(), {});
+  ASSERT_TRUE(sc.ok()) << sc.status();
+  EXPECT_TRUE(sg->hit);
+  EXPECT_FALSE(sg->fallback);
+  // Retained row counts follow from counts alone: equal, and fewer than n in the deeper layers.
+  EXPECT_EQ(sg->layer_rows, sc->layer_rows);
+  ASSERT_EQ(static_cast<int64_t>(sg->layer_rows.size()), c.n_layers);
+  EXPECT_LT(sg->layer_rows.back(), n) << "retention evicted nothing: the test lost its subject";
+  EXPECT_EQ((*gs)->rows(), n);  // the table is sized for layer 0, which keeps every row
+  EXPECT_EQ((*gs)->next_position(), n);
+  EXPECT_EQ((*gs)->bytes(), (*cs)->bytes() / 2);  // bf16 rows vs float rows
+  EXPECT_LT((*gs)->bytes(), n * row_bytes);
+  EXPECT_LT(RelDiff(lg, lc), 5e-2);
+  const auto [lo, hi] = std::minmax_element(lc.begin(), lc.end());
+  const float margin = 0.05f * (*hi - *lo);
+  EXPECT_TRUE(SameTokenOrNearTie(lc, ArgmaxOf(lg), margin)) << "first token";
+
+  // Decode the trimmed sequence in batches with a plain one: its 40-token prompt in the first
+  // iteration (a prefill chunk beside the decode row), then both decoding. Teacher-forced with
+  // the CPU's greedy tokens.
+  const std::vector<int32_t> other = RandomIds(40, vocab, seed_ + 3);
+  std::vector<int32_t> other_pos(other.size());
+  std::iota(other_pos.begin(), other_pos.end(), 0);
+  int32_t tok = ArgmaxOf(lc), pos = static_cast<int32_t>(n);
+  int32_t otok = 0, opos = static_cast<int32_t>(other.size());
+  for (int step = 0; step < 8; ++step) {
+    SCOPED_TRACE(::testing::Message() << "decode step " << step);
+    std::vector<serving::BatchRunner::Item> gi, ci;
+    gi.push_back({gs->get(), {&tok, 1}, {&pos, 1}, lg.data()});
+    ci.push_back({cs->get(), {&tok, 1}, {&pos, 1}, lc.data()});
+    if (step == 0) {
+      gi.push_back({go->get(), other, other_pos, og.data()});
+      ci.push_back({co->get(), other, other_pos, oc.data()});
+    } else {
+      gi.push_back({go->get(), {&otok, 1}, {&opos, 1}, og.data()});
+      ci.push_back({co->get(), {&otok, 1}, {&opos, 1}, oc.data()});
+    }
+    const absl::Status st = (*gpu)->Forward(gi);
+    ASSERT_TRUE(st.ok()) << st;
+    ASSERT_TRUE(cpu->Forward(ci).ok());
+    EXPECT_LT(RelDiff(lg, lc), 5e-2) << "the retained sequence";
+    EXPECT_TRUE(SameTokenOrNearTie(lc, ArgmaxOf(lg), margin)) << "the retained sequence";
+    EXPECT_LT(RelDiff(og, oc), kLogitBound) << "the plain sequence";
+    if (step > 0) ++opos;
+    tok = ArgmaxOf(lc);
+    ++pos;
+    otok = ArgmaxOf(oc);
+  }
+  EXPECT_EQ((*gs)->rows(), n + 8);
+  EXPECT_EQ((*gs)->next_position(), n + 8);
+  EXPECT_EQ((*gs)->bytes(), (*cs)->bytes() / 2);
+
+  // The KV handed back for publishing: per layer the same row counts, ascending positions that
+  // agree but for near-tie rows at the retention cut, K/V within the bound.
+  auto kg = (*gpu)->TakeKv(**gs);
+  ASSERT_TRUE(kg.ok()) << kg.status();
+  auto kc = cpu->TakeKv(**cs);
+  ASSERT_TRUE(kc.ok()) << kc.status();
+  ASSERT_EQ(kg->n_layers(), kc->n_layers());
+  for (int64_t l = 0; l < kc->n_layers(); ++l) {
+    SCOPED_TRACE(::testing::Message() << "layer " << l);
+    const engine::LayerKv& a = kg->layer(l);
+    const engine::LayerKv& b = kc->layer(l);
+    ASSERT_EQ(a.rows(), b.rows());
+    EXPECT_TRUE(std::is_sorted(a.pos.begin(), a.pos.end()));
+    EXPECT_EQ(a.pos.back(), static_cast<int32_t>(n + 7));
+    std::vector<int32_t> only;
+    std::set_symmetric_difference(a.pos.begin(), a.pos.end(), b.pos.begin(), b.pos.end(),
+                                  std::back_inserter(only));
+    const int64_t evicted = n + 8 - b.rows();
+    EXPECT_LE(static_cast<int64_t>(only.size()), 2 * std::max<int64_t>(1, evicted / 10));
+    if (only.empty()) {
+      EXPECT_LT(RelErr(a.k, b.k), 3e-2);
+      EXPECT_LT(RelErr(a.v, b.v), 3e-2);
+    }
+  }
+  EXPECT_EQ((*gs)->rows(), 0);
+  EXPECT_EQ((*gs)->bytes(), 0);
 }
 
 }  // namespace
