@@ -543,8 +543,9 @@ TEST_F(BatchForwardTest, ExhaustionChangesNothingAndCopiesAreExact) {
 // Bounds: 5e-2 on the logits, as ParitySchedules' second case: the rows retention evicts are the
 // lowest attention masses, computed from bf16 K on the device and float K on the CPU, so rows
 // whose masses are within that rounding of the cut may be kept on one side and evicted on the
-// other (hence also at most 10% of the evicted rows differing); such rows carry the least
-// attention, and moving one moves the logits a little.
+// other; such rows carry the least attention, and moving one moves the logits a little. So up
+// to 20% of the evicted rows may differ between the sides' kept positions (a wrong mapping of
+// the kept rows would differ in most of them).
 TEST_F(BatchForwardTest, SelectiveHitWithRetentionAdoptedAndDecodedMatchesCpu) {
   const auto model = SmallLlama(seed_);
   const engine::ModelConfig& c = model->config;
@@ -652,7 +653,7 @@ TEST_F(BatchForwardTest, SelectiveHitWithRetentionAdoptedAndDecodedMatchesCpu) {
     std::set_symmetric_difference(a.pos.begin(), a.pos.end(), b.pos.begin(), b.pos.end(),
                                   std::back_inserter(only));
     const int64_t evicted = n + 8 - b.rows();
-    EXPECT_LE(static_cast<int64_t>(only.size()), 2 * std::max<int64_t>(1, evicted / 10));
+    EXPECT_LE(static_cast<int64_t>(only.size()), 2 * std::max<int64_t>(2, evicted / 5));
     if (only.empty()) {
       EXPECT_LT(RelErr(a.k, b.k), 3e-2);
       EXPECT_LT(RelErr(a.v, b.v), 3e-2);
