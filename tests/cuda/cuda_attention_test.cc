@@ -521,8 +521,9 @@ TEST_F(KernelsTest, AttentionEmptyBatchesLaunchNothing) {
 // split KV over the 600-row sequence, and GatherRows back out (BatchForward::ToHost) all form
 // slot * kv_stride in 64 bits; a 32-bit product would wrap to a negative offset (an illegal
 // address) or another row. Float output against float64 on the bf16 values: 1e-4 (as
-// cuda_batch_test's paged kernel bound); the copies are exact.
-TEST_F(KernelsTest, PagedPoolPast2GiElements) {
+// cuda_batch_test's paged kernel bound); the copies are exact. Named *Long* (long offsets) so
+// that scripts/gpu-check's compute-sanitizer runs, which leave out *Long*, skip its 8.6 GB.
+TEST_F(KernelsTest, PagedPoolLongOffsetsPast2GiElements) {
   constexpr int64_t kB = 16, heads = 32, kvh = 8, D = 128, kv_stride = kvh * D;
   const int64_t low_pages = int64_t{1} << 31 >> 4 >> 10;  // pages below element 2^31: 131072
   const int64_t pages = low_pages + 64;
