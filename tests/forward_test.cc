@@ -79,6 +79,17 @@ TEST_P(ForwardArchTest, ChunkingDoesNotChangeLogits) {
 
 // The interrupt (set by the server to "cancelled or past the deadline") stops a prefill
 // between chunks with CANCELLED; cleared, the same object runs normally again.
+// A GGUF file's attention.sliding_window is read as is (the HF loader already refused a negative
+// one): a negative window is refused at load, not passed to the attention kernels.
+TEST(ForwardTest, NegativeSlidingWindowIsRefusedAtLoad) {
+  auto m = semshare::testing::TinyModel(Arch::kMistral, RopeStyle::kHalfSplit, 5);
+  EXPECT_TRUE(m->config.Validate().ok());
+  m->config.sliding_window = -3;
+  const absl::Status s = m->config.Validate();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("sliding_window = -3"), std::string::npos) << s;
+}
+
 TEST(ForwardTest, InterruptStopsBetweenChunks) {
   auto m = semshare::testing::TinyModel(Arch::kLlama, RopeStyle::kAdjacent, 210);
   CpuBackend be;

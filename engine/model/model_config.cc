@@ -41,6 +41,10 @@ absl::Status ModelConfig::Validate() const {
   if (rope_scaling.type != RopeScaling::Type::kNone && !(rope_scaling.factor > 0)) {
     return bad("rope scaling factor must be positive");
   }
+  if (sliding_window < 0) {
+    return bad(absl::StrCat("sliding_window = ", sliding_window,
+                            " is negative (0 = full attention, N > 0 = the last N positions)"));
+  }
   return absl::OkStatus();
 }
 
